@@ -1,0 +1,575 @@
+//! Typed messages pgvane creates or inspects. Each has an encoder that appends to a buffer and a
+//! parser that reads a frame body; every pair round-trips (see the tests).
+
+use bytes::{BufMut, BytesMut};
+
+use super::ProtocolError;
+
+pub use super::startup::{encode_cancel, encode_startup};
+
+/// Message tags pgvane acts on. Anything else is forwarded untouched.
+pub mod tag {
+    /// Authentication request (backend).
+    pub const AUTHENTICATION: u8 = b'R';
+    /// BackendKeyData (backend).
+    pub const BACKEND_KEY_DATA: u8 = b'K';
+    /// ErrorResponse (backend).
+    pub const ERROR_RESPONSE: u8 = b'E';
+    /// NoticeResponse (backend).
+    pub const NOTICE_RESPONSE: u8 = b'N';
+    /// ParameterStatus (backend).
+    pub const PARAMETER_STATUS: u8 = b'S';
+    /// ReadyForQuery (backend).
+    pub const READY_FOR_QUERY: u8 = b'Z';
+    /// NegotiateProtocolVersion (backend).
+    pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
+    /// CopyInResponse (backend).
+    pub const COPY_IN_RESPONSE: u8 = b'G';
+    /// CopyOutResponse (backend).
+    pub const COPY_OUT_RESPONSE: u8 = b'H';
+    /// CopyBothResponse (backend).
+    pub const COPY_BOTH_RESPONSE: u8 = b'W';
+    /// Query (frontend).
+    pub const QUERY: u8 = b'Q';
+    /// Sync (frontend). Shares its byte with ParameterStatus; direction tells them apart.
+    pub const SYNC: u8 = b'S';
+    /// FunctionCall (frontend).
+    pub const FUNCTION_CALL: u8 = b'F';
+    /// Terminate (frontend).
+    pub const TERMINATE: u8 = b'X';
+    /// PasswordMessage, SASLInitialResponse and SASLResponse (frontend).
+    pub const PASSWORD: u8 = b'p';
+}
+
+/// Appends one message: tag, length (written afterwards), body.
+fn put_message(dst: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+    dst.put_u8(tag);
+    let len_at = dst.len();
+    dst.put_u32(0);
+    body(dst);
+    let len = (dst.len() - len_at) as u32;
+    dst[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_cstr(dst: &mut BytesMut, s: &str) {
+    dst.put_slice(s.as_bytes());
+    dst.put_u8(0);
+}
+
+/// A cursor over a message body with checked reads.
+struct Reader<'a> {
+    what: &'static str,
+    body: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(what: &'static str, body: &'a [u8]) -> Self {
+        Reader { what, body }
+    }
+
+    fn err(&self, detail: &'static str) -> ProtocolError {
+        ProtocolError::malformed(self.what, detail)
+    }
+
+    fn u8(&mut self) -> Result<u8, ProtocolError> {
+        let (&b, rest) = self.body.split_first().ok_or(self.err("truncated"))?;
+        self.body = rest;
+        Ok(b)
+    }
+
+    fn u32(&mut self) -> Result<u32, ProtocolError> {
+        let bytes = self.bytes(4)?;
+        Ok(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
+        if self.body.len() < n {
+            return Err(self.err("truncated"));
+        }
+        let (head, rest) = self.body.split_at(n);
+        self.body = rest;
+        Ok(head)
+    }
+
+    fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
+        let end = self
+            .body
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or(self.err("unterminated string"))?;
+        let s = std::str::from_utf8(&self.body[..end]).map_err(|_| self.err("invalid UTF-8"))?;
+        self.body = &self.body[end + 1..];
+        Ok(s)
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.body)
+    }
+
+    fn finish(&self) -> Result<(), ProtocolError> {
+        if self.body.is_empty() {
+            Ok(())
+        } else {
+            Err(self.err("trailing bytes"))
+        }
+    }
+}
+
+/// The Authentication message family (tag `R`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authentication {
+    /// Authentication succeeded.
+    Ok,
+    /// Send the password in clear text.
+    CleartextPassword,
+    /// Send an MD5 hash salted with these bytes.
+    Md5Password {
+        /// The salt.
+        salt: [u8; 4],
+    },
+    /// Start SASL with one of these mechanisms.
+    Sasl {
+        /// Mechanism names, e.g. `SCRAM-SHA-256`.
+        mechanisms: Vec<String>,
+    },
+    /// A SASL challenge.
+    SaslContinue(Vec<u8>),
+    /// The SASL outcome data.
+    SaslFinal(Vec<u8>),
+    /// A method pgvane does not implement (Kerberos, GSS, SSPI), by its code.
+    Unsupported(u32),
+}
+
+impl Authentication {
+    /// Appends the message.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        put_message(dst, tag::AUTHENTICATION, |dst| match self {
+            Authentication::Ok => dst.put_u32(0),
+            Authentication::CleartextPassword => dst.put_u32(3),
+            Authentication::Md5Password { salt } => {
+                dst.put_u32(5);
+                dst.put_slice(salt);
+            }
+            Authentication::Sasl { mechanisms } => {
+                dst.put_u32(10);
+                for m in mechanisms {
+                    put_cstr(dst, m);
+                }
+                dst.put_u8(0);
+            }
+            Authentication::SaslContinue(data) => {
+                dst.put_u32(11);
+                dst.put_slice(data);
+            }
+            Authentication::SaslFinal(data) => {
+                dst.put_u32(12);
+                dst.put_slice(data);
+            }
+            Authentication::Unsupported(code) => dst.put_u32(*code),
+        });
+    }
+
+    /// Parses the body of an `R` message.
+    pub fn parse(body: &[u8]) -> Result<Self, ProtocolError> {
+        let mut r = Reader::new("Authentication", body);
+        let auth = match r.u32()? {
+            0 => Authentication::Ok,
+            3 => Authentication::CleartextPassword,
+            5 => {
+                let s = r.bytes(4)?;
+                Authentication::Md5Password {
+                    salt: [s[0], s[1], s[2], s[3]],
+                }
+            }
+            10 => {
+                let mut mechanisms = Vec::new();
+                loop {
+                    let m = r.cstr()?;
+                    if m.is_empty() {
+                        break;
+                    }
+                    mechanisms.push(m.to_owned());
+                }
+                Authentication::Sasl { mechanisms }
+            }
+            11 => Authentication::SaslContinue(r.rest().to_vec()),
+            12 => Authentication::SaslFinal(r.rest().to_vec()),
+            code => {
+                r.rest();
+                Authentication::Unsupported(code)
+            }
+        };
+        r.finish()?;
+        Ok(auth)
+    }
+}
+
+/// Encodes ParameterStatus (tag `S` from the backend).
+pub fn encode_parameter_status(name: &str, value: &str, dst: &mut BytesMut) {
+    put_message(dst, tag::PARAMETER_STATUS, |dst| {
+        put_cstr(dst, name);
+        put_cstr(dst, value);
+    });
+}
+
+/// Parses a ParameterStatus body into (name, value).
+pub fn parse_parameter_status(body: &[u8]) -> Result<(&str, &str), ProtocolError> {
+    let mut r = Reader::new("ParameterStatus", body);
+    let pair = (r.cstr()?, r.cstr()?);
+    r.finish()?;
+    Ok(pair)
+}
+
+/// Encodes BackendKeyData (tag `K`).
+pub fn encode_backend_key_data(pid: u32, secret: u32, dst: &mut BytesMut) {
+    put_message(dst, tag::BACKEND_KEY_DATA, |dst| {
+        dst.put_u32(pid);
+        dst.put_u32(secret);
+    });
+}
+
+/// Parses a BackendKeyData body into (pid, secret).
+pub fn parse_backend_key_data(body: &[u8]) -> Result<(u32, u32), ProtocolError> {
+    let mut r = Reader::new("BackendKeyData", body);
+    let key = (r.u32()?, r.u32()?);
+    r.finish()?;
+    Ok(key)
+}
+
+/// Transaction status carried by ReadyForQuery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionStatus {
+    /// `I`: not in a transaction.
+    Idle,
+    /// `T`: in a transaction block.
+    InTransaction,
+    /// `E`: in a failed transaction block.
+    Failed,
+}
+
+impl TransactionStatus {
+    fn byte(self) -> u8 {
+        match self {
+            TransactionStatus::Idle => b'I',
+            TransactionStatus::InTransaction => b'T',
+            TransactionStatus::Failed => b'E',
+        }
+    }
+}
+
+/// Encodes ReadyForQuery (tag `Z`).
+pub fn encode_ready_for_query(status: TransactionStatus, dst: &mut BytesMut) {
+    put_message(dst, tag::READY_FOR_QUERY, |dst| dst.put_u8(status.byte()));
+}
+
+/// Parses a ReadyForQuery body.
+pub fn parse_ready_for_query(body: &[u8]) -> Result<TransactionStatus, ProtocolError> {
+    let mut r = Reader::new("ReadyForQuery", body);
+    let status = match r.u8()? {
+        b'I' => TransactionStatus::Idle,
+        b'T' => TransactionStatus::InTransaction,
+        b'E' => TransactionStatus::Failed,
+        _ => return Err(r.err("unknown transaction status")),
+    };
+    r.finish()?;
+    Ok(status)
+}
+
+/// Encodes NegotiateProtocolVersion (tag `v`): the newest minor version pgvane supports and the
+/// protocol options (`_pq_.*`) it did not recognise.
+pub fn encode_negotiate_protocol_version(newest_minor: u32, unrecognized: &[&str], dst: &mut BytesMut) {
+    put_message(dst, tag::NEGOTIATE_PROTOCOL_VERSION, |dst| {
+        dst.put_u32(newest_minor);
+        dst.put_u32(unrecognized.len() as u32);
+        for option in unrecognized {
+            put_cstr(dst, option);
+        }
+    });
+}
+
+/// Parses NegotiateProtocolVersion into (newest minor, unrecognised options).
+pub fn parse_negotiate_protocol_version(body: &[u8]) -> Result<(u32, Vec<String>), ProtocolError> {
+    let mut r = Reader::new("NegotiateProtocolVersion", body);
+    let minor = r.u32()?;
+    let count = r.u32()?;
+    let mut options = Vec::new();
+    for _ in 0..count {
+        options.push(r.cstr()?.to_owned());
+    }
+    r.finish()?;
+    Ok((minor, options))
+}
+
+/// Encodes a simple Query (tag `Q`).
+pub fn encode_query(sql: &str, dst: &mut BytesMut) {
+    put_message(dst, tag::QUERY, |dst| put_cstr(dst, sql));
+}
+
+/// Parses a Query body into its SQL text.
+pub fn parse_query(body: &[u8]) -> Result<&str, ProtocolError> {
+    let mut r = Reader::new("Query", body);
+    let sql = r.cstr()?;
+    r.finish()?;
+    Ok(sql)
+}
+
+/// Encodes Terminate (tag `X`).
+pub fn encode_terminate(dst: &mut BytesMut) {
+    put_message(dst, tag::TERMINATE, |_| {});
+}
+
+/// Encodes a PasswordMessage (tag `p`) carrying a clear-text password or an MD5 response.
+pub fn encode_password(password: &str, dst: &mut BytesMut) {
+    put_message(dst, tag::PASSWORD, |dst| put_cstr(dst, password));
+}
+
+/// Parses a PasswordMessage body.
+pub fn parse_password(body: &[u8]) -> Result<&str, ProtocolError> {
+    let mut r = Reader::new("PasswordMessage", body);
+    let password = r.cstr()?;
+    r.finish()?;
+    Ok(password)
+}
+
+/// Encodes SASLInitialResponse (tag `p`): mechanism and initial client data.
+pub fn encode_sasl_initial_response(mechanism: &str, data: &[u8], dst: &mut BytesMut) {
+    put_message(dst, tag::PASSWORD, |dst| {
+        put_cstr(dst, mechanism);
+        dst.put_u32(data.len() as u32);
+        dst.put_slice(data);
+    });
+}
+
+/// Parses SASLInitialResponse into (mechanism, data). A length of -1 means no data.
+pub fn parse_sasl_initial_response(body: &[u8]) -> Result<(&str, &[u8]), ProtocolError> {
+    let mut r = Reader::new("SASLInitialResponse", body);
+    let mechanism = r.cstr()?;
+    let len = r.u32()?;
+    let data = if len == u32::MAX {
+        &[][..]
+    } else {
+        r.bytes(len as usize)?
+    };
+    r.finish()?;
+    Ok((mechanism, data))
+}
+
+/// Encodes SASLResponse (tag `p`).
+pub fn encode_sasl_response(data: &[u8], dst: &mut BytesMut) {
+    put_message(dst, tag::PASSWORD, |dst| dst.put_slice(data));
+}
+
+/// ErrorResponse and NoticeResponse: a list of (field code, value).
+///
+/// pgvane builds its own errors with [`ErrorResponse::fatal`] / [`ErrorResponse::error`] and
+/// reads servers' errors with [`ErrorResponse::parse`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorResponse {
+    fields: Vec<(u8, String)>,
+}
+
+impl ErrorResponse {
+    fn new(severity: &str, code: &str, message: impl Into<String>) -> Self {
+        ErrorResponse {
+            fields: vec![
+                (b'S', severity.to_owned()),
+                (b'V', severity.to_owned()),
+                (b'C', code.to_owned()),
+                (b'M', message.into()),
+            ],
+        }
+    }
+
+    /// A FATAL error: the connection ends after it.
+    pub fn fatal(code: &str, message: impl Into<String>) -> Self {
+        Self::new("FATAL", code, message)
+    }
+
+    /// An ERROR: the statement fails, the session goes on.
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
+        Self::new("ERROR", code, message)
+    }
+
+    /// Adds a DETAIL line.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.fields.push((b'D', detail.into()));
+        self
+    }
+
+    /// Adds a HINT line.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.fields.push((b'H', hint.into()));
+        self
+    }
+
+    fn field(&self, code: u8) -> Option<&str> {
+        self.fields.iter().find(|(c, _)| *c == code).map(|(_, v)| v.as_str())
+    }
+
+    /// The SQLSTATE.
+    pub fn code(&self) -> &str {
+        self.field(b'C').unwrap_or("XX000")
+    }
+
+    /// The primary message.
+    pub fn message(&self) -> &str {
+        self.field(b'M').unwrap_or("")
+    }
+
+    /// The severity (non-localised when the server sent `V`).
+    pub fn severity(&self) -> &str {
+        self.field(b'V').or_else(|| self.field(b'S')).unwrap_or("ERROR")
+    }
+
+    /// Appends it as an ErrorResponse (`E`).
+    pub fn encode(&self, dst: &mut BytesMut) {
+        self.encode_as(tag::ERROR_RESPONSE, dst);
+    }
+
+    /// Appends it as a NoticeResponse (`N`).
+    pub fn encode_notice(&self, dst: &mut BytesMut) {
+        self.encode_as(tag::NOTICE_RESPONSE, dst);
+    }
+
+    fn encode_as(&self, tag: u8, dst: &mut BytesMut) {
+        put_message(dst, tag, |dst| {
+            for (code, value) in &self.fields {
+                dst.put_u8(*code);
+                put_cstr(dst, value);
+            }
+            dst.put_u8(0);
+        });
+    }
+
+    /// Parses an ErrorResponse or NoticeResponse body.
+    pub fn parse(body: &[u8]) -> Result<Self, ProtocolError> {
+        let mut r = Reader::new("ErrorResponse", body);
+        let mut fields = Vec::new();
+        loop {
+            let code = r.u8()?;
+            if code == 0 {
+                break;
+            }
+            fields.push((code, r.cstr()?.to_owned()));
+        }
+        r.finish()?;
+        Ok(ErrorResponse { fields })
+    }
+}
+
+impl std::fmt::Display for ErrorResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} (SQLSTATE {})", self.severity(), self.message(), self.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::decode_frame;
+    use super::*;
+
+    /// Encodes with `encode`, frames it back and returns (tag, body).
+    fn frame(encode: impl FnOnce(&mut BytesMut)) -> (u8, Vec<u8>) {
+        let mut buf = BytesMut::new();
+        encode(&mut buf);
+        let frame = decode_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        assert!(buf.is_empty(), "encoder wrote a wrong length");
+        (frame.tag(), frame.body().to_vec())
+    }
+
+    #[test]
+    fn authentication_round_trips() {
+        for auth in [
+            Authentication::Ok,
+            Authentication::CleartextPassword,
+            Authentication::Md5Password { salt: [1, 2, 3, 4] },
+            Authentication::Sasl {
+                mechanisms: vec!["SCRAM-SHA-256".into(), "SCRAM-SHA-256-PLUS".into()],
+            },
+            Authentication::SaslContinue(b"r=abc,s=xyz,i=4096".to_vec()),
+            Authentication::SaslFinal(b"v=sig".to_vec()),
+            Authentication::Unsupported(7),
+        ] {
+            let (t, body) = frame(|b| auth.encode(b));
+            assert_eq!(t, b'R');
+            assert_eq!(Authentication::parse(&body).unwrap(), auth);
+        }
+    }
+
+    #[test]
+    fn parameter_status_round_trips() {
+        let (t, body) = frame(|b| encode_parameter_status("TimeZone", "UTC", b));
+        assert_eq!(t, b'S');
+        assert_eq!(parse_parameter_status(&body).unwrap(), ("TimeZone", "UTC"));
+    }
+
+    #[test]
+    fn backend_key_data_round_trips() {
+        let (t, body) = frame(|b| encode_backend_key_data(7, u32::MAX, b));
+        assert_eq!(t, b'K');
+        assert_eq!(parse_backend_key_data(&body).unwrap(), (7, u32::MAX));
+    }
+
+    #[test]
+    fn ready_for_query_round_trips() {
+        for status in [
+            TransactionStatus::Idle,
+            TransactionStatus::InTransaction,
+            TransactionStatus::Failed,
+        ] {
+            let (t, body) = frame(|b| encode_ready_for_query(status, b));
+            assert_eq!(t, b'Z');
+            assert_eq!(parse_ready_for_query(&body).unwrap(), status);
+        }
+        assert!(parse_ready_for_query(b"X").is_err());
+    }
+
+    #[test]
+    fn negotiate_protocol_version_round_trips() {
+        let (t, body) = frame(|b| encode_negotiate_protocol_version(0, &["_pq_.foo", "_pq_.bar"], b));
+        assert_eq!(t, b'v');
+        assert_eq!(
+            parse_negotiate_protocol_version(&body).unwrap(),
+            (0, vec!["_pq_.foo".to_owned(), "_pq_.bar".to_owned()])
+        );
+    }
+
+    #[test]
+    fn query_password_and_terminate_round_trip() {
+        let (t, body) = frame(|b| encode_query("select 1", b));
+        assert_eq!((t, parse_query(&body).unwrap()), (b'Q', "select 1"));
+        let (t, body) = frame(|b| encode_password("md5abc", b));
+        assert_eq!((t, parse_password(&body).unwrap()), (b'p', "md5abc"));
+        let (t, body) = frame(encode_terminate);
+        assert_eq!((t, body.len()), (b'X', 0));
+    }
+
+    #[test]
+    fn sasl_messages_round_trip() {
+        let (t, body) = frame(|b| encode_sasl_initial_response("SCRAM-SHA-256", b"n,,n=,r=abc", b));
+        assert_eq!(t, b'p');
+        assert_eq!(
+            parse_sasl_initial_response(&body).unwrap(),
+            ("SCRAM-SHA-256", &b"n,,n=,r=abc"[..])
+        );
+        let (t, body) = frame(|b| encode_sasl_response(b"c=biws,r=abc,p=xyz", b));
+        assert_eq!((t, &body[..]), (b'p', &b"c=biws,r=abc,p=xyz"[..]));
+        // A length longer than the body is an error, not a panic.
+        assert!(parse_sasl_initial_response(b"SCRAM-SHA-256\0\0\0\0\x10abc").is_err());
+    }
+
+    #[test]
+    fn error_response_round_trips() {
+        let err = ErrorResponse::fatal("28P01", "password authentication failed for user \"x\"")
+            .with_detail("d")
+            .with_hint("h");
+        let (t, body) = frame(|b| err.encode(b));
+        assert_eq!(t, b'E');
+        let parsed = ErrorResponse::parse(&body).unwrap();
+        assert_eq!(parsed, err);
+        assert_eq!((parsed.code(), parsed.severity()), ("28P01", "FATAL"));
+        let (t, _) = frame(|b| err.encode_notice(b));
+        assert_eq!(t, b'N');
+        assert!(ErrorResponse::parse(b"Cabc").is_err());
+    }
+}
