@@ -1,0 +1,405 @@
+//! The configuration file: serde structs, defaults and validation, in one place.
+//!
+//! `Config::load` reads the TOML file, refuses unknown keys, checks every value and loads the
+//! auth file, so a `Config` that exists is a valid one. Every key is documented in
+//! `docs/config.md`; the defaults below are the single source of truth for it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::auth::userlist::{Userlist, UserlistError};
+
+/// A configuration problem, naming the file and, where there is one, the key.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key, or a value of the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's message, with line, column and key.
+        message: String,
+    },
+    /// A value that parses but makes no sense.
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted key, e.g. `databases.app.port`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The auth file named by `pgvane.auth_file` is unreadable or malformed.
+    #[error("{path}: key `pgvane.auth_file`: {auth_file}: {source}")]
+    AuthFile {
+        /// The config file.
+        path: PathBuf,
+        /// The auth file.
+        auth_file: PathBuf,
+        /// Why.
+        #[source]
+        source: AuthFileError,
+    },
+}
+
+/// Why the auth file could not be loaded.
+#[derive(Debug, Error)]
+pub enum AuthFileError {
+    /// Unreadable.
+    #[error("cannot read: {0}")]
+    Read(#[from] std::io::Error),
+    /// Malformed.
+    #[error(transparent)]
+    Parse(#[from] UserlistError),
+}
+
+/// How server connections are shared between clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A client keeps one server connection for its whole session.
+    Session,
+    /// A client holds a server connection for one transaction.
+    Transaction,
+    /// A client holds a server connection for one statement.
+    Statement,
+}
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AuthType {
+    /// No password asked.
+    #[serde(rename = "trust")]
+    Trust,
+    /// MD5 challenge (SCRAM is used instead for users whose secret is a SCRAM verifier).
+    #[serde(rename = "md5")]
+    Md5,
+    /// SCRAM-SHA-256.
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+}
+
+/// The `[pgvane]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Address to listen on.
+    pub listen_addr: String,
+    /// Port to listen on; 0 picks a free one (printed at startup).
+    pub listen_port: u16,
+    /// Pool mode.
+    pub pool_mode: PoolMode,
+    /// Server connections per (database, user) pool.
+    pub default_pool_size: usize,
+    /// Most client connections at once.
+    pub max_client_conn: usize,
+    /// Client authentication method.
+    pub auth_type: AuthType,
+    /// PgBouncer-format user list, relative to the config file.
+    pub auth_file: Option<PathBuf>,
+    /// Users allowed on the admin console.
+    pub admin_users: Vec<String>,
+    /// Largest message accepted from a client.
+    pub max_packet_size_bytes: usize,
+    /// How long a client waits for a server connection before it gets an error.
+    pub query_wait_timeout_ms: u64,
+    /// How long a client may take to log in.
+    pub client_login_timeout_ms: u64,
+    /// Idle server connections older than this (since last use) are closed.
+    pub server_idle_timeout_ms: u64,
+    /// Server connections older than this are closed when next idle.
+    pub server_lifetime_ms: u64,
+    /// Timeout for connecting and logging in to a server.
+    pub server_connect_timeout_ms: u64,
+    /// Run on a server connection before another client gets it; empty for none.
+    pub server_reset_query: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen_addr: "127.0.0.1".into(),
+            listen_port: 6432,
+            pool_mode: PoolMode::Session,
+            default_pool_size: 20,
+            max_client_conn: 1000,
+            auth_type: AuthType::ScramSha256,
+            auth_file: None,
+            admin_users: Vec::new(),
+            max_packet_size_bytes: 1 << 30,
+            query_wait_timeout_ms: 120_000,
+            client_login_timeout_ms: 60_000,
+            server_idle_timeout_ms: 600_000,
+            server_lifetime_ms: 3_600_000,
+            server_connect_timeout_ms: 15_000,
+            server_reset_query: "DISCARD ALL".into(),
+        }
+    }
+}
+
+impl Settings {
+    /// `query_wait_timeout_ms` as a Duration.
+    pub fn query_wait_timeout(&self) -> Duration {
+        Duration::from_millis(self.query_wait_timeout_ms)
+    }
+
+    /// `client_login_timeout_ms` as a Duration.
+    pub fn client_login_timeout(&self) -> Duration {
+        Duration::from_millis(self.client_login_timeout_ms)
+    }
+
+    /// `server_connect_timeout_ms` as a Duration.
+    pub fn server_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.server_connect_timeout_ms)
+    }
+
+    /// `server_idle_timeout_ms` as a Duration.
+    pub fn server_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.server_idle_timeout_ms)
+    }
+
+    /// `server_lifetime_ms` as a Duration.
+    pub fn server_lifetime(&self) -> Duration {
+        Duration::from_millis(self.server_lifetime_ms)
+    }
+}
+
+/// A `[databases.<name>]` table: where clients connecting to `<name>` are sent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Server host name or address.
+    pub host: String,
+    /// Server port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Database name on the server; defaults to the table's key.
+    pub dbname: Option<String>,
+    /// Log in to the server as this user instead of the client's.
+    pub user: Option<String>,
+    /// Password for `user`.
+    pub password: Option<String>,
+    /// Overrides `default_pool_size` for this database.
+    pub pool_size: Option<usize>,
+}
+
+fn default_port() -> u16 {
+    5432
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    pgvane: Settings,
+    #[serde(default)]
+    databases: BTreeMap<String, DatabaseConfig>,
+}
+
+/// A loaded, validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// `[pgvane]`.
+    pub settings: Settings,
+    /// `[databases.*]`, by the name clients use.
+    pub databases: BTreeMap<String, DatabaseConfig>,
+    /// The auth file's users, when `auth_file` is set.
+    pub userlist: Option<Userlist>,
+}
+
+impl Config {
+    /// Reads, parses and validates `path` (and the auth file it names).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(path, &text)
+    }
+
+    /// Parses and validates `text` as if read from `path` (relative paths resolve against its folder).
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message: message.to_owned(),
+        };
+        let s = &file.pgvane;
+        if s.pool_mode != PoolMode::Session {
+            return Err(invalid(
+                "pgvane.pool_mode",
+                "only \"session\" is implemented in this version",
+            ));
+        }
+        if s.listen_addr.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(
+                "pgvane.listen_addr",
+                "must be an IP address, e.g. \"127.0.0.1\" or \"0.0.0.0\"",
+            ));
+        }
+        for (key, value) in [
+            ("pgvane.default_pool_size", s.default_pool_size),
+            ("pgvane.max_client_conn", s.max_client_conn),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if s.max_packet_size_bytes < 1024 {
+            return Err(invalid("pgvane.max_packet_size_bytes", "must be at least 1024"));
+        }
+        if s.server_connect_timeout_ms == 0 || s.client_login_timeout_ms == 0 {
+            let key = if s.server_connect_timeout_ms == 0 {
+                "pgvane.server_connect_timeout_ms"
+            } else {
+                "pgvane.client_login_timeout_ms"
+            };
+            return Err(invalid(key, "must be greater than 0"));
+        }
+        if s.auth_type != AuthType::Trust && s.auth_file.is_none() {
+            return Err(invalid("pgvane.auth_file", "required unless auth_type = \"trust\""));
+        }
+        if file.databases.is_empty() {
+            return Err(invalid("databases", "define at least one [databases.<name>] table"));
+        }
+        for (name, db) in &file.databases {
+            let key = |field: &str| format!("databases.{name}.{field}");
+            if db.host.is_empty() {
+                return Err(invalid(&key("host"), "must not be empty"));
+            }
+            if db.port == 0 {
+                return Err(invalid(&key("port"), "must be between 1 and 65535"));
+            }
+            if db.password.is_some() && db.user.is_none() {
+                return Err(invalid(&key("password"), "is only used together with `user`"));
+            }
+            if db.pool_size == Some(0) {
+                return Err(invalid(&key("pool_size"), "must be at least 1"));
+            }
+            if name == crate::ADMIN_DATABASE {
+                return Err(invalid(
+                    &format!("databases.{name}"),
+                    "this name is reserved for the admin console",
+                ));
+            }
+        }
+        let userlist = match &s.auth_file {
+            None => None,
+            Some(auth_file) => {
+                let auth_file = resolve(path, auth_file);
+                let load = || -> Result<Userlist, AuthFileError> {
+                    Ok(Userlist::parse(&std::fs::read_to_string(&auth_file)?)?)
+                };
+                Some(load().map_err(|source| ConfigError::AuthFile {
+                    path: path.to_owned(),
+                    auth_file: auth_file.clone(),
+                    source,
+                })?)
+            }
+        };
+        Ok(Config {
+            path: path.to_owned(),
+            settings: file.pgvane,
+            databases: file.databases,
+            userlist,
+        })
+    }
+
+    /// The server-side name of database `name`.
+    pub fn server_dbname<'a>(&self, name: &'a str, db: &'a DatabaseConfig) -> &'a str {
+        db.dbname.as_deref().unwrap_or(name)
+    }
+
+    /// Pool size for database `db`.
+    pub fn pool_size(&self, db: &DatabaseConfig) -> usize {
+        db.pool_size.unwrap_or(self.settings.default_pool_size)
+    }
+}
+
+/// A path from the config file, relative to the file's folder.
+fn resolve(config_path: &Path, p: &Path) -> PathBuf {
+    match config_path.parent() {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(Path::new("/nonexistent/pgvane.toml"), text)
+    }
+
+    const MINIMAL: &str = "[pgvane]\nauth_type = \"trust\"\n[databases.app]\nhost = \"127.0.0.1\"\n";
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.settings.listen_port, 6432);
+        assert_eq!(c.settings.default_pool_size, 20);
+        assert_eq!(c.settings.server_reset_query, "DISCARD ALL");
+        let db = &c.databases["app"];
+        assert_eq!((db.port, c.server_dbname("app", db)), (5432, "app"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let err = load(&format!("{MINIMAL}bogus = 1\n")).unwrap_err().to_string();
+        assert!(
+            err.contains("/nonexistent/pgvane.toml") && err.contains("bogus"),
+            "{err}"
+        );
+        let err = load("[pgvane]\nlisten_prot = 1\n").unwrap_err().to_string();
+        assert!(err.contains("listen_prot"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let err = load(&MINIMAL.replace("[databases.app]", "default_pool_size = 0\n[databases.app]"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`pgvane.default_pool_size`"), "{err}");
+        let err = load("[pgvane]\n[databases.app]\nhost = \"h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`pgvane.auth_file`"), "{err}");
+        let err = load(&format!("{MINIMAL}password = \"x\"\n")).unwrap_err().to_string();
+        assert!(err.contains("`databases.app.password`"), "{err}");
+        let err = load("[pgvane]\nauth_type = \"trust\"\n").unwrap_err().to_string();
+        assert!(err.contains("`databases`"), "{err}");
+        let err = load(&MINIMAL.replace("trust", "kerberos")).unwrap_err().to_string();
+        assert!(err.contains("kerberos"), "{err}");
+    }
+
+    #[test]
+    fn missing_auth_file_names_both_files() {
+        let text = "[pgvane]\nauth_file = \"users.txt\"\n[databases.app]\nhost = \"h\"\n";
+        let err = load(text).unwrap_err().to_string();
+        assert!(
+            err.contains("/nonexistent/users.txt") && err.contains("auth_file"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! pgvane: a PostgreSQL proxy whose routing and rewrite decisions are made by sandboxed
+//! WebAssembly plugins.
+//!
+//! The path of a query: [`listener`] accepts a client, [`session`] runs its startup,
+//! authentication and query loop, [`pool`] provides server connections. [`protocol`] holds
+//! the wire format (no I/O), [`auth`] the password mechanisms, [`config`] the configuration.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod listener;
+pub mod pool;
+pub mod protocol;
+pub mod session;
+
+/// The virtual database of the admin console; no `[databases]` entry may use it.
+pub const ADMIN_DATABASE: &str = "pgvane";
+
+/// pgvane's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,284 @@
+//! One connection to a PostgreSQL server: connect, log in, run pgvane's own simple queries.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::auth::md5;
+use crate::auth::scram::{ClientCredential, ClientExchange, ScramError, ScramKeys};
+use crate::protocol::messages::{self, tag, Authentication, ErrorResponse, TransactionStatus};
+use crate::protocol::{decode_frame, Frame, ProtocolError};
+
+/// Servers are trusted peers, but a frame still may not claim more than this.
+pub const MAX_SERVER_FRAME_BYTES: usize = i32::MAX as usize;
+
+/// What pgvane logs in to a server with.
+#[derive(Clone)]
+pub enum ServerCredential {
+    /// No secret: only works if the server trusts pgvane.
+    None,
+    /// A clear-text password (from the auth file or the database entry).
+    Password(String),
+    /// An `md5…` hash from the auth file: good for MD5 authentication only.
+    Md5Hash(String),
+    /// SCRAM keys recovered from a client's proof: good for SCRAM when the server holds the same verifier.
+    ScramKeys(ScramKeys),
+}
+
+impl std::fmt::Debug for ServerCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ServerCredential::None => "None",
+            ServerCredential::Password(_) => "Password(..)",
+            ServerCredential::Md5Hash(_) => "Md5Hash(..)",
+            ServerCredential::ScramKeys(_) => "ScramKeys(..)",
+        })
+    }
+}
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct ServerTarget {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Database name on the server.
+    pub dbname: String,
+    /// User name on the server.
+    pub user: String,
+}
+
+/// Why a server connection failed. Any of these means the connection is discarded.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// Network error.
+    #[error("server connection: {0}")]
+    Io(#[from] io::Error),
+    /// Connect and login took longer than `server_connect_timeout_ms`.
+    #[error("timed out connecting to the server")]
+    ConnectTimeout,
+    /// The server closed the connection.
+    #[error("the server closed the connection")]
+    Closed,
+    /// The server broke the protocol.
+    #[error("server sent invalid data: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The server sent an unexpected message.
+    #[error("unexpected message {0:?} from the server")]
+    Unexpected(char),
+    /// The server refused the login or failed a statement; its error is kept for the client.
+    #[error("server error: {0}")]
+    Server(ErrorResponse),
+    /// pgvane cannot answer the server's authentication request with the credential it has.
+    #[error("cannot log in to the server: {0}")]
+    Auth(String),
+    /// SCRAM exchange with the server failed.
+    #[error("SCRAM authentication with the server failed: {0}")]
+    Scram(#[from] ScramError),
+}
+
+/// A logged-in server connection, idle (ReadyForQuery seen) whenever it is outside a session.
+#[derive(Debug)]
+pub struct ServerConn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read from the server and not yet handled.
+    pub read_buf: BytesMut,
+    /// Current values of the parameters the server reports (ParameterStatus).
+    pub params: BTreeMap<String, String>,
+    /// The server's BackendKeyData, for cancel requests.
+    pub backend_key: (u32, u32),
+    /// The server's address, for cancel requests.
+    pub peer: std::net::SocketAddr,
+    /// When it was opened.
+    pub created: Instant,
+    /// When it was last returned to the pool.
+    pub last_used: Instant,
+}
+
+impl ServerConn {
+    /// Connects and logs in, within `timeout`.
+    pub async fn connect(
+        target: &ServerTarget,
+        credential: &ServerCredential,
+        timeout: Duration,
+    ) -> Result<ServerConn, ServerError> {
+        tokio::time::timeout(timeout, Self::connect_inner(target, credential))
+            .await
+            .map_err(|_| ServerError::ConnectTimeout)?
+    }
+
+    async fn connect_inner(target: &ServerTarget, credential: &ServerCredential) -> Result<ServerConn, ServerError> {
+        let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        stream.set_nodelay(true)?;
+        let peer = stream.peer_addr()?;
+        let now = Instant::now();
+        let mut conn = ServerConn {
+            stream,
+            read_buf: BytesMut::with_capacity(16 * 1024),
+            params: BTreeMap::new(),
+            backend_key: (0, 0),
+            peer,
+            created: now,
+            last_used: now,
+        };
+        let mut out = BytesMut::new();
+        messages::encode_startup(
+            [("user", target.user.as_str()), ("database", target.dbname.as_str())],
+            &mut out,
+        );
+        conn.stream.write_all(&out).await?;
+        conn.login(&target.user, credential).await?;
+        Ok(conn)
+    }
+
+    /// Answers the server's authentication requests, then reads up to the first ReadyForQuery.
+    async fn login(&mut self, user: &str, credential: &ServerCredential) -> Result<(), ServerError> {
+        let mut scram: Option<ClientExchange> = None;
+        let mut out = BytesMut::new();
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag() {
+                tag::AUTHENTICATION => {
+                    out.clear();
+                    match Authentication::parse(frame.body())? {
+                        Authentication::Ok => continue,
+                        Authentication::CleartextPassword => match credential {
+                            ServerCredential::Password(p) => messages::encode_password(p, &mut out),
+                            _ => return Err(no_secret("a clear-text password", credential)),
+                        },
+                        Authentication::Md5Password { salt } => {
+                            let response = match credential {
+                                ServerCredential::Password(p) => md5::md5_response_from_password(user, p, salt),
+                                ServerCredential::Md5Hash(h) => md5::md5_response_from_hash(h, salt),
+                                _ => return Err(no_secret("an MD5 password", credential)),
+                            };
+                            messages::encode_password(&response, &mut out);
+                        }
+                        Authentication::Sasl { mechanisms } => {
+                            if !mechanisms.iter().any(|m| m == "SCRAM-SHA-256") {
+                                return Err(ServerError::Auth(format!(
+                                    "the server offers SASL mechanisms {mechanisms:?}, not SCRAM-SHA-256"
+                                )));
+                            }
+                            let client_credential = match credential {
+                                ServerCredential::Password(p) => ClientCredential::Password(p.clone()),
+                                ServerCredential::ScramKeys(k) => ClientCredential::Keys(k.clone()),
+                                _ => return Err(no_secret("SCRAM-SHA-256", credential)),
+                            };
+                            let mut exchange = ClientExchange::new(client_credential);
+                            messages::encode_sasl_initial_response("SCRAM-SHA-256", &exchange.client_first(), &mut out);
+                            scram = Some(exchange);
+                        }
+                        Authentication::SaslContinue(data) => {
+                            let exchange = scram.as_mut().ok_or(ServerError::Unexpected('R'))?;
+                            messages::encode_sasl_response(&exchange.server_first(&data)?, &mut out);
+                        }
+                        Authentication::SaslFinal(data) => {
+                            let exchange = scram.as_mut().ok_or(ServerError::Unexpected('R'))?;
+                            exchange.server_final(&data)?;
+                            continue;
+                        }
+                        Authentication::Unsupported(code) => {
+                            return Err(ServerError::Auth(format!("unsupported authentication method {code}")))
+                        }
+                    }
+                    self.stream.write_all(&out).await?;
+                }
+                tag::PARAMETER_STATUS => self.note_parameter(&frame)?,
+                tag::BACKEND_KEY_DATA => self.backend_key = messages::parse_backend_key_data(frame.body())?,
+                tag::ERROR_RESPONSE => return Err(ServerError::Server(ErrorResponse::parse(frame.body())?)),
+                tag::READY_FOR_QUERY => return Ok(()),
+                tag::NOTICE_RESPONSE | tag::NEGOTIATE_PROTOCOL_VERSION => {}
+                other => return Err(ServerError::Unexpected(other as char)),
+            }
+        }
+    }
+
+    /// Records a ParameterStatus the server sent.
+    pub fn note_parameter(&mut self, frame: &Frame) -> Result<(), ServerError> {
+        let (name, value) = messages::parse_parameter_status(frame.body())?;
+        self.params.insert(name.to_owned(), value.to_owned());
+        Ok(())
+    }
+
+    /// Reads one whole frame.
+    pub async fn read_frame(&mut self) -> Result<Frame, ServerError> {
+        loop {
+            if let Some(frame) = decode_frame(&mut self.read_buf, MAX_SERVER_FRAME_BYTES)? {
+                return Ok(frame);
+            }
+            if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+                return Err(ServerError::Closed);
+            }
+        }
+    }
+
+    /// Runs `sql` with the simple protocol and waits for ReadyForQuery, discarding results.
+    ///
+    /// Returns the server's error if a statement failed (the connection is idle again then),
+    /// and the transaction status at the end.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Result<TransactionStatus, ErrorResponse>, ServerError> {
+        let mut out = BytesMut::new();
+        messages::encode_query(sql, &mut out);
+        self.stream.write_all(&out).await?;
+        let mut error = None;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag() {
+                tag::ERROR_RESPONSE => error = Some(ErrorResponse::parse(frame.body())?),
+                tag::PARAMETER_STATUS => self.note_parameter(&frame)?,
+                tag::READY_FOR_QUERY => {
+                    let status = messages::parse_ready_for_query(frame.body())?;
+                    return Ok(match error {
+                        Some(e) => Err(e),
+                        None => Ok(status),
+                    });
+                }
+                tag::COPY_IN_RESPONSE | tag::COPY_OUT_RESPONSE | tag::COPY_BOTH_RESPONSE => {
+                    return Err(ServerError::Unexpected(frame.tag() as char))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Asks the server to cancel whatever this connection is running (a CancelRequest on a
+    /// new connection), so a backend abandoned mid-query stops and rolls back instead of
+    /// running on, holding locks, until it notices the closed socket.
+    pub async fn cancel(&self) -> io::Result<()> {
+        let mut stream = TcpStream::connect(self.peer).await?;
+        let mut buf = BytesMut::new();
+        messages::encode_cancel(self.backend_key.0, self.backend_key.1, &mut buf);
+        stream.write_all(&buf).await?;
+        stream.shutdown().await
+    }
+
+    /// True if the idle connection looks usable: not closed by the server, nothing unread.
+    ///
+    /// An idle server sends nothing; bytes waiting mean it is shutting us down (a FATAL) or
+    /// is confused, and either way the connection must not be handed out.
+    pub fn is_healthy(&mut self) -> bool {
+        if !self.read_buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+fn no_secret(what: &str, credential: &ServerCredential) -> ServerError {
+    let have = match credential {
+        ServerCredential::None => "no password for this user",
+        ServerCredential::Password(_) => "a password",
+        ServerCredential::Md5Hash(_) => "only an MD5 hash for this user",
+        ServerCredential::ScramKeys(_) => "only SCRAM keys for this user",
+    };
+    ServerError::Auth(format!("the server asks for {what}, but pgvane has {have}"))
+}

@@ -1,0 +1,278 @@
+//! One client, from the first byte to the last: startup, authentication, getting a server
+//! connection, and the query loop.
+
+mod auth;
+pub mod cancel;
+mod client;
+mod relay;
+mod startup;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use crate::auth::scram::ScramKeys;
+use crate::auth::userlist::Secret;
+use crate::config::{Config, DatabaseConfig};
+use crate::listener::Shared;
+use crate::pool::{PoolError, PoolSettings, PooledConn, ServerCredential, ServerError, ServerTarget};
+use crate::protocol::messages::{self, Authentication, ErrorResponse, TransactionStatus};
+use crate::protocol::ProtocolError;
+use postgres_protocol::escape::escape_literal;
+
+use cancel::CancelTarget;
+use client::ClientConn;
+use relay::RelayEnd;
+use startup::Login;
+
+/// Why a session ended early. Client-side problems end the session; `Refused` carries the
+/// error the client is sent before the connection closes.
+#[derive(Debug, Error)]
+pub enum SessionError {
+    /// The client's socket failed.
+    #[error("client connection: {0}")]
+    ClientIo(#[source] io::Error),
+    /// The client closed the connection.
+    #[error("client closed the connection")]
+    ClientGone,
+    /// The client broke the protocol.
+    #[error(transparent)]
+    ClientProtocol(#[from] ProtocolError),
+    /// The startup packet's length is out of bounds; the connection is closed without a reply.
+    #[error("invalid length of startup packet: {0}")]
+    StartupLength(#[source] ProtocolError),
+    /// The client did not finish logging in within `client_login_timeout_ms`.
+    #[error("client did not log in within client_login_timeout_ms")]
+    LoginTimeout,
+    /// pgvane refused the client with this error.
+    #[error("{0}")]
+    Refused(ErrorResponse),
+}
+
+/// Serves one accepted client connection until it ends.
+pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let span = tracing::info_span!("session", %peer, user = tracing::field::Empty, database = tracing::field::Empty);
+    async move {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "set_nodelay failed");
+        }
+        let mut client = ClientConn::new(stream);
+        match serve(&mut client, &shared).await {
+            Ok(()) => tracing::debug!("session ended"),
+            Err(SessionError::Refused(error)) => {
+                tracing::info!(code = error.code(), message = error.message(), "client refused");
+                let _ = client.send_error(&error).await;
+            }
+            Err(SessionError::ClientProtocol(e)) => {
+                tracing::info!(error = %e, "client protocol violation");
+                let _ = client.send_error(&ClientConn::protocol_violation(&e)).await;
+            }
+            Err(SessionError::LoginTimeout) => {
+                tracing::info!("client login timed out");
+                let _ = client
+                    .send_error(&ErrorResponse::fatal("08006", "client login timeout"))
+                    .await;
+            }
+            Err(e) => tracing::debug!(error = %e, "session ended"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn serve(client: &mut ClientConn, shared: &Shared) -> Result<(), SessionError> {
+    let config = shared.config.clone();
+    let settings = &config.settings;
+    let login = tokio::time::timeout(settings.client_login_timeout(), startup::login(client, shared))
+        .await
+        .map_err(|_| SessionError::LoginTimeout)??;
+    let Some(Login {
+        user,
+        database,
+        params,
+        _client_slot,
+        authenticated,
+    }) = login
+    else {
+        return Ok(()); // a cancel request: answered, nothing more to do
+    };
+    let span = tracing::Span::current();
+    span.record("user", user.as_str());
+    span.record("database", database.as_str());
+
+    let db = config.databases.get(&database).ok_or_else(|| {
+        SessionError::Refused(ErrorResponse::fatal(
+            "3D000",
+            format!("database \"{database}\" does not exist"),
+        ))
+    })?;
+    let (target, credential) = server_login(&config, &database, db, &user, authenticated.scram_keys);
+    let pool = shared.pools.get_or_create(&database, &user, || {
+        let pool_settings = PoolSettings {
+            size: config.pool_size(db),
+            connect_timeout: settings.server_connect_timeout(),
+            idle_timeout: settings.server_idle_timeout(),
+            lifetime: settings.server_lifetime(),
+            reset_query: settings.server_reset_query.clone(),
+        };
+        (target, pool_settings, credential.clone())
+    });
+    if let ServerCredential::ScramKeys(_) = credential {
+        pool.set_credential(credential);
+    }
+    let mut server = pool.checkout(settings.query_wait_timeout()).await.map_err(|e| {
+        tracing::warn!(error = %e, "no server connection for client");
+        SessionError::Refused(pool_error_to_client(&database, settings.query_wait_timeout_ms, e))
+    })?;
+
+    if let Err(e) = apply_startup_params(&mut server, &params).await {
+        if let ApplyError::Setting(_) = e {
+            server.release();
+        }
+        return Err(SessionError::Refused(e.into_client_error()));
+    }
+
+    let cancel = shared.cancels.register();
+    Authentication::Ok.encode(&mut client.out);
+    for (name, value) in &server.conn().params {
+        messages::encode_parameter_status(name, value, &mut client.out);
+    }
+    messages::encode_backend_key_data(cancel.pid, cancel.secret, &mut client.out);
+    messages::encode_ready_for_query(TransactionStatus::Idle, &mut client.out);
+    client.flush().await?;
+    tracing::debug!("client logged in");
+
+    let (pid, secret) = server.conn().backend_key;
+    let target = pool.target();
+    cancel.set_target(Some(CancelTarget {
+        host: target.host.clone(),
+        port: target.port,
+        pid,
+        secret,
+    }));
+    let (end, server_idle) = relay::relay(client, server.conn(), settings.max_packet_size_bytes).await;
+    cancel.set_target(None);
+    if server_idle {
+        server.release();
+    } else {
+        tracing::debug!("server connection not idle at session end; cancelling and closing it");
+        server.discard();
+    }
+    match end {
+        RelayEnd::ClientTerminated | RelayEnd::ClientGone => Ok(()),
+        RelayEnd::ClientProtocol(e) => Err(e.into()),
+        RelayEnd::Server(e) => {
+            tracing::warn!(error = %e, "server connection lost during session");
+            Err(SessionError::Refused(ErrorResponse::fatal(
+                "08006",
+                "server closed the connection unexpectedly",
+            )))
+        }
+    }
+}
+
+/// The server user and the credential pgvane logs in with for this client.
+fn server_login(
+    config: &Config,
+    database: &str,
+    db: &DatabaseConfig,
+    client_user: &str,
+    scram_keys: Option<ScramKeys>,
+) -> (ServerTarget, ServerCredential) {
+    let (user, credential) = match &db.user {
+        Some(user) => {
+            let credential = db
+                .password
+                .clone()
+                .map_or(ServerCredential::None, ServerCredential::Password);
+            (user.clone(), credential)
+        }
+        None => {
+            let secret = config.userlist.as_ref().and_then(|u| u.get(client_user));
+            let credential = match (secret, scram_keys) {
+                (Some(Secret::Plain(p)), _) => ServerCredential::Password(p.clone()),
+                (Some(Secret::Md5(h)), _) => ServerCredential::Md5Hash(h.clone()),
+                (Some(Secret::Scram(_)), Some(keys)) => ServerCredential::ScramKeys(keys),
+                _ => ServerCredential::None,
+            };
+            (client_user.to_owned(), credential)
+        }
+    };
+    let target = ServerTarget {
+        host: db.host.clone(),
+        port: db.port,
+        dbname: config.server_dbname(database, db).to_owned(),
+        user,
+    };
+    (target, credential)
+}
+
+fn pool_error_to_client(database: &str, wait_ms: u64, e: PoolError) -> ErrorResponse {
+    match e {
+        PoolError::WaitTimeout(_) => ErrorResponse::fatal(
+            "53300",
+            format!("no server connection for database \"{database}\" became free within query_wait_timeout_ms ({wait_ms} ms)"),
+        ),
+        PoolError::Connect(ServerError::Server(server_error)) => as_fatal(server_error),
+        PoolError::Connect(e) => ErrorResponse::fatal(
+            "08006",
+            format!("could not connect to the server for database \"{database}\": {e}"),
+        ),
+    }
+}
+
+/// A server's error re-sent to the client as FATAL, keeping its SQLSTATE and message.
+fn as_fatal(error: ErrorResponse) -> ErrorResponse {
+    ErrorResponse::fatal(error.code(), error.message())
+}
+
+#[derive(Debug)]
+enum ApplyError {
+    /// The server refused a setting; the connection is still fine.
+    Setting(ErrorResponse),
+    /// The server connection failed.
+    Server(ServerError),
+}
+
+impl ApplyError {
+    fn into_client_error(self) -> ErrorResponse {
+        match self {
+            ApplyError::Setting(e) => as_fatal(e),
+            ApplyError::Server(e) => ErrorResponse::fatal(
+                "08006",
+                format!("server connection failed while applying startup parameters: {e}"),
+            ),
+        }
+    }
+}
+
+/// Applies the client's startup parameters to the server connection, skipping those that already
+/// have the wanted value.
+async fn apply_startup_params(server: &mut PooledConn, params: &[(String, String)]) -> Result<(), ApplyError> {
+    let conn = server.conn();
+    let sql: Vec<String> = params
+        .iter()
+        .filter(|(name, value)| {
+            let current = conn.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name));
+            current.map(|(_, v)| v) != Some(value)
+        })
+        .map(|(name, value)| {
+            // set_config takes the value as the startup packet does (a list stays a list),
+            // where `SET name TO 'a,b'` would make it one element.
+            let (name, value) = (escape_literal(name), escape_literal(value));
+            format!("SELECT pg_catalog.set_config({name}, {value}, false)")
+        })
+        .collect();
+    if sql.is_empty() {
+        return Ok(());
+    }
+    match conn.simple_query(&sql.join("; ")).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(ApplyError::Setting(e)),
+        Err(e) => Err(ApplyError::Server(e)),
+    }
+}
