@@ -1,0 +1,151 @@
+//! The usual test setup: one PostgreSQL cluster with an `app` user and database, and pgvane in
+//! front of it with an auth file for `app`.
+
+use anyhow::Result;
+
+use crate::{connect_via, quote_literal, PgCluster, Pgvane};
+
+/// The application user created in every fixture cluster.
+pub const APP_USER: &str = "app";
+/// Its password.
+pub const APP_PASSWORD: &str = "app-secret";
+/// Its database.
+pub const APP_DB: &str = "app";
+
+/// What the auth file holds for `app`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretKind {
+    /// The plain password.
+    Plain,
+    /// `md5` + md5(password + user).
+    Md5,
+    /// The SCRAM verifier copied from the server's `pg_authid`.
+    ScramVerifier,
+}
+
+/// How to set pgvane up.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// `auth_type` in the config.
+    pub auth_type: &'static str,
+    /// The secret stored for `app` in the auth file.
+    pub secret: SecretKind,
+    /// Extra lines for the `[pgvane]` table (e.g. `default_pool_size = 1`).
+    pub settings: String,
+    /// Extra lines for the `[databases.app]` table.
+    pub database: String,
+    /// How the server authenticates `app` (pg_hba.conf method): `scram-sha-256`, `md5`
+    /// (the password is then stored as an MD5 hash) or `password` (clear text).
+    pub server_auth: &'static str,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            auth_type: "scram-sha-256",
+            secret: SecretKind::ScramVerifier,
+            settings: String::new(),
+            database: String::new(),
+            server_auth: "scram-sha-256",
+        }
+    }
+}
+
+/// Makes the server authenticate `app` with `method`; for `md5` the password is re-stored as an MD5 hash.
+async fn set_server_auth(cluster: &PgCluster, method: &str) -> Result<()> {
+    let hba = format!(
+        "host all {APP_USER} 127.0.0.1/32 {method}\nhost all all 127.0.0.1/32 scram-sha-256\nlocal all all trust\n"
+    );
+    std::fs::write(cluster.data_dir().join("pg_hba.conf"), hba)?;
+    let encryption = if method == "md5" { "md5" } else { "scram-sha-256" };
+    cluster
+        .exec(&format!(
+            "set password_encryption = '{encryption}'; alter user {APP_USER} password {}; select pg_reload_conf()",
+            quote_literal(APP_PASSWORD)
+        ))
+        .await
+}
+
+/// A cluster and a pgvane in front of it.
+pub struct Proxied {
+    /// The PostgreSQL cluster.
+    pub cluster: PgCluster,
+    /// The pgvane process.
+    pub pgvane: Pgvane,
+}
+
+impl Proxied {
+    /// Starts a cluster with the `app` user and database, and pgvane in front of it.
+    pub async fn start(options: ProxyOptions) -> Result<Proxied> {
+        let cluster = PgCluster::start().await?;
+        cluster.create_user(APP_USER, APP_PASSWORD).await?;
+        cluster.create_database(APP_DB, APP_USER).await?;
+        if options.server_auth != "scram-sha-256" {
+            set_server_auth(&cluster, options.server_auth).await?;
+        }
+        let secret = match options.secret {
+            SecretKind::Plain => APP_PASSWORD.to_owned(),
+            SecretKind::Md5 => {
+                let client = cluster.connect("postgres", "postgres", "postgres").await?;
+                let sql = format!(
+                    "select 'md5' || md5({})",
+                    quote_literal(&format!("{APP_PASSWORD}{APP_USER}"))
+                );
+                client.query_one(sql.as_str(), &[]).await?.get(0)
+            }
+            SecretKind::ScramVerifier => cluster.scram_verifier(APP_USER).await?,
+        };
+        let config = format!(
+            "[pgvane]\nlisten_port = 0\nauth_type = \"{}\"\nauth_file = \"userlist.txt\"\n{}\n\n\
+             [databases.app]\nhost = \"127.0.0.1\"\nport = {}\n{}\n",
+            options.auth_type,
+            options.settings,
+            cluster.port(),
+            options.database,
+        );
+        let userlist = format!("\"{APP_USER}\" \"{secret}\"\n");
+        let pgvane = Pgvane::start(&config, &[("userlist.txt", &userlist)]).await?;
+        Ok(Proxied { cluster, pgvane })
+    }
+
+    /// Starts with the default options.
+    pub async fn default_setup() -> Result<Proxied> {
+        Self::start(ProxyOptions::default()).await
+    }
+
+    /// pgvane's port.
+    pub fn port(&self) -> u16 {
+        self.pgvane.port()
+    }
+
+    /// A tokio-postgres client connected through pgvane as `app`.
+    pub async fn client(&self) -> Result<tokio_postgres::Client> {
+        Ok(connect_via(self.port(), APP_USER, APP_PASSWORD, APP_DB).await?.0)
+    }
+
+    /// A superuser client connected to the cluster directly, to look at the server side.
+    pub async fn direct_superuser(&self) -> Result<tokio_postgres::Client> {
+        self.cluster.connect("postgres", "postgres", APP_DB).await
+    }
+}
+
+/// The server error (SQLSTATE, message…) somewhere in an error's chain, if there is one.
+pub fn db_error(err: &anyhow::Error) -> Option<&tokio_postgres::error::DbError> {
+    err.chain().find_map(|e| {
+        e.downcast_ref::<tokio_postgres::error::DbError>()
+            .or_else(|| e.downcast_ref::<tokio_postgres::Error>().and_then(|e| e.as_db_error()))
+    })
+}
+
+/// The SQLSTATE of the server error in an error's chain.
+pub fn sqlstate(err: &anyhow::Error) -> Option<String> {
+    db_error(err).map(|e| e.code().code().to_owned())
+}
+
+/// Connects through pgvane (or a cluster) at `port` expecting the login to fail; returns the error.
+pub async fn login_error(port: u16, user: &str, password: &str, db: &str) -> anyhow::Error {
+    match connect_via(port, user, password, db).await {
+        Ok(_) => panic!("login as {user} to {db} on port {port} succeeded but must fail"),
+        Err(e) => e,
+    }
+}

@@ -1,0 +1,181 @@
+//! Bad input gets a clear answer (or a close) and pgvane goes on serving everyone else:
+//! oversized and undersized startup packets, bad message lengths, unsupported protocol
+//! versions, protocol negotiation, SSL/GSS requests.
+
+use std::time::Duration;
+
+use pgvane_tests::fixture::{Proxied, ProxyOptions, SecretKind, APP_DB, APP_USER};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn connect(p: &Proxied) -> anyhow::Result<TcpStream> {
+    Ok(TcpStream::connect(("127.0.0.1", p.port())).await?)
+}
+
+/// Reads until the server closes (or 5 s pass) and returns everything received.
+async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    out
+}
+
+fn startup_packet(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend(body);
+    packet
+}
+
+/// The SQLSTATE in the first ErrorResponse found in `bytes`.
+fn error_code(bytes: &[u8]) -> Option<String> {
+    let mut at = 0;
+    while at + 5 <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[at + 1..at + 5].try_into().ok()?) as usize;
+        let body = bytes.get(at + 5..at + 1 + len)?;
+        if bytes[at] == b'E' {
+            let mut fields = body.split(|&b| b == 0);
+            return fields
+                .find(|f| f.first() == Some(&b'C'))
+                .map(|f| String::from_utf8_lossy(&f[1..]).into_owned());
+        }
+        at += 1 + len;
+    }
+    None
+}
+
+async fn still_serving(p: &Proxied) -> anyhow::Result<()> {
+    let row = p.client().await?.query_one("select 1 + 1", &[]).await?;
+    assert_eq!(row.get::<_, i32>(0), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn hostile_startup_packets_are_refused_without_harm() -> anyhow::Result<()> {
+    let p = Proxied::start(ProxyOptions::default()).await?;
+    // A bystander connected throughout must not notice anything.
+    let bystander = p.client().await?;
+
+    // A claimed length of 2 GB: closed at once, nothing allocated.
+    let mut s = connect(&p).await?;
+    s.write_all(&0x7fff_fff0u32.to_be_bytes()).await?;
+    assert!(read_to_close(&mut s).await.is_empty());
+
+    // Just over PostgreSQL's 10,000-byte limit.
+    let mut s = connect(&p).await?;
+    s.write_all(&10_001u32.to_be_bytes()).await?;
+    assert!(read_to_close(&mut s).await.is_empty());
+
+    // A length below the minimum.
+    let mut s = connect(&p).await?;
+    s.write_all(&3u32.to_be_bytes()).await?;
+    assert!(read_to_close(&mut s).await.is_empty());
+
+    // Garbage parameters (no terminator).
+    let mut s = connect(&p).await?;
+    let mut packet = 15u32.to_be_bytes().to_vec();
+    packet.extend_from_slice(&(3u32 << 16).to_be_bytes());
+    packet.extend_from_slice(b"user\0ap");
+    s.write_all(&packet).await?;
+    let reply = read_to_close(&mut s).await;
+    assert_eq!(error_code(&reply).as_deref(), Some("08P01"));
+
+    // Many half-open connections do not stop service.
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        let mut s = connect(&p).await?;
+        s.write_all(&[0, 0]).await?;
+        idle.push(s);
+    }
+    still_serving(&p).await?;
+    bystander.simple_query("select 1").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_message_lengths_after_login_get_fatal_08p01() -> anyhow::Result<()> {
+    let p = Proxied::start(ProxyOptions {
+        auth_type: "trust",
+        secret: SecretKind::Plain,
+        settings: "max_packet_size_bytes = 65536".into(),
+        ..ProxyOptions::default()
+    })
+    .await?;
+    for bad in [
+        // A Query claiming 1 GB, above max_packet_size_bytes.
+        [b'Q', 0x40, 0, 0, 0].to_vec(),
+        // A length below 4.
+        [b'Q', 0, 0, 0, 2].to_vec(),
+    ] {
+        let mut s = connect(&p).await?;
+        s.write_all(&startup_packet(3 << 16, &[("user", APP_USER), ("database", APP_DB)]))
+            .await?;
+        // Read up to ReadyForQuery.
+        let mut seen = Vec::new();
+        while !seen.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await??;
+            assert!(n > 0, "closed before ReadyForQuery");
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(&bad).await?;
+        let reply = read_to_close(&mut s).await;
+        assert_eq!(error_code(&reply).as_deref(), Some("08P01"), "reply to {bad:?}");
+    }
+    still_serving(&p).await
+}
+
+#[tokio::test]
+async fn protocol_versions_and_negotiation() -> anyhow::Result<()> {
+    let p = Proxied::start(ProxyOptions {
+        auth_type: "trust",
+        secret: SecretKind::Plain,
+        ..ProxyOptions::default()
+    })
+    .await?;
+
+    // Protocol 2.0 is refused with 0A000, as PostgreSQL does.
+    let mut s = connect(&p).await?;
+    s.write_all(&startup_packet(2 << 16, &[("user", APP_USER)])).await?;
+    assert_eq!(error_code(&read_to_close(&mut s).await).as_deref(), Some("0A000"));
+
+    // 3.2 with a _pq_ option: NegotiateProtocolVersion (newest minor 0, the option listed), then login.
+    let mut s = connect(&p).await?;
+    let packet = startup_packet(
+        (3 << 16) | 2,
+        &[("user", APP_USER), ("database", APP_DB), ("_pq_.magic", "1")],
+    );
+    s.write_all(&packet).await?;
+    let mut reply = Vec::new();
+    while !reply.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await??;
+        assert!(n > 0, "closed before ReadyForQuery: {reply:?}");
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(reply[0], b'v', "NegotiateProtocolVersion first");
+    let expected_body = [&0u32.to_be_bytes()[..], &1u32.to_be_bytes()[..], b"_pq_.magic\0"].concat();
+    assert_eq!(&reply[5..5 + expected_body.len()], &expected_body[..]);
+
+    // SSLRequest and GSSENCRequest are answered N and the startup goes on in plain text.
+    let mut s = connect(&p).await?;
+    s.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await?;
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer).await?;
+    assert_eq!(&answer, b"N");
+    s.write_all(&[0, 0, 0, 8, 4, 210, 22, 48]).await?;
+    s.read_exact(&mut answer).await?;
+    assert_eq!(&answer, b"N");
+    s.write_all(&startup_packet(3 << 16, &[("user", APP_USER), ("database", APP_DB)]))
+        .await?;
+    let mut first = [0u8; 9];
+    s.read_exact(&mut first).await?;
+    assert_eq!(first, [b'R', 0, 0, 0, 8, 0, 0, 0, 0], "AuthenticationOk under trust");
+    still_serving(&p).await
+}
