@@ -19,6 +19,18 @@ async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
     out
 }
 
+/// Reads until ReadyForQuery (idle) and returns everything received up to then.
+async fn read_until_ready(stream: &mut TcpStream) -> anyhow::Result<Vec<u8>> {
+    let mut seen = Vec::new();
+    while !seen.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await??;
+        anyhow::ensure!(n > 0, "closed before ReadyForQuery: {seen:?}");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    Ok(seen)
+}
+
 fn startup_packet(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
     let mut body = version.to_be_bytes().to_vec();
     for (k, v) in params {
@@ -116,14 +128,7 @@ async fn bad_message_lengths_after_login_get_fatal_08p01() -> anyhow::Result<()>
         let mut s = connect(&p).await?;
         s.write_all(&startup_packet(3 << 16, &[("user", APP_USER), ("database", APP_DB)]))
             .await?;
-        // Read up to ReadyForQuery.
-        let mut seen = Vec::new();
-        while !seen.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await??;
-            assert!(n > 0, "closed before ReadyForQuery");
-            seen.extend_from_slice(&chunk[..n]);
-        }
+        read_until_ready(&mut s).await?;
         s.write_all(&bad).await?;
         let reply = read_to_close(&mut s).await;
         assert_eq!(error_code(&reply).as_deref(), Some("08P01"), "reply to {bad:?}");
@@ -152,13 +157,7 @@ async fn protocol_versions_and_negotiation() -> anyhow::Result<()> {
         &[("user", APP_USER), ("database", APP_DB), ("_pq_.magic", "1")],
     );
     s.write_all(&packet).await?;
-    let mut reply = Vec::new();
-    while !reply.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await??;
-        assert!(n > 0, "closed before ReadyForQuery: {reply:?}");
-        reply.extend_from_slice(&chunk[..n]);
-    }
+    let reply = read_until_ready(&mut s).await?;
     assert_eq!(reply[0], b'v', "NegotiateProtocolVersion first");
     let expected_body = [&0u32.to_be_bytes()[..], &1u32.to_be_bytes()[..], b"_pq_.magic\0"].concat();
     assert_eq!(&reply[5..5 + expected_body.len()], &expected_body[..]);

@@ -132,7 +132,7 @@ impl ScramVerifier {
     /// iteration count (an iteration count of 0 is taken as 1).
     pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> ScramVerifier {
         let iterations = iterations.max(1);
-        let keys = ScramKeys::from_password(password.as_bytes(), salt, iterations);
+        let keys = ScramKeys::from_password(password, salt, iterations);
         ScramVerifier {
             iterations,
             salt: salt.to_vec(),
@@ -165,9 +165,12 @@ pub struct ScramKeys {
 }
 
 impl ScramKeys {
-    /// Derives both keys from a password: SaltedPassword is PBKDF2-HMAC-SHA-256 of it.
-    fn from_password(password: &[u8], salt: &[u8], iterations: u32) -> ScramKeys {
-        let salted_password = pbkdf2::pbkdf2_hmac_array::<Sha256, KEY_LEN>(password, salt, iterations);
+    /// Derives both keys from a password: SaltedPassword is PBKDF2-HMAC-SHA-256 of its
+    /// SASLprep form (RFC 4013), or of the password as is when SASLprep refuses it, exactly
+    /// as PostgreSQL and libpq do.
+    fn from_password(password: &str, salt: &[u8], iterations: u32) -> ScramKeys {
+        let prepared = stringprep::saslprep(password).unwrap_or(std::borrow::Cow::Borrowed(password));
+        let salted_password = pbkdf2::pbkdf2_hmac_array::<Sha256, KEY_LEN>(prepared.as_bytes(), salt, iterations);
         ScramKeys {
             client_key: hmac_sha256(&salted_password, b"Client Key"),
             server_key: hmac_sha256(&salted_password, b"Server Key"),
@@ -411,11 +414,9 @@ impl ClientExchange {
         }
 
         let keys = match &self.credential {
-            ClientCredential::Password(password) => ScramKeys::from_password(
-                password.as_bytes(),
-                &server_first_parsed.salt,
-                server_first_parsed.iterations,
-            ),
+            ClientCredential::Password(password) => {
+                ScramKeys::from_password(password, &server_first_parsed.salt, server_first_parsed.iterations)
+            }
             ClientCredential::Keys(keys) => keys.clone(),
         };
 
@@ -717,7 +718,7 @@ mod tests {
         server_first: &str,
         without_proof: &str,
     ) -> String {
-        let keys = ScramKeys::from_password(password.as_bytes(), &verifier.salt, verifier.iterations);
+        let keys = ScramKeys::from_password(password, &verifier.salt, verifier.iterations);
         let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
         let signature = hmac_sha256(&sha256(&keys.client_key), auth_message.as_bytes());
         format!("{without_proof},p={}", BASE64.encode(xor(&keys.client_key, &signature)))
@@ -845,7 +846,7 @@ mod tests {
         });
         let (server_final, keys) = server.client_final(RFC_CLIENT_FINAL.as_bytes()).unwrap();
         assert_eq!(text(&server_final), RFC_SERVER_FINAL);
-        let expected = ScramKeys::from_password(b"pencil", &salt, 4096);
+        let expected = ScramKeys::from_password("pencil", &salt, 4096);
         assert_eq!(keys.client_key, expected.client_key);
         assert_eq!(keys.server_key, expected.server_key);
     }
@@ -867,7 +868,7 @@ mod tests {
         let mut server = ServerExchange::new("alice", Some(verifier("s3cret")));
         let mut client = ClientExchange::new(ClientCredential::Password("s3cret".into()));
         let keys = run(&mut server, &mut client).unwrap();
-        let expected = ScramKeys::from_password(b"s3cret", b"0123456789abcdef", 4096);
+        let expected = ScramKeys::from_password("s3cret", b"0123456789abcdef", 4096);
         assert_eq!(keys.client_key, expected.client_key);
         assert_eq!(keys.server_key, expected.server_key);
         // Both sides are finished.
@@ -1163,5 +1164,22 @@ mod tests {
             client.server_final(format!("{server_final},x=1").as_bytes()),
             Err(ScramError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn passwords_are_saslprepped_like_postgres() {
+        let salt = b"0123456789abcdef";
+        // NFKC maps the Roman numeral characters to ASCII letters; a non-ASCII space maps to a space.
+        assert!(
+            ScramVerifier::from_password("\u{2168}\u{216B}", salt, 4096)
+                == ScramVerifier::from_password("IXXII", salt, 4096)
+        );
+        assert!(
+            ScramVerifier::from_password("a\u{00A0}b", salt, 4096) == ScramVerifier::from_password("a b", salt, 4096)
+        );
+        // A password SASLprep refuses (a control character) is used as is.
+        assert!(
+            ScramVerifier::from_password("a\u{0007}b", salt, 4096) != ScramVerifier::from_password("ab", salt, 4096)
+        );
     }
 }
