@@ -125,8 +125,10 @@ pub struct Settings {
     pub server_lifetime_ms: u64,
     /// Timeout for connecting and logging in to a server.
     pub server_connect_timeout_ms: u64,
-    /// Run on a server connection before another client gets it; empty for none.
+    /// Run on a server connection before another client gets it (session mode); empty for none.
     pub server_reset_query: String,
+    /// Prepared statements kept per server connection in transaction and statement modes.
+    pub max_prepared_statements: usize,
 }
 
 impl Default for Settings {
@@ -147,6 +149,7 @@ impl Default for Settings {
             server_lifetime_ms: 3_600_000,
             server_connect_timeout_ms: 15_000,
             server_reset_query: "DISCARD ALL".into(),
+            max_prepared_statements: 200,
         }
     }
 }
@@ -226,41 +229,30 @@ pub struct Config {
 impl Config {
     /// Reads, parses and validates `path` (and the auth file it names).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::from_toml(path, &text)
     }
 
     /// Parses and validates `text` as if read from `path` (relative paths resolve against its folder).
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let file: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
+        let file: File = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })?;
         let invalid = |key: &str, message: &str| ConfigError::Invalid {
             path: path.to_owned(),
             key: key.to_owned(),
             message: message.to_owned(),
         };
         let s = &file.pgvane;
-        if s.pool_mode != PoolMode::Session {
-            return Err(invalid(
-                "pgvane.pool_mode",
-                "only \"session\" is implemented in this version",
-            ));
+        if s.max_prepared_statements == 0 {
+            return Err(invalid("pgvane.max_prepared_statements", "must be at least 1"));
         }
         if s.listen_addr.parse::<std::net::IpAddr>().is_err() {
-            return Err(invalid(
-                "pgvane.listen_addr",
-                "must be an IP address, e.g. \"127.0.0.1\" or \"0.0.0.0\"",
-            ));
+            return Err(invalid("pgvane.listen_addr", "must be an IP address, e.g. \"127.0.0.1\" or \"0.0.0.0\""));
         }
-        for (key, value) in [
-            ("pgvane.default_pool_size", s.default_pool_size),
-            ("pgvane.max_client_conn", s.max_client_conn),
-        ] {
+        for (key, value) in
+            [("pgvane.default_pool_size", s.default_pool_size), ("pgvane.max_client_conn", s.max_client_conn)]
+        {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));
             }
@@ -297,10 +289,7 @@ impl Config {
                 return Err(invalid(&key("pool_size"), "must be at least 1"));
             }
             if name == crate::ADMIN_DATABASE {
-                return Err(invalid(
-                    &format!("databases.{name}"),
-                    "this name is reserved for the admin console",
-                ));
+                return Err(invalid(&format!("databases.{name}"), "this name is reserved for the admin console"));
             }
         }
         let userlist = match &s.auth_file {
@@ -317,12 +306,7 @@ impl Config {
                 })?)
             }
         };
-        Ok(Config {
-            path: path.to_owned(),
-            settings: file.pgvane,
-            databases: file.databases,
-            userlist,
-        })
+        Ok(Config { path: path.to_owned(), settings: file.pgvane, databases: file.databases, userlist })
     }
 
     /// The server-side name of database `name`.
@@ -367,10 +351,7 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors_naming_the_key() {
         let err = load(&format!("{MINIMAL}bogus = 1\n")).unwrap_err().to_string();
-        assert!(
-            err.contains("/nonexistent/pgvane.toml") && err.contains("bogus"),
-            "{err}"
-        );
+        assert!(err.contains("/nonexistent/pgvane.toml") && err.contains("bogus"), "{err}");
         let err = load("[pgvane]\nlisten_prot = 1\n").unwrap_err().to_string();
         assert!(err.contains("listen_prot"), "{err}");
     }
@@ -381,9 +362,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`pgvane.default_pool_size`"), "{err}");
-        let err = load("[pgvane]\n[databases.app]\nhost = \"h\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = load("[pgvane]\n[databases.app]\nhost = \"h\"\n").unwrap_err().to_string();
         assert!(err.contains("`pgvane.auth_file`"), "{err}");
         let err = load(&format!("{MINIMAL}password = \"x\"\n")).unwrap_err().to_string();
         assert!(err.contains("`databases.app.password`"), "{err}");
@@ -397,9 +376,6 @@ mod tests {
     fn missing_auth_file_names_both_files() {
         let text = "[pgvane]\nauth_file = \"users.txt\"\n[databases.app]\nhost = \"h\"\n";
         let err = load(text).unwrap_err().to_string();
-        assert!(
-            err.contains("/nonexistent/users.txt") && err.contains("auth_file"),
-            "{err}"
-        );
+        assert!(err.contains("/nonexistent/users.txt") && err.contains("auth_file"), "{err}");
     }
 }

@@ -2,55 +2,43 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::pool::Pools;
-use crate::session::{self, cancel::CancelRegistry};
+use crate::session::{self, registry::ClientRegistry};
 
 /// What every session shares.
 #[derive(Debug)]
 pub struct Shared {
-    /// The configuration.
-    pub config: Arc<Config>,
+    config: RwLock<Arc<Config>>,
     /// Server connection pools.
     pub pools: Arc<Pools>,
-    /// Cancel keys of connected clients.
-    pub cancels: Arc<CancelRegistry>,
-    clients: Arc<AtomicUsize>,
+    /// Connected clients: cancel keys, states, signals.
+    pub clients: Arc<ClientRegistry>,
 }
 
 impl Shared {
-    /// Counts a new client against `max_client_conn`; `None` when the limit is reached.
-    pub fn try_admit(&self) -> Option<ClientSlot> {
-        let max = self.config.settings.max_client_conn;
-        self.clients
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
-            .ok()
-            .map(|_| ClientSlot {
-                clients: self.clients.clone(),
-            })
+    /// Shared state for `config`.
+    pub fn new(config: Config) -> Self {
+        Shared {
+            config: RwLock::new(Arc::new(config)),
+            pools: Arc::new(Pools::default()),
+            clients: Arc::new(ClientRegistry::default()),
+        }
     }
 
-    /// Number of clients logged in or logging in.
-    pub fn client_count(&self) -> usize {
-        self.clients.load(Ordering::Acquire)
+    /// The configuration in force. A session takes it once and keeps it.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
-}
 
-/// One client counted against `max_client_conn`; released on drop.
-#[derive(Debug)]
-pub struct ClientSlot {
-    clients: Arc<AtomicUsize>,
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        self.clients.fetch_sub(1, Ordering::AcqRel);
+    /// Puts a new configuration in force for sessions that start from now on.
+    pub fn set_config(&self, config: Arc<Config>) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
     }
 }
 
@@ -66,18 +54,17 @@ impl Listener {
     pub async fn bind(config: Config) -> io::Result<Listener> {
         let addr = (config.settings.listen_addr.as_str(), config.settings.listen_port);
         let listener = TcpListener::bind(addr).await?;
-        let shared = Arc::new(Shared {
-            config: Arc::new(config),
-            pools: Arc::new(Pools::default()),
-            cancels: Arc::new(CancelRegistry::default()),
-            clients: Arc::new(AtomicUsize::new(0)),
-        });
-        Ok(Listener { listener, shared })
+        Ok(Listener { listener, shared: Arc::new(Shared::new(config)) })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The shared state, e.g. to reload the configuration.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// Accepts clients forever, each in its own task.

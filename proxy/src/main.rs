@@ -33,11 +33,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => match Config::load(&cli.config) {
             Ok(config) => {
-                println!(
-                    "{}: configuration is valid ({} database(s))",
-                    cli.config.display(),
-                    config.databases.len()
-                );
+                println!("{}: configuration is valid ({} database(s))", cli.config.display(), config.databases.len());
                 ExitCode::SUCCESS
             }
             Err(e) => {

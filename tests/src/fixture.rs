@@ -87,10 +87,7 @@ impl Proxied {
             SecretKind::Plain => APP_PASSWORD.to_owned(),
             SecretKind::Md5 => {
                 let client = cluster.connect("postgres", "postgres", "postgres").await?;
-                let sql = format!(
-                    "select 'md5' || md5({})",
-                    quote_literal(&format!("{APP_PASSWORD}{APP_USER}"))
-                );
+                let sql = format!("select 'md5' || md5({})", quote_literal(&format!("{APP_PASSWORD}{APP_USER}")));
                 client.query_one(sql.as_str(), &[]).await?.get(0)
             }
             SecretKind::ScramVerifier => cluster.scram_verifier(APP_USER).await?,

@@ -158,17 +158,12 @@ pub fn scratch_dir() -> PathBuf {
 
 /// Directory with the PostgreSQL server binaries (`$PG_BIN_DIR` or the default).
 fn pg_bin_dir() -> PathBuf {
-    std::env::var_os("PG_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_PG_BIN_DIR))
+    std::env::var_os("PG_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_PG_BIN_DIR))
 }
 
 /// Runs `id <args>` and parses the number it prints.
 fn id_number(args: &[&str]) -> Result<u32> {
-    let out = Command::new("id")
-        .args(args)
-        .output()
-        .with_context(|| format!("running `id {}`", args.join(" ")))?;
+    let out = Command::new("id").args(args).output().with_context(|| format!("running `id {}`", args.join(" ")))?;
     if !out.status.success() {
         bail!("`id {}` failed: {}", args.join(" "), describe_output(&out));
     }
@@ -317,9 +312,7 @@ fn kill_reaper(reaper: &mut Option<Child>) {
 
 /// A stable 64-bit FNV-1a hash (used for the template cache key).
 fn fnv1a(data: &str) -> u64 {
-    data.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    data.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 // ---------------------------------------------------------------------------
@@ -334,10 +327,7 @@ fn fnv1a(data: &str) -> u64 {
 /// absent, and concurrent test processes can race safely.
 fn template_data_dir() -> Result<PathBuf> {
     static TEMPLATE: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    TEMPLATE
-        .get_or_init(|| create_template().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(|e| anyhow!(e))
+    TEMPLATE.get_or_init(|| create_template().map_err(|e| format!("{e:#}"))).clone().map_err(|e| anyhow!(e))
 }
 
 fn create_template() -> Result<PathBuf> {
@@ -349,11 +339,8 @@ fn create_template() -> Result<PathBuf> {
     if !version.status.success() {
         bail!("postgres --version failed: {}", describe_output(&version));
     }
-    let key = format!(
-        "{TEMPLATE_FORMAT} {} {}",
-        String::from_utf8_lossy(&version.stdout).trim(),
-        INITDB_ARGS.join(" ")
-    );
+    let key =
+        format!("{TEMPLATE_FORMAT} {} {}", String::from_utf8_lossy(&version.stdout).trim(), INITDB_ARGS.join(" "));
     let final_dir = tmp.join(format!("pgvane-pg-template-{:016x}", fnv1a(&key)));
     let final_data = final_dir.join("data");
     if final_data.join("PG_VERSION").exists() {
@@ -442,20 +429,13 @@ impl PgCluster {
                 Err(StartFailure::Fatal(e)) => return Err(e),
             }
         }
-        Err(last
-            .unwrap_or_else(|| anyhow!("no start attempt made"))
-            .context("PostgreSQL kept hitting ports in use"))
+        Err(last.unwrap_or_else(|| anyhow!("no start attempt made")).context("PostgreSQL kept hitting ports in use"))
     }
 
     async fn try_start(template: &Path) -> std::result::Result<PgCluster, StartFailure> {
         let port = free_port().map_err(StartFailure::Fatal)?;
         let dir = Self::prepare_dir(template).map_err(StartFailure::Fatal)?;
-        let mut cluster = PgCluster {
-            port,
-            postmaster: None,
-            reaper: None,
-            dir,
-        };
+        let mut cluster = PgCluster { port, postmaster: None, reaper: None, dir };
         cluster.launch().map_err(StartFailure::Fatal)?;
         cluster.wait_ready().await?;
         Ok(cluster)
@@ -470,12 +450,7 @@ impl PgCluster {
         // Let the postgres user traverse into data/ and sock/.
         chmod(dir.path(), 0o755)?;
         let data = dir.path().join("data");
-        let out = Command::new("cp")
-            .arg("-a")
-            .arg(template)
-            .arg(&data)
-            .output()
-            .context("running cp -a")?;
+        let out = Command::new("cp").arg("-a").arg(template).arg(&data).output().context("running cp -a")?;
         if !out.status.success() {
             bail!("copying the template data dir failed: {}", describe_output(&out));
         }
@@ -528,10 +503,7 @@ impl PgCluster {
             };
             if let Some(status) = exited {
                 let log = self.log();
-                let err = anyhow!(
-                    "postgres exited ({status}) before accepting connections; log:\n{}",
-                    tail(&log, 30)
-                );
+                let err = anyhow!("postgres exited ({status}) before accepting connections; log:\n{}", tail(&log, 30));
                 return Err(if log.contains("already in use") {
                     StartFailure::PortInUse(err)
                 } else {
@@ -609,10 +581,7 @@ impl PgCluster {
     /// libpq-style connection string for the superuser on database `db`
     /// (`host=127.0.0.1 port=... user=postgres password=postgres dbname=...`).
     pub fn superuser_conn_str(&self, db: &str) -> String {
-        format!(
-            "host={HOST} port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname={db}",
-            self.port
-        )
+        format!("host={HOST} port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname={db}", self.port)
     }
 
     /// A tokio-postgres config for connecting directly to this server.
@@ -623,12 +592,9 @@ impl PgCluster {
     /// Connects directly to this server (no pgvane) as `user` to `db`; the
     /// connection task is spawned on the current tokio runtime.
     pub async fn connect(&self, user: &str, password: &str, db: &str) -> Result<tokio_postgres::Client> {
-        let (client, _task) = connect_via(self.port, user, password, db).await.with_context(|| {
-            format!(
-                "connecting directly to postgres on port {} as {user} to {db}",
-                self.port
-            )
-        })?;
+        let (client, _task) = connect_via(self.port, user, password, db)
+            .await
+            .with_context(|| format!("connecting directly to postgres on port {} as {user} to {db}", self.port))?;
         Ok(client)
     }
 
@@ -640,30 +606,17 @@ impl PgCluster {
     /// Runs `sql` (one or more statements) as superuser on database `db`.
     pub async fn exec_in(&self, db: &str, sql: &str) -> Result<()> {
         let client = self.connect(SUPERUSER, SUPERUSER_PASSWORD, db).await?;
-        client
-            .batch_execute(sql)
-            .await
-            .with_context(|| format!("executing on {db}: {sql}"))
+        client.batch_execute(sql).await.with_context(|| format!("executing on {db}: {sql}"))
     }
 
     /// Creates a login role `name` with `password` (stored as a SCRAM-SHA-256 verifier).
     pub async fn create_user(&self, name: &str, password: &str) -> Result<()> {
-        self.exec(&format!(
-            "CREATE ROLE {} LOGIN PASSWORD {}",
-            quote_ident(name),
-            quote_literal(password)
-        ))
-        .await
+        self.exec(&format!("CREATE ROLE {} LOGIN PASSWORD {}", quote_ident(name), quote_literal(password))).await
     }
 
     /// Creates database `name` owned by role `owner`.
     pub async fn create_database(&self, name: &str, owner: &str) -> Result<()> {
-        self.exec(&format!(
-            "CREATE DATABASE {} OWNER {}",
-            quote_ident(name),
-            quote_ident(owner)
-        ))
-        .await
+        self.exec(&format!("CREATE DATABASE {} OWNER {}", quote_ident(name), quote_ident(owner))).await
     }
 
     /// The stored SCRAM verifier of `user` (`SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`),
@@ -747,21 +700,15 @@ pub fn pgvane_bin() -> Result<PathBuf> {
         return Ok(PathBuf::from(bin));
     }
     static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| locate_or_build_pgvane().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(|e| anyhow!(e))
+    BIN.get_or_init(|| locate_or_build_pgvane().map_err(|e| format!("{e:#}"))).clone().map_err(|e| anyhow!(e))
 }
 
 fn locate_or_build_pgvane() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("finding the current executable")?;
-    let mut profile_dir = exe
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no parent dir", exe.display()))?;
+    let mut profile_dir = exe.parent().ok_or_else(|| anyhow!("{} has no parent dir", exe.display()))?;
     // Test executables live in target/<profile>/deps, binaries in target/<profile>.
     if profile_dir.file_name() == Some(OsStr::new("deps")) {
-        profile_dir = profile_dir
-            .parent()
-            .ok_or_else(|| anyhow!("{} has no parent dir", profile_dir.display()))?;
+        profile_dir = profile_dir.parent().ok_or_else(|| anyhow!("{} has no parent dir", profile_dir.display()))?;
     }
     let bin = profile_dir.join("pgvane");
     if std::env::var_os("PGVANE_NO_BUILD").is_some() {
@@ -771,16 +718,13 @@ fn locate_or_build_pgvane() -> Result<PathBuf> {
         bail!("PGVANE_NO_BUILD is set but {} does not exist", bin.display());
     }
 
-    let target_dir = profile_dir
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no parent dir", profile_dir.display()))?;
+    let target_dir = profile_dir.parent().ok_or_else(|| anyhow!("{} has no parent dir", profile_dir.display()))?;
     let profile = profile_dir
         .file_name()
         .and_then(OsStr::to_str)
         .ok_or_else(|| anyhow!("cannot tell the profile of {}", profile_dir.display()))?;
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or_else(|| anyhow!("the tests package has no parent dir"))?;
+    let workspace =
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or_else(|| anyhow!("the tests package has no parent dir"))?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(workspace)
@@ -796,9 +740,7 @@ fn locate_or_build_pgvane() -> Result<PathBuf> {
             cmd.args(["--profile", other]);
         }
     }
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {} build -p pgvane", cargo.to_string_lossy()))?;
+    let out = cmd.output().with_context(|| format!("running {} build -p pgvane", cargo.to_string_lossy()))?;
     if !out.status.success() {
         bail!(
             "`cargo build -p pgvane --bin pgvane` (profile dir {}) failed, so the pgvane binary is not available:\n{}",
@@ -949,10 +891,7 @@ impl Pgvane {
 
     /// PID of the pgvane process.
     pub fn pid(&self) -> u32 {
-        self.child
-            .lock()
-            .map(|c| c.id())
-            .unwrap_or_else(|e| e.into_inner().id())
+        self.child.lock().map(|c| c.id()).unwrap_or_else(|e| e.into_inner().id())
     }
 
     /// Whether the process is still running (false once it exited or was killed).
@@ -1023,9 +962,7 @@ fn drain_stdout(
         }
     }
     if let Some(tx) = tx.take() {
-        let _ = tx.send(Err(format!(
-            "pgvane closed stdout (exited?) before printing `{LISTENING_PREFIX}<addr>`"
-        )));
+        let _ = tx.send(Err(format!("pgvane closed stdout (exited?) before printing `{LISTENING_PREFIX}<addr>`")));
     }
 }
 
@@ -1037,13 +974,7 @@ fn drain_stdout(
 /// (10 s connect timeout), for tests that want to tweak it before connecting.
 pub fn client_config(port: u16, user: &str, password: &str, db: &str) -> tokio_postgres::Config {
     let mut config = tokio_postgres::Config::new();
-    config
-        .host(HOST)
-        .port(port)
-        .user(user)
-        .password(password)
-        .dbname(db)
-        .connect_timeout(CONNECT_TIMEOUT);
+    config.host(HOST).port(port).user(user).password(password).dbname(db).connect_timeout(CONNECT_TIMEOUT);
     config
 }
 
@@ -1056,10 +987,7 @@ pub async fn connect_via(
     user: &str,
     password: &str,
     db: &str,
-) -> Result<(
-    tokio_postgres::Client,
-    JoinHandle<std::result::Result<(), tokio_postgres::Error>>,
-)> {
+) -> Result<(tokio_postgres::Client, JoinHandle<std::result::Result<(), tokio_postgres::Error>>)> {
     let (client, connection) = client_config(port, user, password, db)
         .connect(NoTls)
         .await
@@ -1101,9 +1029,5 @@ pub fn psql(port: u16, user: &str, password: &str, db: &str, args: &[&str]) -> R
 /// Runs `pgbench -h 127.0.0.1 -p <port> -U <user> <args...> <db>` (see
 /// [`client_command`] for the environment) and returns its output.
 pub fn pgbench(port: u16, user: &str, password: &str, db: &str, args: &[&str]) -> Result<Output> {
-    client_command(PGBENCH, port, user, password)
-        .args(args)
-        .arg(db)
-        .output()
-        .context("running pgbench")
+    client_command(PGBENCH, port, user, password).args(args).arg(db).output().context("running pgbench")
 }

@@ -20,15 +20,8 @@ async fn pg_cluster_works() -> anyhow::Result<()> {
     cluster.create_user("alice", "s3cret'pw").await?;
     cluster.create_database("alicedb", "alice").await?;
     let (alice, _task) = connect_via(cluster.port(), "alice", "s3cret'pw", "alicedb").await?;
-    alice
-        .batch_execute("create table t(id int primary key); insert into t values (1), (2)")
-        .await?;
-    let row = alice
-        .query_one(
-            "select current_user::text, current_database()::text, count(*) from t",
-            &[],
-        )
-        .await?;
+    alice.batch_execute("create table t(id int primary key); insert into t values (1), (2)").await?;
+    let row = alice.query_one("select current_user::text, current_database()::text, count(*) from t", &[]).await?;
     assert_eq!(row.get::<_, String>(0), "alice");
     assert_eq!(row.get::<_, String>(1), "alicedb");
     assert_eq!(row.get::<_, i64>(2), 2);
@@ -40,13 +33,7 @@ async fn pg_cluster_works() -> anyhow::Result<()> {
     assert!(verifier.starts_with("SCRAM-SHA-256$4096:"), "{verifier}");
 
     // psql works against it too.
-    let out = psql(
-        cluster.port(),
-        "alice",
-        "s3cret'pw",
-        "alicedb",
-        &["-At", "-c", "select count(*) from t"],
-    )?;
+    let out = psql(cluster.port(), "alice", "s3cret'pw", "alicedb", &["-At", "-c", "select count(*) from t"])?;
     assert!(out.status.success(), "{}", pgvane_tests::describe_output(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
 
@@ -65,10 +52,7 @@ async fn pg_cluster_works() -> anyhow::Result<()> {
     let dir = cluster.dir().to_path_buf();
     assert!(cluster.log().contains("database system is ready to accept connections"));
     drop(cluster);
-    assert!(
-        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        "postmaster {pid} still alive"
-    );
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "postmaster {pid} still alive");
     assert!(!dir.exists(), "{} not removed", dir.display());
     Ok(())
 }

@@ -53,9 +53,7 @@ fn error_code(bytes: &[u8]) -> Option<String> {
         let body = bytes.get(at + 5..at + 1 + len)?;
         if bytes[at] == b'E' {
             let mut fields = body.split(|&b| b == 0);
-            return fields
-                .find(|f| f.first() == Some(&b'C'))
-                .map(|f| String::from_utf8_lossy(&f[1..]).into_owned());
+            return fields.find(|f| f.first() == Some(&b'C')).map(|f| String::from_utf8_lossy(&f[1..]).into_owned());
         }
         at += 1 + len;
     }
@@ -126,8 +124,7 @@ async fn bad_message_lengths_after_login_get_fatal_08p01() -> anyhow::Result<()>
         [b'Q', 0, 0, 0, 2].to_vec(),
     ] {
         let mut s = connect(&p).await?;
-        s.write_all(&startup_packet(3 << 16, &[("user", APP_USER), ("database", APP_DB)]))
-            .await?;
+        s.write_all(&startup_packet(3 << 16, &[("user", APP_USER), ("database", APP_DB)])).await?;
         read_until_ready(&mut s).await?;
         s.write_all(&bad).await?;
         let reply = read_to_close(&mut s).await;
@@ -138,12 +135,8 @@ async fn bad_message_lengths_after_login_get_fatal_08p01() -> anyhow::Result<()>
 
 #[tokio::test]
 async fn protocol_versions_and_negotiation() -> anyhow::Result<()> {
-    let p = Proxied::start(ProxyOptions {
-        auth_type: "trust",
-        secret: SecretKind::Plain,
-        ..ProxyOptions::default()
-    })
-    .await?;
+    let p = Proxied::start(ProxyOptions { auth_type: "trust", secret: SecretKind::Plain, ..ProxyOptions::default() })
+        .await?;
 
     // Protocol 2.0 is refused with 0A000, as PostgreSQL does.
     let mut s = connect(&p).await?;
@@ -152,10 +145,7 @@ async fn protocol_versions_and_negotiation() -> anyhow::Result<()> {
 
     // 3.2 with a _pq_ option: NegotiateProtocolVersion (newest minor 0, the option listed), then login.
     let mut s = connect(&p).await?;
-    let packet = startup_packet(
-        (3 << 16) | 2,
-        &[("user", APP_USER), ("database", APP_DB), ("_pq_.magic", "1")],
-    );
+    let packet = startup_packet((3 << 16) | 2, &[("user", APP_USER), ("database", APP_DB), ("_pq_.magic", "1")]);
     s.write_all(&packet).await?;
     let reply = read_until_ready(&mut s).await?;
     assert_eq!(reply[0], b'v', "NegotiateProtocolVersion first");
@@ -171,8 +161,7 @@ async fn protocol_versions_and_negotiation() -> anyhow::Result<()> {
     s.write_all(&[0, 0, 0, 8, 4, 210, 22, 48]).await?;
     s.read_exact(&mut answer).await?;
     assert_eq!(&answer, b"N");
-    s.write_all(&startup_packet(3 << 16, &[("user", APP_USER), ("database", APP_DB)]))
-        .await?;
+    s.write_all(&startup_packet(3 << 16, &[("user", APP_USER), ("database", APP_DB)])).await?;
     let mut first = [0u8; 9];
     s.read_exact(&mut first).await?;
     assert_eq!(first, [b'R', 0, 0, 0, 8, 0, 0, 0, 0], "AuthenticationOk under trust");

@@ -7,13 +7,7 @@ use pgvane_tests::{describe_output, pgbench};
 /// pgbench's summary line "number of failed transactions: N (…)", or the processed count.
 fn field(output: &str, prefix: &str) -> Option<u64> {
     let line = output.lines().find(|l| l.starts_with(prefix))?;
-    line[prefix.len()..]
-        .split_whitespace()
-        .next()?
-        .split('/')
-        .next()?
-        .parse()
-        .ok()
+    line[prefix.len()..].split_whitespace().next()?.split('/').next()?.parse().ok()
 }
 
 #[tokio::test]
@@ -22,13 +16,7 @@ async fn pgbench_runs_clean_in_simple_and_extended_mode() -> anyhow::Result<()> 
     let out = pgbench(p.port(), APP_USER, APP_PASSWORD, APP_DB, &["-i", "-s", "2", "-q"])?;
     assert!(out.status.success(), "pgbench -i: {}", describe_output(&out));
     for mode in ["simple", "extended"] {
-        let out = pgbench(
-            p.port(),
-            APP_USER,
-            APP_PASSWORD,
-            APP_DB,
-            &["-c", "10", "-j", "2", "-T", "5", "-M", mode],
-        )?;
+        let out = pgbench(p.port(), APP_USER, APP_PASSWORD, APP_DB, &["-c", "10", "-j", "2", "-T", "5", "-M", mode])?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(out.status.success(), "pgbench -M {mode}: {}", describe_output(&out));
         let processed = field(&stdout, "number of transactions actually processed: ").expect("no processed count");
@@ -38,10 +26,7 @@ async fn pgbench_runs_clean_in_simple_and_extended_mode() -> anyhow::Result<()> 
     }
     // The work really happened on the server.
     let direct = p.direct_superuser().await?;
-    let n: i64 = direct
-        .query_one("select count(*) from pgbench_history", &[])
-        .await?
-        .get(0);
+    let n: i64 = direct.query_one("select count(*) from pgbench_history", &[]).await?.get(0);
     assert!(n > 200, "pgbench_history has {n} rows");
     Ok(())
 }

@@ -7,10 +7,7 @@ use pgvane_tests::fixture::{login_error, sqlstate, Proxied, ProxyOptions, APP_DB
 use pgvane_tests::{client_command, connect_via};
 
 fn pool_of_one(extra: &str) -> ProxyOptions {
-    ProxyOptions {
-        settings: format!("default_pool_size = 1\n{extra}"),
-        ..ProxyOptions::default()
-    }
+    ProxyOptions { settings: format!("default_pool_size = 1\n{extra}"), ..ProxyOptions::default() }
 }
 
 #[tokio::test]
@@ -18,9 +15,7 @@ async fn server_connections_are_reused_and_reset() -> anyhow::Result<()> {
     let p = Proxied::start(pool_of_one("")).await?;
     let first = p.client().await?;
     let pid1: i32 = first.query_one("select pg_backend_pid()", &[]).await?.get(0);
-    first
-        .batch_execute("set work_mem = '7MB'; create temp table scratch(x int); prepare s as select 1")
-        .await?;
+    first.batch_execute("set work_mem = '7MB'; create temp table scratch(x int); prepare s as select 1").await?;
     drop(first);
 
     // Give the reset time to run, then the next client gets the same backend, clean.
@@ -29,15 +24,10 @@ async fn server_connections_are_reused_and_reset() -> anyhow::Result<()> {
     assert_eq!(pid1, pid2, "pool of one: the server connection must be reused");
     let work_mem: String = second.query_one("show work_mem", &[]).await?.get(0);
     assert_eq!(work_mem, "4MB", "a SET must not leak to the next client");
-    let temp: i64 = second
-        .query_one("select count(*) from pg_class where relname = 'scratch'", &[])
-        .await?
-        .get(0);
+    let temp: i64 = second.query_one("select count(*) from pg_class where relname = 'scratch'", &[]).await?.get(0);
     assert_eq!(temp, 0, "temp tables must be gone");
-    let prepared: i64 = second
-        .query_one("select count(*) from pg_prepared_statements where name = 's'", &[])
-        .await?
-        .get(0);
+    let prepared: i64 =
+        second.query_one("select count(*) from pg_prepared_statements where name = 's'", &[]).await?.get(0);
     assert_eq!(prepared, 0, "prepared statements must be gone");
     Ok(())
 }
@@ -57,16 +47,10 @@ async fn a_full_pool_makes_clients_wait_then_serves_them() -> anyhow::Result<()>
         }
     });
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(
-        !waiter.is_finished(),
-        "the second client must wait while the only server connection is taken"
-    );
+    assert!(!waiter.is_finished(), "the second client must wait while the only server connection is taken");
     drop(holder);
     let waited = tokio::time::timeout(Duration::from_secs(15), waiter).await???;
-    assert!(
-        waited >= Duration::from_millis(900),
-        "served after {waited:?}, before the first client left"
-    );
+    assert!(waited >= Duration::from_millis(900), "served after {waited:?}, before the first client left");
     Ok(())
 }
 
@@ -84,11 +68,7 @@ async fn waiting_is_bounded_by_query_wait_timeout() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn max_client_conn_is_enforced() -> anyhow::Result<()> {
-    let p = Proxied::start(ProxyOptions {
-        settings: "max_client_conn = 2".into(),
-        ..ProxyOptions::default()
-    })
-    .await?;
+    let p = Proxied::start(ProxyOptions { settings: "max_client_conn = 2".into(), ..ProxyOptions::default() }).await?;
     let a = p.client().await?;
     let b = p.client().await?;
     let err = login_error(p.port(), APP_USER, APP_PASSWORD, APP_DB).await;
@@ -111,10 +91,7 @@ async fn max_client_conn_is_enforced() -> anyhow::Result<()> {
 #[tokio::test]
 async fn client_killed_mid_transaction_leaves_no_dirty_server() -> anyhow::Result<()> {
     let p = Proxied::start(pool_of_one("")).await?;
-    p.client()
-        .await?
-        .batch_execute("create table k(id int primary key)")
-        .await?;
+    p.client().await?.batch_execute("create table k(id int primary key)").await?;
 
     // psql opens a transaction, inserts and locks, then is killed before committing.
     let mut psql = client_command("psql", p.port(), APP_USER, APP_PASSWORD)
@@ -137,10 +114,7 @@ async fn client_killed_mid_transaction_leaves_no_dirty_server() -> anyhow::Resul
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let n: i64 = direct
-            .query_one(
-                "select count(*) from pg_stat_activity where query like 'select pg_sleep(60)%'",
-                &[],
-            )
+            .query_one("select count(*) from pg_stat_activity where query like 'select pg_sleep(60)%'", &[])
             .await?
             .get(0);
         if n == 1 {
@@ -158,16 +132,10 @@ async fn client_killed_mid_transaction_leaves_no_dirty_server() -> anyhow::Resul
     assert_eq!(status, 0, "the killed client's insert must not be committed");
     next.batch_execute("insert into k values (1)").await?;
     let dirty: i64 = direct
-        .query_one(
-            "select count(*) from pg_stat_activity where state like 'idle in transaction%'",
-            &[],
-        )
+        .query_one("select count(*) from pg_stat_activity where state like 'idle in transaction%'", &[])
         .await?
         .get(0);
-    assert_eq!(
-        dirty, 0,
-        "no server session may be left inside the killed client's transaction"
-    );
+    assert_eq!(dirty, 0, "no server session may be left inside the killed client's transaction");
     Ok(())
 }
 
@@ -207,14 +175,8 @@ async fn a_server_dying_mid_session_fails_only_that_client() -> anyhow::Result<(
     let victim = p.client().await?;
     let bystander = p.client().await?;
     let pid: i32 = victim.query_one("select pg_backend_pid()", &[]).await?.get(0);
-    p.direct_superuser()
-        .await?
-        .query_one("select pg_terminate_backend($1)", &[&pid])
-        .await?;
-    let err = victim
-        .simple_query("select 1")
-        .await
-        .expect_err("the victim's server is gone");
+    p.direct_superuser().await?.query_one("select pg_terminate_backend($1)", &[&pid]).await?;
+    let err = victim.simple_query("select 1").await.expect_err("the victim's server is gone");
     assert!(err.is_closed() || err.code().is_some(), "{err}");
     bystander.simple_query("select 1").await?;
     p.client().await?.simple_query("select 1").await?;

@@ -27,10 +27,7 @@ async fn simple_and_extended_protocol() -> anyhow::Result<()> {
             _ => None,
         })
         .collect();
-    assert_eq!(
-        rows,
-        vec![(Some("1".into()), Some("a".into())), (Some("2".into()), None)]
-    );
+    assert_eq!(rows, vec![(Some("1".into()), Some("a".into())), (Some("2".into()), None)]);
 
     // Extended protocol with typed binary parameters, NULLs included.
     let stmt = client
@@ -40,17 +37,13 @@ async fn simple_and_extended_protocol() -> anyhow::Result<()> {
         )
         .await?;
     let bytes: Vec<u8> = (0..=255).collect();
-    let row = client
-        .query_one(&stmt, &[&41i32, &None::<String>, &bytes, &1.5f64])
-        .await?;
+    let row = client.query_one(&stmt, &[&41i32, &None::<String>, &bytes, &1.5f64]).await?;
     assert_eq!(row.get::<_, i32>(0), 42);
     assert_eq!(row.get::<_, Option<String>>(1), None);
     assert_eq!(row.get::<_, Vec<u8>>(2), bytes);
     assert_eq!(row.get::<_, f64>(3), 1.5);
     // The statement is reusable.
-    let row = client
-        .query_one(&stmt, &[&1i32, &Some("x"), &vec![0u8], &0.0f64])
-        .await?;
+    let row = client.query_one(&stmt, &[&1i32, &Some("x"), &vec![0u8], &0.0f64]).await?;
     assert_eq!((row.get::<_, i32>(0), row.get::<_, String>(1)), (2, "x".to_owned()));
     Ok(())
 }
@@ -59,16 +52,11 @@ async fn simple_and_extended_protocol() -> anyhow::Result<()> {
 async fn transactions_with_errors() -> anyhow::Result<()> {
     let p = Proxied::default_setup().await?;
     let mut client = p.client().await?;
-    client
-        .batch_execute("create table acct(id int primary key, n int)")
-        .await?;
+    client.batch_execute("create table acct(id int primary key, n int)").await?;
 
     // An error inside a transaction aborts it; rollback recovers the session.
     client.batch_execute("begin; insert into acct values (1, 1)").await?;
-    let err = client
-        .batch_execute("insert into acct values (1, 2)")
-        .await
-        .unwrap_err();
+    let err = client.batch_execute("insert into acct values (1, 2)").await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("23505"));
     let err = client.simple_query("select 1").await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("25P02"));
@@ -82,10 +70,7 @@ async fn transactions_with_errors() -> anyhow::Result<()> {
     tx.commit().await?;
     let err = client.query("select 1/0", &[]).await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("22012"));
-    let n: i32 = client
-        .query_one("select n from acct where id = $1", &[&2i32])
-        .await?
-        .get(0);
+    let n: i32 = client.query_one("select n from acct where id = $1", &[&2i32]).await?.get(0);
     assert_eq!(n, 20);
     Ok(())
 }
@@ -117,8 +102,7 @@ async fn copy_in_and_out() -> anyhow::Result<()> {
     // A COPY that fails half-way (bad row) is rolled back and leaves the session usable.
     let sink = client.copy_in("copy c from stdin").await?;
     futures_util::pin_mut!(sink);
-    sink.send(bytes::Bytes::from_static(b"1\tok\nnot-a-number\tbad\n"))
-        .await?;
+    sink.send(bytes::Bytes::from_static(b"1\tok\nnot-a-number\tbad\n")).await?;
     let err = sink.finish().await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("22P02"), "{err}");
     let n: i64 = client.query_one("select count(*) from c", &[]).await?.get(0);
@@ -135,16 +119,12 @@ async fn copy_in_and_out() -> anyhow::Result<()> {
 async fn large_results_and_large_values() -> anyhow::Result<()> {
     let p = Proxied::default_setup().await?;
     let client = p.client().await?;
-    let rows = client
-        .query("select g, repeat('x', 100) from generate_series(1, 200000) g", &[])
-        .await?;
+    let rows = client.query("select g, repeat('x', 100) from generate_series(1, 200000) g", &[]).await?;
     assert_eq!(rows.len(), 200_000);
     assert_eq!(rows[199_999].get::<_, i32>(0), 200_000);
     // One value of 20 MB each way (frames much larger than any buffer).
     let big = "y".repeat(20 << 20);
-    let row = client
-        .query_one("select $1::text || 'z', length($1::text)", &[&big])
-        .await?;
+    let row = client.query_one("select $1::text || 'z', length($1::text)", &[&big]).await?;
     assert_eq!(row.get::<_, String>(0).len(), (20 << 20) + 1);
     assert_eq!(row.get::<_, i32>(1), 20 << 20);
     Ok(())
@@ -174,10 +154,7 @@ async fn startup_parameters_reach_the_server() -> anyhow::Result<()> {
     let direct = settings_seen(p.cluster.port()).await?;
     assert_eq!(direct, ["params-test", "custom,public", "1234ms", "5MB"]);
     let proxied = settings_seen(p.port()).await?;
-    assert_eq!(
-        proxied, direct,
-        "through pgvane the session must be set up as when connecting directly"
-    );
+    assert_eq!(proxied, direct, "through pgvane the session must be set up as when connecting directly");
 
     // The server sees it too (pg_stat_activity), not just the session.
     let (_keep, _conn) = {
@@ -187,10 +164,7 @@ async fn startup_parameters_reach_the_server() -> anyhow::Result<()> {
     };
     let direct = p.direct_superuser().await?;
     let n: i64 = direct
-        .query_one(
-            "select count(*) from pg_stat_activity where application_name = 'params-test'",
-            &[],
-        )
+        .query_one("select count(*) from pg_stat_activity where application_name = 'params-test'", &[])
         .await?
         .get(0);
     assert_eq!(n, 1);

@@ -58,10 +58,7 @@ mod tests {
     #[test]
     fn response_from_password_matches_known_values() {
         assert_eq!(md5_response_from_password("alice", "secret", SALT_1234), RESPONSE_1234);
-        assert_eq!(
-            md5_response_from_password("alice", "secret", SALT_DEADBEEF),
-            RESPONSE_DEADBEEF
-        );
+        assert_eq!(md5_response_from_password("alice", "secret", SALT_DEADBEEF), RESPONSE_DEADBEEF);
     }
 
     #[test]
@@ -69,10 +66,7 @@ mod tests {
         assert_eq!(md5_response_from_hash(STORED, SALT_1234), RESPONSE_1234);
         assert_eq!(md5_response_from_hash(STORED, SALT_DEADBEEF), RESPONSE_DEADBEEF);
         // The prefix is optional.
-        assert_eq!(
-            md5_response_from_hash(STORED.trim_start_matches("md5"), SALT_1234),
-            RESPONSE_1234
-        );
+        assert_eq!(md5_response_from_hash(STORED.trim_start_matches("md5"), SALT_1234), RESPONSE_1234);
     }
 
     #[test]
@@ -80,10 +74,7 @@ mod tests {
         // PgBouncer's docs: user `admin` with password `1234` is stored as this hash.
         let stored = password::md5(b"1234", "admin");
         assert_eq!(stored, "md545f2603610af569b6155c45067268c6b");
-        assert_eq!(
-            md5_response_from_hash(&stored, SALT_1234),
-            md5_response_from_password("admin", "1234", SALT_1234)
-        );
+        assert_eq!(md5_response_from_hash(&stored, SALT_1234), md5_response_from_password("admin", "1234", SALT_1234));
     }
 
     #[test]

@@ -244,11 +244,7 @@ impl ServerExchange {
             Some(verifier) => (verifier, false),
             None => (mock_verifier(user), true),
         };
-        ServerExchange {
-            verifier,
-            mock,
-            state: ServerState::AwaitingClientFirst,
-        }
+        ServerExchange { verifier, mock, state: ServerState::AwaitingClientFirst }
     }
 
     /// Takes the client-first-message (the data of SASLInitialResponse), returns the
@@ -269,11 +265,7 @@ impl ServerExchange {
         let client_nonce = parse_client_first_bare(client_first_bare)?;
 
         let nonce = format!("{client_nonce}{}", random_nonce());
-        let server_first = format!(
-            "r={nonce},s={},i={}",
-            BASE64.encode(&self.verifier.salt),
-            self.verifier.iterations
-        );
+        let server_first = format!("r={nonce},s={},i={}", BASE64.encode(&self.verifier.salt), self.verifier.iterations);
         let reply = server_first.clone().into_bytes();
         self.state = ServerState::AwaitingClientFinal(ServerFirstSent {
             gs2_flag,
@@ -305,10 +297,7 @@ impl ServerExchange {
             return Err(ScramError::NonceMismatch);
         }
 
-        let auth_message = format!(
-            "{},{},{}",
-            sent.client_first_bare, sent.server_first, client_final.without_proof
-        );
+        let auth_message = format!("{},{},{}", sent.client_first_bare, sent.server_first, client_final.without_proof);
         let client_signature = hmac_sha256(&self.verifier.stored_key, auth_message.as_bytes());
         let client_key = xor(&client_final.proof, &client_signature);
         // The proof is checked even in a mock exchange, so that both take the same time.
@@ -319,10 +308,7 @@ impl ServerExchange {
 
         let server_signature = hmac_sha256(&self.verifier.server_key, auth_message.as_bytes());
         let server_final = format!("v={}", BASE64.encode(server_signature));
-        let keys = ScramKeys {
-            client_key,
-            server_key: self.verifier.server_key,
-        };
+        let keys = ScramKeys { client_key, server_key: self.verifier.server_key };
         Ok((server_final.into_bytes(), keys))
     }
 }
@@ -351,10 +337,7 @@ enum ClientState {
     /// Nothing sent yet.
     Start,
     /// The client-first-message was sent.
-    FirstSent {
-        client_nonce: String,
-        client_first_bare: String,
-    },
+    FirstSent { client_nonce: String, client_first_bare: String },
     /// The client-final-message was sent; the server must answer with this signature.
     FinalSent { server_signature: [u8; KEY_LEN] },
     /// Finished, successfully or not.
@@ -370,10 +353,7 @@ pub struct ClientExchange {
 impl ClientExchange {
     /// Starts an exchange that will prove `credential`.
     pub fn new(credential: ClientCredential) -> ClientExchange {
-        ClientExchange {
-            credential,
-            state: ClientState::Start,
-        }
+        ClientExchange { credential, state: ClientState::Start }
     }
 
     /// The client-first-message: gs2 header "n,,", empty username "n=," as libpq sends,
@@ -384,10 +364,7 @@ impl ClientExchange {
         let client_nonce = random_nonce();
         let client_first_bare = format!("n=,r={client_nonce}");
         let message = format!("n,,{client_first_bare}");
-        self.state = ClientState::FirstSent {
-            client_nonce,
-            client_first_bare,
-        };
+        self.state = ClientState::FirstSent { client_nonce, client_first_bare };
         message.into_bytes()
     }
 
@@ -399,10 +376,7 @@ impl ClientExchange {
     /// verifier is the one they came from.
     pub fn server_first(&mut self, data: &[u8]) -> Result<Vec<u8>, ScramError> {
         let (client_nonce, client_first_bare) = match std::mem::replace(&mut self.state, ClientState::Done) {
-            ClientState::FirstSent {
-                client_nonce,
-                client_first_bare,
-            } => (client_nonce, client_first_bare),
+            ClientState::FirstSent { client_nonce, client_first_bare } => (client_nonce, client_first_bare),
             _ => return Err(ScramError::OutOfOrder),
         };
 
@@ -426,9 +400,8 @@ impl ClientExchange {
         let client_signature = hmac_sha256(&stored_key, auth_message.as_bytes());
         let proof = xor(&keys.client_key, &client_signature);
 
-        self.state = ClientState::FinalSent {
-            server_signature: hmac_sha256(&keys.server_key, auth_message.as_bytes()),
-        };
+        self.state =
+            ClientState::FinalSent { server_signature: hmac_sha256(&keys.server_key, auth_message.as_bytes()) };
         Ok(format!("{without_proof},p={}", BASE64.encode(proof)).into_bytes())
     }
 
@@ -531,12 +504,7 @@ fn parse_client_final(message: &str) -> Result<ClientFinal<'_>, ScramError> {
             return Err(malformed("proof is not the last attribute"));
         }
     }
-    Ok(ClientFinal {
-        channel_binding,
-        nonce,
-        without_proof,
-        proof,
-    })
+    Ok(ClientFinal { channel_binding, nonce, without_proof, proof })
 }
 
 /// Parses a server-first-message ("r=...,s=...,i=...").
@@ -561,11 +529,7 @@ fn parse_server_first(message: &str) -> Result<ServerFirst<'_>, ScramError> {
     if iterations == 0 || iterations > MAX_ITERATIONS {
         return Err(ScramError::InvalidIterations);
     }
-    Ok(ServerFirst {
-        nonce,
-        salt,
-        iterations,
-    })
+    Ok(ServerFirst { nonce, salt, iterations })
 }
 
 /// The next comma-separated attribute, which must be there.
@@ -597,9 +561,7 @@ fn is_printable(s: &str) -> bool {
 
 /// `s` with every character outside printable ASCII replaced by '?', for error messages.
 fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
-        .collect()
+    s.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect()
 }
 
 fn malformed(reason: &str) -> ScramError {
@@ -628,10 +590,7 @@ fn mock_verifier(user: &str) -> ScramVerifier {
         rand::rng().fill_bytes(&mut secret);
         secret
     });
-    let digest = Sha256::new()
-        .chain_update(user.as_bytes())
-        .chain_update(secret)
-        .finalize();
+    let digest = Sha256::new().chain_update(user.as_bytes()).chain_update(secret).finalize();
     ScramVerifier {
         iterations: MOCK_ITERATIONS,
         salt: digest.iter().take(MOCK_SALT_LEN).copied().collect(),
@@ -725,11 +684,7 @@ mod tests {
     }
 
     fn nonce_of(server_first: &str) -> &str {
-        server_first
-            .split(',')
-            .next()
-            .and_then(|r| r.strip_prefix("r="))
-            .unwrap()
+        server_first.split(',').next().and_then(|r| r.strip_prefix("r=")).unwrap()
     }
 
     #[test]
@@ -756,14 +711,8 @@ mod tests {
         let parsed = ScramVerifier::parse(POSTGRES_VERIFIER).unwrap();
         assert_eq!(parsed.iterations, 4096);
         assert_eq!(parsed.salt, BASE64.decode("nJakA6586ryZEsVYp/ow/A==").unwrap());
-        assert_eq!(
-            parsed.stored_key.to_vec(),
-            BASE64.decode("bKi3vC8WXFnrw3qzlD3GK7hgA2kGCI30rz0SNNHR3pQ=").unwrap()
-        );
-        assert_eq!(
-            parsed.server_key.to_vec(),
-            BASE64.decode("qRlXnTUYquIf1YLJvUPWtsSKWYugzwaYFnnNIEJX6ek=").unwrap()
-        );
+        assert_eq!(parsed.stored_key.to_vec(), BASE64.decode("bKi3vC8WXFnrw3qzlD3GK7hgA2kGCI30rz0SNNHR3pQ=").unwrap());
+        assert_eq!(parsed.server_key.to_vec(), BASE64.decode("qRlXnTUYquIf1YLJvUPWtsSKWYugzwaYFnnNIEJX6ek=").unwrap());
         // Our key derivation agrees with PostgreSQL's.
         assert!(ScramVerifier::from_password("foobar", &parsed.salt, 4096) == parsed);
     }
@@ -802,10 +751,7 @@ mod tests {
         assert!(!printed.contains("bKi3vC8"));
         assert!(!printed.contains("qRlXnTU"));
 
-        let keys = ScramKeys {
-            client_key: [0xab; KEY_LEN],
-            server_key: [0xcd; KEY_LEN],
-        };
+        let keys = ScramKeys { client_key: [0xab; KEY_LEN], server_key: [0xcd; KEY_LEN] };
         let printed = format!("{keys:?} {:?}", ClientCredential::Keys(keys.clone()));
         assert!(!printed.contains("171") && !printed.contains("ab"), "{printed}");
         let printed = format!("{:?}", ClientCredential::Password("hunter2".into()));
@@ -913,10 +859,7 @@ mod tests {
         let other = ScramVerifier::from_password("s3cret", b"another salt", 4096);
         let mut backend = ServerExchange::new("alice", Some(other));
         let mut passthrough = ClientExchange::new(ClientCredential::Keys(keys));
-        assert_eq!(
-            run(&mut backend, &mut passthrough).err(),
-            Some(ScramError::InvalidProof)
-        );
+        assert_eq!(run(&mut backend, &mut passthrough).err(), Some(ScramError::InvalidProof));
     }
 
     #[test]
@@ -940,11 +883,8 @@ mod tests {
 
         // A mock exchange fails even when the proof would be right: here the mock flag is
         // paired with a real verifier and the right password.
-        let mut server = ServerExchange {
-            verifier: verifier("pw"),
-            mock: true,
-            state: ServerState::AwaitingClientFirst,
-        };
+        let mut server =
+            ServerExchange { verifier: verifier("pw"), mock: true, state: ServerState::AwaitingClientFirst };
         let mut client = ClientExchange::new(ClientCredential::Password("pw".into()));
         assert_eq!(run(&mut server, &mut client).err(), Some(ScramError::InvalidProof));
     }
@@ -965,12 +905,9 @@ mod tests {
     #[test]
     fn accepts_y_gs2_header_with_matching_channel_binding() {
         let verifier = verifier("pw");
-        for (header, binding, ok) in [
-            ("y,,", "eSws", true),
-            ("y,,", "biws", false),
-            ("n,,", "eSws", false),
-            ("n,,", "biws", true),
-        ] {
+        for (header, binding, ok) in
+            [("y,,", "eSws", true), ("y,,", "biws", false), ("n,,", "eSws", false), ("n,,", "biws", true)]
+        {
             let mut server = ServerExchange::new("u", Some(verifier.clone()));
             let reply = server.client_first(format!("{header}n=,r=nonce1").as_bytes()).unwrap();
             let server_first = text(&reply).to_owned();
@@ -1025,12 +962,7 @@ mod tests {
         ];
         for (message, expected) in cases {
             let mut server = ServerExchange::new("u", Some(verifier("pw")));
-            assert_eq!(
-                server.client_first(message).err(),
-                Some(expected),
-                "{:?}",
-                String::from_utf8_lossy(message)
-            );
+            assert_eq!(server.client_first(message).err(), Some(expected), "{:?}", String::from_utf8_lossy(message));
             // An error ends the exchange.
             assert_eq!(server.client_first(b"n,,n=,r=abc").err(), Some(ScramError::OutOfOrder));
         }
@@ -1047,10 +979,7 @@ mod tests {
 
         let (mut server, server_first) = start();
         let wrong_nonce = client_final_for("pw", &verifier, "n=,r=abc", &server_first, "c=biws,r=abcX");
-        assert_eq!(
-            server.client_final(wrong_nonce.as_bytes()).err(),
-            Some(ScramError::NonceMismatch)
-        );
+        assert_eq!(server.client_final(wrong_nonce.as_bytes()).err(), Some(ScramError::NonceMismatch));
 
         let (mut server, server_first) = start();
         let good = client_final_for(
@@ -1067,10 +996,7 @@ mod tests {
             good.replacen("c=biws,", "", 1),
         ] {
             let (mut server, _) = start();
-            assert!(
-                matches!(server.client_final(bad.as_bytes()), Err(ScramError::Malformed(_))),
-                "{bad}"
-            );
+            assert!(matches!(server.client_final(bad.as_bytes()), Err(ScramError::Malformed(_))), "{bad}");
         }
         server.client_final(good.as_bytes()).unwrap();
     }
@@ -1078,10 +1004,7 @@ mod tests {
     #[test]
     fn steps_out_of_order_are_errors() {
         let mut server = ServerExchange::new("u", Some(verifier("pw")));
-        assert_eq!(
-            server.client_final(b"c=biws,r=a,p=b").err(),
-            Some(ScramError::OutOfOrder)
-        );
+        assert_eq!(server.client_final(b"c=biws,r=a,p=b").err(), Some(ScramError::OutOfOrder));
 
         let mut client = ClientExchange::new(ClientCredential::Password("pw".into()));
         assert_eq!(client.server_first(b"r=a,s=b,i=1").err(), Some(ScramError::OutOfOrder));
@@ -1102,27 +1025,17 @@ mod tests {
             ("r={n}x,s=c2FsdA==,i=0", ScramError::InvalidIterations),
             ("r={n}x,s=c2FsdA==,i=10000001", ScramError::InvalidIterations),
             ("r={n}x,s=c2FsdA==,i=-1", ScramError::InvalidIterations),
-            (
-                "r={n}x,s=c2FsdA==,i=4096,x=1",
-                malformed("garbage at end of server-first-message"),
-            ),
+            ("r={n}x,s=c2FsdA==,i=4096,x=1", malformed("garbage at end of server-first-message")),
             ("r={n}x,s=not*base64,i=4096", malformed("invalid salt")),
             ("m=ext,r={n}x,s=c2FsdA==,i=4096", ScramError::ExtensionNotSupported),
-            (
-                "r={n}x,i=4096",
-                ScramError::Malformed("expected attribute \"s\"".into()),
-            ),
+            ("r={n}x,i=4096", ScramError::Malformed("expected attribute \"s\"".into())),
         ];
         for (template, expected) in cases {
             let mut client = ClientExchange::new(ClientCredential::Password("pw".into()));
             let first = String::from_utf8(client.client_first()).unwrap();
             let nonce = first.strip_prefix("n,,n=,r=").unwrap();
             let message = template.replace("{n}", nonce);
-            assert_eq!(
-                client.server_first(message.as_bytes()).err(),
-                Some(expected),
-                "{message}"
-            );
+            assert_eq!(client.server_first(message.as_bytes()).err(), Some(expected), "{message}");
         }
     }
 
@@ -1142,28 +1055,16 @@ mod tests {
 
         let (mut client, _) = start();
         let forged = format!("v={}", BASE64.encode([0u8; KEY_LEN]));
-        assert_eq!(
-            client.server_final(forged.as_bytes()).err(),
-            Some(ScramError::InvalidServerSignature)
-        );
+        assert_eq!(client.server_final(forged.as_bytes()).err(), Some(ScramError::InvalidServerSignature));
 
         let (mut client, _) = start();
-        assert_eq!(
-            client.server_final(b"e=invalid-proof").err(),
-            Some(ScramError::Server("invalid-proof".into()))
-        );
+        assert_eq!(client.server_final(b"e=invalid-proof").err(), Some(ScramError::Server("invalid-proof".into())));
 
         let (mut client, _) = start();
-        assert_eq!(
-            client.server_final(b"e=bad\x07thing").err(),
-            Some(ScramError::Server("bad?thing".into()))
-        );
+        assert_eq!(client.server_final(b"e=bad\x07thing").err(), Some(ScramError::Server("bad?thing".into())));
 
         let (mut client, server_final) = start();
-        assert!(matches!(
-            client.server_final(format!("{server_final},x=1").as_bytes()),
-            Err(ScramError::Malformed(_))
-        ));
+        assert!(matches!(client.server_final(format!("{server_final},x=1").as_bytes()), Err(ScramError::Malformed(_))));
     }
 
     #[test]

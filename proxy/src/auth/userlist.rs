@@ -82,9 +82,7 @@ impl Secret {
         if is_md5_hash(&secret) {
             Ok(Secret::Md5(secret))
         } else if secret.starts_with("SCRAM-SHA-256$") {
-            ScramVerifier::parse(&secret)
-                .map(Secret::Scram)
-                .ok_or(UserlistError::BadScramVerifier { line })
+            ScramVerifier::parse(&secret).map(Secret::Scram).ok_or(UserlistError::BadScramVerifier { line })
         } else {
             Ok(Secret::Plain(secret))
         }
@@ -281,19 +279,13 @@ mod tests {
             ("\"bob \"pw\"", UserlistError::Syntax { line: 1 }),
             ("\"bob", UserlistError::Unterminated { line: 1 }),
             ("\"\" \"pw\"", UserlistError::EmptyUser { line: 1 }),
-            (
-                "\"a\" \"1\"\n\"b\" \"SCRAM-SHA-256$4096:bad\"\n",
-                UserlistError::BadScramVerifier { line: 2 },
-            ),
+            ("\"a\" \"1\"\n\"b\" \"SCRAM-SHA-256$4096:bad\"\n", UserlistError::BadScramVerifier { line: 2 }),
         ];
         for (text, expected) in cases {
             assert_eq!(Userlist::parse(text).err(), Some(expected.clone()), "{text:?}");
             assert!(expected.to_string().starts_with(&format!("line {}: ", expected.line())));
         }
-        assert_eq!(
-            UserlistError::Syntax { line: 3 }.to_string(),
-            "line 3: expected \"user\" \"secret\""
-        );
+        assert_eq!(UserlistError::Syntax { line: 3 }.to_string(), "line 3: expected \"user\" \"secret\"");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! slot is freed only when the connection is idle again or gone.
 
 mod server;
+mod stats;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,7 +16,10 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use server::{ServerConn, ServerCredential, ServerError, ServerTarget, MAX_SERVER_FRAME_BYTES};
+pub use server::{
+    CancelTarget, ServerConn, ServerCredential, ServerError, ServerStatements, ServerTarget, MAX_SERVER_FRAME_BYTES,
+};
+pub use stats::{PoolStats, StatsSnapshot};
 
 use crate::protocol::messages::TransactionStatus;
 
@@ -41,13 +45,21 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// Connections older than this are closed instead of reused.
     pub lifetime: Duration,
-    /// Run before a connection is reused; empty for none.
+    /// Run before a connection is reused after a session; empty for none.
     pub reset_query: String,
+    /// Prepared statements kept per server connection (transaction and statement modes).
+    pub max_prepared_statements: usize,
 }
 
 /// Server connections for one (database, user).
 #[derive(Debug)]
 pub struct Pool {
+    /// The database name clients use.
+    pub database: String,
+    /// The client user name.
+    pub user: String,
+    /// Counters for SHOW STATS.
+    pub stats: PoolStats,
     target: ServerTarget,
     settings: PoolSettings,
     credential: Mutex<ServerCredential>,
@@ -61,8 +73,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Pool {
-    fn new(target: ServerTarget, settings: PoolSettings, credential: ServerCredential) -> Self {
+    fn new(
+        database: &str,
+        user: &str,
+        target: ServerTarget,
+        settings: PoolSettings,
+        credential: ServerCredential,
+    ) -> Self {
         Pool {
+            database: database.to_owned(),
+            user: user.to_owned(),
+            stats: PoolStats::default(),
             target,
             credential: Mutex::new(credential),
             slots: Arc::new(Semaphore::new(settings.size)),
@@ -89,22 +110,20 @@ impl Pool {
             .map_err(|_| PoolError::WaitTimeout(wait))?;
         while let Some(mut conn) = self.pop_idle() {
             if conn.is_healthy() && !self.expired(&conn, Instant::now()) {
-                return Ok(PooledConn {
-                    conn,
-                    pool: self.clone(),
-                    _slot: permit,
-                });
+                return Ok(PooledConn { conn, pool: self.clone(), _slot: permit });
             }
             tracing::debug!(db = %self.target.dbname, user = %self.target.user, "discarding stale idle server connection");
         }
         let credential = lock(&self.credential).clone();
-        let conn = ServerConn::connect(&self.target, &credential, self.settings.connect_timeout).await?;
+        let conn = ServerConn::connect(
+            &self.target,
+            &credential,
+            self.settings.connect_timeout,
+            self.settings.max_prepared_statements,
+        )
+        .await?;
         tracing::debug!(db = %self.target.dbname, user = %self.target.user, "opened server connection");
-        Ok(PooledConn {
-            conn,
-            pool: self.clone(),
-            _slot: permit,
-        })
+        Ok(PooledConn { conn, pool: self.clone(), _slot: permit })
     }
 
     fn pop_idle(&self) -> Option<ServerConn> {
@@ -147,16 +166,28 @@ impl PooledConn {
         &mut self.conn
     }
 
-    /// Returns a connection that is idle (nothing in flight, not in a transaction) to the pool.
+    /// The connection, read-only.
+    pub fn conn_ref(&self) -> &ServerConn {
+        &self.conn
+    }
+
+    /// Returns a connection that is idle (nothing in flight, not in a transaction) to the
+    /// pool as it is, for the next transaction (transaction and statement modes, where the
+    /// session keeps track of the state it leaves behind).
+    pub fn release(self) {
+        let PooledConn { mut conn, pool, _slot: slot } = self;
+        conn.last_used = Instant::now();
+        lock(&pool.idle).push(conn);
+        drop(slot);
+    }
+
+    /// Returns a connection that is idle (nothing in flight, not in a transaction) to the
+    /// pool after a whole session: `server_reset_query` runs first.
     ///
     /// The reset query runs in the background; the slot stays taken until it is done, and a
     /// connection whose reset fails is closed instead.
-    pub fn release(self) {
-        let PooledConn {
-            mut conn,
-            pool,
-            _slot: slot,
-        } = self;
+    pub fn release_after_session(self) {
+        let PooledConn { mut conn, pool, _slot: slot } = self;
         tokio::spawn(async move {
             let reset = &pool.settings.reset_query;
             if !reset.is_empty() {
@@ -210,9 +241,16 @@ impl Pools {
             .entry((database.to_owned(), user.to_owned()))
             .or_insert_with(|| {
                 let (target, settings, credential) = make();
-                Arc::new(Pool::new(target, settings, credential))
+                Arc::new(Pool::new(database, user, target, settings, credential))
             })
             .clone()
+    }
+
+    /// Every pool, ordered by (database, user).
+    pub fn list(&self) -> Vec<Arc<Pool>> {
+        let mut pools: Vec<Arc<Pool>> = lock(&self.pools).values().cloned().collect();
+        pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+        pools
     }
 
     /// Closes expired idle connections in every pool.

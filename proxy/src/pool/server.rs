@@ -100,6 +100,89 @@ pub struct ServerConn {
     pub created: Instant,
     /// When it was last returned to the pool.
     pub last_used: Instant,
+    /// Prepared statements pgvane created on it (transaction and statement modes).
+    pub statements: ServerStatements,
+    /// Settings pgvane applied on it for the client using it, beyond the connection's defaults.
+    pub applied_settings: BTreeMap<String, String>,
+}
+
+/// Where and how to cancel what runs on a server connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelTarget {
+    /// The server's address.
+    pub addr: std::net::SocketAddr,
+    /// The server's process ID.
+    pub pid: u32,
+    /// The server's secret key.
+    pub secret: u32,
+}
+
+impl CancelTarget {
+    /// Sends a CancelRequest for it on a new connection.
+    pub async fn send(&self) -> io::Result<()> {
+        let mut stream = TcpStream::connect(self.addr).await?;
+        let mut buf = BytesMut::new();
+        messages::encode_cancel(self.pid, self.secret, &mut buf);
+        stream.write_all(&buf).await?;
+        stream.shutdown().await
+    }
+}
+
+/// The prepared statements living on one server connection, least recently used first,
+/// at most `capacity` of them.
+#[derive(Debug, Default)]
+pub struct ServerStatements {
+    names: Vec<String>,
+    capacity: usize,
+}
+
+impl ServerStatements {
+    /// An empty set holding at most `capacity` names.
+    pub fn new(capacity: usize) -> Self {
+        ServerStatements { names: Vec::new(), capacity: capacity.max(1) }
+    }
+
+    /// True if `name` exists on the server; marks it recently used.
+    pub fn touch(&mut self, name: &str) -> bool {
+        match self.names.iter().position(|n| n == name) {
+            Some(i) => {
+                let n = self.names.remove(i);
+                self.names.push(n);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records that `name` now exists; returns the name evicted to stay within capacity,
+    /// which the caller must close on the server.
+    pub fn insert(&mut self, name: String) -> Option<String> {
+        if self.touch(&name) {
+            return None;
+        }
+        self.names.push(name);
+        (self.names.len() > self.capacity).then(|| self.names.remove(0))
+    }
+
+    /// Forgets `name` (its Parse failed, or it was closed).
+    pub fn remove(&mut self, name: &str) {
+        self.names.retain(|n| n != name);
+    }
+
+    /// Forgets everything (after DISCARD ALL / DEALLOCATE ALL).
+    pub fn clear(&mut self) {
+        self.names.clear();
+    }
+
+    /// Number of statements.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
 }
 
 impl ServerConn {
@@ -108,13 +191,18 @@ impl ServerConn {
         target: &ServerTarget,
         credential: &ServerCredential,
         timeout: Duration,
+        max_prepared_statements: usize,
     ) -> Result<ServerConn, ServerError> {
-        tokio::time::timeout(timeout, Self::connect_inner(target, credential))
+        tokio::time::timeout(timeout, Self::connect_inner(target, credential, max_prepared_statements))
             .await
             .map_err(|_| ServerError::ConnectTimeout)?
     }
 
-    async fn connect_inner(target: &ServerTarget, credential: &ServerCredential) -> Result<ServerConn, ServerError> {
+    async fn connect_inner(
+        target: &ServerTarget,
+        credential: &ServerCredential,
+        max_prepared_statements: usize,
+    ) -> Result<ServerConn, ServerError> {
         let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
         stream.set_nodelay(true)?;
         let peer = stream.peer_addr()?;
@@ -127,12 +215,11 @@ impl ServerConn {
             peer,
             created: now,
             last_used: now,
+            statements: ServerStatements::new(max_prepared_statements),
+            applied_settings: BTreeMap::new(),
         };
         let mut out = BytesMut::new();
-        messages::encode_startup(
-            [("user", target.user.as_str()), ("database", target.dbname.as_str())],
-            &mut out,
-        );
+        messages::encode_startup([("user", target.user.as_str()), ("database", target.dbname.as_str())], &mut out);
         conn.stream.write_all(&out).await?;
         conn.login(&target.user, credential).await?;
         Ok(conn)
@@ -234,6 +321,7 @@ impl ServerConn {
             match frame.tag() {
                 tag::ERROR_RESPONSE => error = Some(ErrorResponse::parse(frame.body())?),
                 tag::PARAMETER_STATUS => self.note_parameter(&frame)?,
+                tag::COMMAND_COMPLETE => self.note_command_complete(frame.body()),
                 tag::READY_FOR_QUERY => {
                     let status = messages::parse_ready_for_query(frame.body())?;
                     return Ok(match error {
@@ -249,15 +337,29 @@ impl ServerConn {
         }
     }
 
+    /// Keeps pgvane's view of the connection's session state right when a command wipes it:
+    /// DISCARD ALL drops prepared statements and settings, DEALLOCATE ALL the statements.
+    pub fn note_command_complete(&mut self, body: &[u8]) {
+        match body {
+            b"DISCARD ALL\0" => {
+                self.statements.clear();
+                self.applied_settings.clear();
+            }
+            b"DEALLOCATE ALL\0" => self.statements.clear(),
+            _ => {}
+        }
+    }
+
+    /// Where a cancel for this connection goes.
+    pub fn cancel_target(&self) -> CancelTarget {
+        CancelTarget { addr: self.peer, pid: self.backend_key.0, secret: self.backend_key.1 }
+    }
+
     /// Asks the server to cancel whatever this connection is running (a CancelRequest on a
     /// new connection), so a backend abandoned mid-query stops and rolls back instead of
     /// running on, holding locks, until it notices the closed socket.
     pub async fn cancel(&self) -> io::Result<()> {
-        let mut stream = TcpStream::connect(self.peer).await?;
-        let mut buf = BytesMut::new();
-        messages::encode_cancel(self.backend_key.0, self.backend_key.1, &mut buf);
-        stream.write_all(&buf).await?;
-        stream.shutdown().await
+        self.cancel_target().send().await
     }
 
     /// True if the idle connection looks usable: not closed by the server, nothing unread.

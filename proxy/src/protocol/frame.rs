@@ -49,10 +49,7 @@ pub fn frame_len(buf: &[u8], max_len: usize) -> Result<Option<usize>, ProtocolEr
     }
     let declared = declared as usize;
     if declared > max_len {
-        return Err(ProtocolError::LengthTooLarge {
-            len: declared as u64,
-            limit: max_len as u64,
-        });
+        return Err(ProtocolError::LengthTooLarge { len: declared as u64, limit: max_len as u64 });
     }
     let total = declared + 1;
     Ok((buf.len() >= total).then_some(total))
@@ -64,9 +61,7 @@ pub fn frame_len(buf: &[u8], max_len: usize) -> Result<Option<usize>, ProtocolEr
 /// but has room reserved for the rest of the frame.
 pub fn decode_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, ProtocolError> {
     match frame_len(buf, max_len)? {
-        Some(total) => Ok(Some(Frame {
-            raw: buf.split_to(total).freeze(),
-        })),
+        Some(total) => Ok(Some(Frame { raw: buf.split_to(total).freeze() })),
         None => {
             if buf.len() >= Frame::HEADER_LEN {
                 let declared = (&buf[1..5]).get_u32() as usize;

@@ -23,14 +23,54 @@ pub mod tag {
     pub const READY_FOR_QUERY: u8 = b'Z';
     /// NegotiateProtocolVersion (backend).
     pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
+    /// CommandComplete (backend).
+    pub const COMMAND_COMPLETE: u8 = b'C';
     /// CopyInResponse (backend).
     pub const COPY_IN_RESPONSE: u8 = b'G';
     /// CopyOutResponse (backend).
     pub const COPY_OUT_RESPONSE: u8 = b'H';
     /// CopyBothResponse (backend).
     pub const COPY_BOTH_RESPONSE: u8 = b'W';
+    /// DataRow (backend).
+    pub const DATA_ROW: u8 = b'D';
+    /// ParseComplete (backend).
+    pub const PARSE_COMPLETE: u8 = b'1';
+    /// BindComplete (backend).
+    pub const BIND_COMPLETE: u8 = b'2';
+    /// CloseComplete (backend).
+    pub const CLOSE_COMPLETE: u8 = b'3';
+    /// NotificationResponse (backend).
+    pub const NOTIFICATION_RESPONSE: u8 = b'A';
+    /// ParameterDescription (backend).
+    pub const PARAMETER_DESCRIPTION: u8 = b't';
+    /// RowDescription (backend).
+    pub const ROW_DESCRIPTION: u8 = b'T';
+    /// NoData (backend).
+    pub const NO_DATA: u8 = b'n';
+    /// EmptyQueryResponse (backend).
+    pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
+    /// PortalSuspended (backend).
+    pub const PORTAL_SUSPENDED: u8 = b's';
     /// Query (frontend).
     pub const QUERY: u8 = b'Q';
+    /// Parse (frontend).
+    pub const PARSE: u8 = b'P';
+    /// Bind (frontend).
+    pub const BIND: u8 = b'B';
+    /// Describe (frontend). Shares its byte with DataRow; direction tells them apart.
+    pub const DESCRIBE: u8 = b'D';
+    /// Execute (frontend).
+    pub const EXECUTE: u8 = b'E';
+    /// Close (frontend). Shares its byte with CommandComplete.
+    pub const CLOSE: u8 = b'C';
+    /// Flush (frontend).
+    pub const FLUSH: u8 = b'H';
+    /// CopyData (both directions).
+    pub const COPY_DATA: u8 = b'd';
+    /// CopyDone (both directions).
+    pub const COPY_DONE: u8 = b'c';
+    /// CopyFail (frontend).
+    pub const COPY_FAIL: u8 = b'f';
     /// Sync (frontend). Shares its byte with ParameterStatus; direction tells them apart.
     pub const SYNC: u8 = b'S';
     /// FunctionCall (frontend).
@@ -92,11 +132,7 @@ impl<'a> Reader<'a> {
     }
 
     fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
-        let end = self
-            .body
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or(self.err("unterminated string"))?;
+        let end = self.body.iter().position(|&b| b == 0).ok_or(self.err("unterminated string"))?;
         let s = std::str::from_utf8(&self.body[..end]).map_err(|_| self.err("invalid UTF-8"))?;
         self.body = &self.body[end + 1..];
         Ok(s)
@@ -177,9 +213,7 @@ impl Authentication {
             3 => Authentication::CleartextPassword,
             5 => {
                 let s = r.bytes(4)?;
-                Authentication::Md5Password {
-                    salt: [s[0], s[1], s[2], s[3]],
-                }
+                Authentication::Md5Password { salt: [s[0], s[1], s[2], s[3]] }
             }
             10 => {
                 let mut mechanisms = Vec::new();
@@ -345,11 +379,7 @@ pub fn parse_sasl_initial_response(body: &[u8]) -> Result<(&str, &[u8]), Protoco
     let mut r = Reader::new("SASLInitialResponse", body);
     let mechanism = r.cstr()?;
     let len = r.u32()?;
-    let data = if len == u32::MAX {
-        &[][..]
-    } else {
-        r.bytes(len as usize)?
-    };
+    let data = if len == u32::MAX { &[][..] } else { r.bytes(len as usize)? };
     r.finish()?;
     Ok((mechanism, data))
 }
@@ -357,6 +387,161 @@ pub fn parse_sasl_initial_response(body: &[u8]) -> Result<(&str, &[u8]), Protoco
 /// Encodes SASLResponse (tag `p`).
 pub fn encode_sasl_response(data: &[u8], dst: &mut BytesMut) {
     put_message(dst, tag::PASSWORD, |dst| dst.put_slice(data));
+}
+
+/// Encodes a message with an empty body: ParseComplete, BindComplete, CloseComplete, NoData…
+pub fn encode_empty(tag: u8, dst: &mut BytesMut) {
+    put_message(dst, tag, |_| {});
+}
+
+/// Encodes CommandComplete (tag `C` from the backend).
+pub fn encode_command_complete(command_tag: &str, dst: &mut BytesMut) {
+    put_message(dst, tag::COMMAND_COMPLETE, |dst| put_cstr(dst, command_tag));
+}
+
+/// Parses a CommandComplete body into its command tag.
+pub fn parse_command_complete(body: &[u8]) -> Result<&str, ProtocolError> {
+    let mut r = Reader::new("CommandComplete", body);
+    let command_tag = r.cstr()?;
+    r.finish()?;
+    Ok(command_tag)
+}
+
+/// A Parse message: statement name, query text and the raw parameter-type list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parse<'a> {
+    /// Statement name (empty: the unnamed statement).
+    pub name: &'a str,
+    /// SQL text.
+    pub query: &'a str,
+    /// The parameter count and OIDs exactly as sent (int16 count, int32 each).
+    pub param_types: &'a [u8],
+}
+
+impl<'a> Parse<'a> {
+    /// Decodes a Parse body.
+    pub fn decode(body: &'a [u8]) -> Result<Self, ProtocolError> {
+        let mut r = Reader::new("Parse", body);
+        let name = r.cstr()?;
+        let query = r.cstr()?;
+        let param_types = r.rest();
+        let count = param_types.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]) as usize);
+        if count.map(|n| 2 + 4 * n) != Some(param_types.len()) {
+            return Err(ProtocolError::malformed("Parse", "parameter type list does not match its count"));
+        }
+        Ok(Parse { name, query, param_types })
+    }
+
+    /// Appends it as a Parse message.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        put_message(dst, tag::PARSE, |dst| {
+            put_cstr(dst, self.name);
+            put_cstr(dst, self.query);
+            dst.put_slice(self.param_types);
+        });
+    }
+}
+
+/// The names in a Bind body: (portal, statement, offset of the rest of the body).
+pub fn parse_bind_names(body: &[u8]) -> Result<(&str, &str, usize), ProtocolError> {
+    let mut r = Reader::new("Bind", body);
+    let portal = r.cstr()?;
+    let statement = r.cstr()?;
+    Ok((portal, statement, body.len() - r.body.len()))
+}
+
+/// Re-encodes a Bind body with another statement name.
+pub fn encode_bind_renamed(body: &[u8], statement: &str, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+    let (portal, _, rest) = parse_bind_names(body)?;
+    put_message(dst, tag::BIND, |dst| {
+        put_cstr(dst, portal);
+        put_cstr(dst, statement);
+        dst.put_slice(&body[rest..]);
+    });
+    Ok(())
+}
+
+/// What a Describe or Close message targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A prepared statement (`S`).
+    Statement,
+    /// A portal (`P`).
+    Portal,
+}
+
+/// Parses a Describe or Close body into (target, name).
+pub fn parse_describe_or_close(body: &[u8]) -> Result<(Target, &str), ProtocolError> {
+    let mut r = Reader::new("Describe/Close", body);
+    let target = match r.u8()? {
+        b'S' => Target::Statement,
+        b'P' => Target::Portal,
+        _ => return Err(r.err("target must be S or P")),
+    };
+    let name = r.cstr()?;
+    r.finish()?;
+    Ok((target, name))
+}
+
+/// Encodes a Describe (`tag::DESCRIBE`) or Close (`tag::CLOSE`) message.
+pub fn encode_describe_or_close(message_tag: u8, target: Target, name: &str, dst: &mut BytesMut) {
+    put_message(dst, message_tag, |dst| {
+        dst.put_u8(match target {
+            Target::Statement => b'S',
+            Target::Portal => b'P',
+        });
+        put_cstr(dst, name);
+    });
+}
+
+/// Encodes Sync (`S` from the frontend).
+pub fn encode_sync(dst: &mut BytesMut) {
+    put_message(dst, tag::SYNC, |_| {});
+}
+
+/// The text values of a DataRow body (`None` for NULL).
+pub fn parse_data_row(body: &[u8]) -> Result<Vec<Option<&[u8]>>, ProtocolError> {
+    let mut r = Reader::new("DataRow", body);
+    let count = r.bytes(2).map(|c| u16::from_be_bytes([c[0], c[1]]))?;
+    let mut values = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let len = r.u32()?;
+        values.push(if len == u32::MAX { None } else { Some(r.bytes(len as usize)?) });
+    }
+    r.finish()?;
+    Ok(values)
+}
+
+/// Encodes a DataRow of text values.
+pub fn encode_data_row(values: &[Option<&[u8]>], dst: &mut BytesMut) {
+    put_message(dst, tag::DATA_ROW, |dst| {
+        dst.put_u16(values.len() as u16);
+        for value in values {
+            match value {
+                Some(v) => {
+                    dst.put_u32(v.len() as u32);
+                    dst.put_slice(v);
+                }
+                None => dst.put_u32(u32::MAX),
+            }
+        }
+    });
+}
+
+/// Encodes a RowDescription of text columns (type `text`, OID 25).
+pub fn encode_text_row_description(columns: &[&str], dst: &mut BytesMut) {
+    put_message(dst, tag::ROW_DESCRIPTION, |dst| {
+        dst.put_u16(columns.len() as u16);
+        for column in columns {
+            put_cstr(dst, column);
+            dst.put_u32(0); // table OID
+            dst.put_u16(0); // column number
+            dst.put_u32(25); // type OID: text
+            dst.put_i16(-1); // type size
+            dst.put_i32(-1); // type modifier
+            dst.put_u16(0); // text format
+        }
+    });
 }
 
 /// ErrorResponse and NoticeResponse: a list of (field code, value).
@@ -483,9 +668,7 @@ mod tests {
             Authentication::Ok,
             Authentication::CleartextPassword,
             Authentication::Md5Password { salt: [1, 2, 3, 4] },
-            Authentication::Sasl {
-                mechanisms: vec!["SCRAM-SHA-256".into(), "SCRAM-SHA-256-PLUS".into()],
-            },
+            Authentication::Sasl { mechanisms: vec!["SCRAM-SHA-256".into(), "SCRAM-SHA-256-PLUS".into()] },
             Authentication::SaslContinue(b"r=abc,s=xyz,i=4096".to_vec()),
             Authentication::SaslFinal(b"v=sig".to_vec()),
             Authentication::Unsupported(7),
@@ -512,11 +695,7 @@ mod tests {
 
     #[test]
     fn ready_for_query_round_trips() {
-        for status in [
-            TransactionStatus::Idle,
-            TransactionStatus::InTransaction,
-            TransactionStatus::Failed,
-        ] {
+        for status in [TransactionStatus::Idle, TransactionStatus::InTransaction, TransactionStatus::Failed] {
             let (t, body) = frame(|b| encode_ready_for_query(status, b));
             assert_eq!(t, b'Z');
             assert_eq!(parse_ready_for_query(&body).unwrap(), status);
@@ -548,14 +727,71 @@ mod tests {
     fn sasl_messages_round_trip() {
         let (t, body) = frame(|b| encode_sasl_initial_response("SCRAM-SHA-256", b"n,,n=,r=abc", b));
         assert_eq!(t, b'p');
-        assert_eq!(
-            parse_sasl_initial_response(&body).unwrap(),
-            ("SCRAM-SHA-256", &b"n,,n=,r=abc"[..])
-        );
+        assert_eq!(parse_sasl_initial_response(&body).unwrap(), ("SCRAM-SHA-256", &b"n,,n=,r=abc"[..]));
         let (t, body) = frame(|b| encode_sasl_response(b"c=biws,r=abc,p=xyz", b));
         assert_eq!((t, &body[..]), (b'p', &b"c=biws,r=abc,p=xyz"[..]));
         // A length longer than the body is an error, not a panic.
         assert!(parse_sasl_initial_response(b"SCRAM-SHA-256\0\0\0\0\x10abc").is_err());
+    }
+
+    #[test]
+    fn empty_and_command_complete_round_trip() {
+        let (t, body) = frame(|b| encode_empty(tag::PARSE_COMPLETE, b));
+        assert_eq!((t, body.len()), (b'1', 0));
+        let (t, body) = frame(|b| encode_command_complete("SELECT 3", b));
+        assert_eq!((t, parse_command_complete(&body).unwrap()), (b'C', "SELECT 3"));
+        let (t, body) = frame(encode_sync);
+        assert_eq!((t, body.len()), (b'S', 0));
+    }
+
+    #[test]
+    fn parse_round_trips_and_checks_its_type_list() {
+        let types = [0u8, 2, 0, 0, 0, 23, 0, 0, 0, 25];
+        let msg = Parse { name: "s1", query: "select $1, $2", param_types: &types };
+        let (t, body) = frame(|b| msg.encode(b));
+        assert_eq!(t, b'P');
+        assert_eq!(Parse::decode(&body).unwrap(), msg);
+        assert!(Parse::decode(b"s1\0select 1\0\0\x02\0\0\0\x17").is_err());
+    }
+
+    #[test]
+    fn bind_is_renamed_keeping_the_rest() {
+        let mut original = BytesMut::new();
+        put_message(&mut original, tag::BIND, |dst| {
+            put_cstr(dst, "portal");
+            put_cstr(dst, "s1");
+            dst.put_slice(&[0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 0]);
+        });
+        let body = &original[5..];
+        let (portal, statement, _) = parse_bind_names(body).unwrap();
+        assert_eq!((portal, statement), ("portal", "s1"));
+        let mut renamed = BytesMut::new();
+        encode_bind_renamed(body, "pgvane_abc", &mut renamed).unwrap();
+        let (t, new_body) = frame(|b| b.extend_from_slice(&renamed));
+        assert_eq!(t, b'B');
+        let (portal, statement, rest) = parse_bind_names(&new_body).unwrap();
+        assert_eq!((portal, statement), ("portal", "pgvane_abc"));
+        assert_eq!(&new_body[rest..], &[0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 0]);
+    }
+
+    #[test]
+    fn describe_and_close_round_trip() {
+        for (message_tag, target) in [(tag::DESCRIBE, Target::Statement), (tag::CLOSE, Target::Portal)] {
+            let (t, body) = frame(|b| encode_describe_or_close(message_tag, target, "x", b));
+            assert_eq!(t, message_tag);
+            assert_eq!(parse_describe_or_close(&body).unwrap(), (target, "x"));
+        }
+        assert!(parse_describe_or_close(b"Qx\0").is_err());
+    }
+
+    #[test]
+    fn data_row_round_trips() {
+        let values: Vec<Option<&[u8]>> = vec![Some(b"a"), None, Some(b"")];
+        let (t, body) = frame(|b| encode_data_row(&values, b));
+        assert_eq!(t, b'D');
+        assert_eq!(parse_data_row(&body).unwrap(), values);
+        let (t, _) = frame(|b| encode_text_row_description(&["a", "b"], b));
+        assert_eq!(t, b'T');
     }
 
     #[test]

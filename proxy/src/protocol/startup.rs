@@ -70,10 +70,7 @@ pub fn decode_startup(buf: &mut BytesMut) -> Result<Option<Startup>, ProtocolErr
         return Err(ProtocolError::LengthTooSmall(len as i64));
     }
     if len > MAX_STARTUP_PACKET_BYTES {
-        return Err(ProtocolError::LengthTooLarge {
-            len: len as u64,
-            limit: MAX_STARTUP_PACKET_BYTES as u64,
-        });
+        return Err(ProtocolError::LengthTooLarge { len: len as u64, limit: MAX_STARTUP_PACKET_BYTES as u64 });
     }
     if buf.len() < len {
         buf.reserve(len - buf.len());
@@ -85,15 +82,9 @@ pub fn decode_startup(buf: &mut BytesMut) -> Result<Option<Startup>, ProtocolErr
     let startup = match code {
         SSL_REQUEST_CODE if packet.is_empty() => Startup::SslRequest,
         GSSENC_REQUEST_CODE if packet.is_empty() => Startup::GssEncRequest,
-        CANCEL_REQUEST_CODE if packet.len() == 8 => Startup::Cancel {
-            pid: packet.get_u32(),
-            secret: packet.get_u32(),
-        },
+        CANCEL_REQUEST_CODE if packet.len() == 8 => Startup::Cancel { pid: packet.get_u32(), secret: packet.get_u32() },
         SSL_REQUEST_CODE | GSSENC_REQUEST_CODE | CANCEL_REQUEST_CODE => {
-            return Err(ProtocolError::malformed(
-                "startup",
-                "unexpected length for request code",
-            ))
+            return Err(ProtocolError::malformed("startup", "unexpected length for request code"))
         }
         version => Startup::Startup {
             major: (version >> 16) as u16,
@@ -122,10 +113,7 @@ fn parse_params(mut body: &[u8]) -> Result<StartupParams, ProtocolError> {
 }
 
 fn take_cstr(body: &mut &[u8]) -> Result<String, ProtocolError> {
-    let end = body
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or(ProtocolError::malformed("startup", "unterminated string"))?;
+    let end = body.iter().position(|&b| b == 0).ok_or(ProtocolError::malformed("startup", "unterminated string"))?;
     let s = std::str::from_utf8(&body[..end])
         .map_err(|_| ProtocolError::malformed("startup", "parameter is not valid UTF-8"))?
         .to_owned();
@@ -171,10 +159,7 @@ mod tests {
     #[test]
     fn startup_message_round_trips() {
         let mut buf = BytesMut::new();
-        encode_startup(
-            [("user", "alice"), ("database", "app"), ("options", "-c a=b")],
-            &mut buf,
-        );
+        encode_startup([("user", "alice"), ("database", "app"), ("options", "-c a=b")], &mut buf);
         let Some(Startup::Startup { major, minor, params }) = decode_startup(&mut buf).unwrap() else {
             panic!("not a startup message");
         };
@@ -189,13 +174,7 @@ mod tests {
     fn cancel_request_round_trips() {
         let mut buf = BytesMut::new();
         encode_cancel(42, 0xdead_beef, &mut buf);
-        assert_eq!(
-            decode_startup(&mut buf).unwrap(),
-            Some(Startup::Cancel {
-                pid: 42,
-                secret: 0xdead_beef
-            })
-        );
+        assert_eq!(decode_startup(&mut buf).unwrap(), Some(Startup::Cancel { pid: 42, secret: 0xdead_beef }));
     }
 
     #[test]
@@ -221,10 +200,7 @@ mod tests {
         assert_eq!(decode_startup(&mut buf), Err(ProtocolError::LengthTooSmall(3)));
         let mut buf = BytesMut::from(&[0x7fu8, 0xff, 0xff, 0xff][..]);
         let cap = buf.capacity();
-        assert!(matches!(
-            decode_startup(&mut buf),
-            Err(ProtocolError::LengthTooLarge { .. })
-        ));
+        assert!(matches!(decode_startup(&mut buf), Err(ProtocolError::LengthTooLarge { .. })));
         assert_eq!(buf.capacity(), cap);
         let mut buf = BytesMut::new();
         buf.put_u32(10_001);

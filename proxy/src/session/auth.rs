@@ -38,10 +38,7 @@ pub async fn authenticate(
         (AuthType::Trust, _) => Ok(Authenticated::default()),
         (AuthType::Md5, Some(Secret::Scram(verifier))) => scram(client, user, Some(verifier.clone())).await,
         (AuthType::Md5, Some(Secret::Plain(password))) => {
-            md5_exchange(client, user, |salt| {
-                Some(md5::md5_response_from_password(user, password, salt))
-            })
-            .await
+            md5_exchange(client, user, |salt| Some(md5::md5_response_from_password(user, password, salt))).await
         }
         (AuthType::Md5, Some(Secret::Md5(hash))) => {
             md5_exchange(client, user, |salt| Some(md5::md5_response_from_hash(hash, salt))).await
@@ -50,18 +47,10 @@ pub async fn authenticate(
         (AuthType::ScramSha256, Some(Secret::Scram(verifier))) => scram(client, user, Some(verifier.clone())).await,
         (AuthType::ScramSha256, Some(Secret::Plain(password))) => {
             let salt: [u8; 16] = rand::random();
-            scram(
-                client,
-                user,
-                Some(ScramVerifier::from_password(password, &salt, SCRAM_ITERATIONS)),
-            )
-            .await
+            scram(client, user, Some(ScramVerifier::from_password(password, &salt, SCRAM_ITERATIONS))).await
         }
         (AuthType::ScramSha256, Some(Secret::Md5(_))) => {
-            tracing::warn!(
-                user,
-                "auth_file holds an MD5 hash for this user; SCRAM authentication is impossible"
-            );
+            tracing::warn!(user, "auth_file holds an MD5 hash for this user; SCRAM authentication is impossible");
             scram(client, user, None).await
         }
         (AuthType::ScramSha256, None) => scram(client, user, None).await,
@@ -70,10 +59,7 @@ pub async fn authenticate(
 
 /// The one error for every failed login, whatever the reason.
 fn failed(user: &str) -> SessionError {
-    SessionError::Refused(ErrorResponse::fatal(
-        "28P01",
-        format!("password authentication failed for user \"{user}\""),
-    ))
+    SessionError::Refused(ErrorResponse::fatal("28P01", format!("password authentication failed for user \"{user}\"")))
 }
 
 /// Reads the client's next `p` message body.
@@ -115,10 +101,7 @@ async fn scram(
         SessionError::Refused(ErrorResponse::fatal("08P01", format!("malformed SCRAM message: {e}")))
     };
     let mut exchange = ServerExchange::new(user, verifier);
-    Authentication::Sasl {
-        mechanisms: vec!["SCRAM-SHA-256".into()],
-    }
-    .encode(&mut client.out);
+    Authentication::Sasl { mechanisms: vec!["SCRAM-SHA-256".into()] }.encode(&mut client.out);
     client.flush().await?;
 
     let body = read_password_message(client).await?;

@@ -25,11 +25,7 @@ pub struct ClientConn {
 impl ClientConn {
     /// Wraps an accepted socket.
     pub fn new(stream: TcpStream) -> Self {
-        ClientConn {
-            stream,
-            read_buf: BytesMut::with_capacity(16 * 1024),
-            out: BytesMut::with_capacity(4 * 1024),
-        }
+        ClientConn { stream, read_buf: BytesMut::with_capacity(16 * 1024), out: BytesMut::with_capacity(4 * 1024) }
     }
 
     async fn fill(&mut self) -> Result<(), SessionError> {

@@ -2,10 +2,13 @@
 //! connection, and the query loop.
 
 mod auth;
-pub mod cancel;
 mod client;
+pub mod registry;
 mod relay;
+mod settings;
+mod sql;
 mod startup;
+mod statements;
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,16 +20,16 @@ use tracing::Instrument;
 
 use crate::auth::scram::ScramKeys;
 use crate::auth::userlist::Secret;
-use crate::config::{Config, DatabaseConfig};
+use crate::config::{Config, DatabaseConfig, PoolMode};
 use crate::listener::Shared;
 use crate::pool::{PoolError, PoolSettings, PooledConn, ServerCredential, ServerError, ServerTarget};
 use crate::protocol::messages::{self, Authentication, ErrorResponse, TransactionStatus};
 use crate::protocol::ProtocolError;
-use postgres_protocol::escape::escape_literal;
 
-use cancel::CancelTarget;
 use client::ClientConn;
-use relay::RelayEnd;
+use registry::ClientState;
+use relay::{End, Relay};
+use settings::{sync_sql, ClientSettings};
 use startup::Login;
 
 /// Why a session ended early. Client-side problems end the session; `Refused` carries the
@@ -61,7 +64,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
         let mut client = ClientConn::new(stream);
-        match serve(&mut client, &shared).await {
+        match serve(&mut client, peer, &shared).await {
             Ok(()) => tracing::debug!("session ended"),
             Err(SessionError::Refused(error)) => {
                 tracing::info!(code = error.code(), message = error.message(), "client refused");
@@ -73,9 +76,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             }
             Err(SessionError::LoginTimeout) => {
                 tracing::info!("client login timed out");
-                let _ = client
-                    .send_error(&ErrorResponse::fatal("08006", "client login timeout"))
-                    .await;
+                let _ = client.send_error(&ErrorResponse::fatal("08006", "client login timeout")).await;
             }
             Err(e) => tracing::debug!(error = %e, "session ended"),
         }
@@ -84,20 +85,13 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     .await
 }
 
-async fn serve(client: &mut ClientConn, shared: &Shared) -> Result<(), SessionError> {
-    let config = shared.config.clone();
+async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Result<(), SessionError> {
+    let config = shared.config();
     let settings = &config.settings;
-    let login = tokio::time::timeout(settings.client_login_timeout(), startup::login(client, shared))
+    let login = tokio::time::timeout(settings.client_login_timeout(), startup::login(client, peer, shared, &config))
         .await
         .map_err(|_| SessionError::LoginTimeout)??;
-    let Some(Login {
-        user,
-        database,
-        params,
-        _client_slot,
-        authenticated,
-    }) = login
-    else {
+    let Some(Login { user, database, params, handle, authenticated }) = login else {
         return Ok(()); // a cancel request: answered, nothing more to do
     };
     let span = tracing::Span::current();
@@ -105,10 +99,7 @@ async fn serve(client: &mut ClientConn, shared: &Shared) -> Result<(), SessionEr
     span.record("database", database.as_str());
 
     let db = config.databases.get(&database).ok_or_else(|| {
-        SessionError::Refused(ErrorResponse::fatal(
-            "3D000",
-            format!("database \"{database}\" does not exist"),
-        ))
+        SessionError::Refused(ErrorResponse::fatal("3D000", format!("database \"{database}\" does not exist")))
     })?;
     let (target, credential) = server_login(&config, &database, db, &user, authenticated.scram_keys);
     let pool = shared.pools.get_or_create(&database, &user, || {
@@ -118,59 +109,63 @@ async fn serve(client: &mut ClientConn, shared: &Shared) -> Result<(), SessionEr
             idle_timeout: settings.server_idle_timeout(),
             lifetime: settings.server_lifetime(),
             reset_query: settings.server_reset_query.clone(),
+            max_prepared_statements: settings.max_prepared_statements,
         };
         (target, pool_settings, credential.clone())
     });
     if let ServerCredential::ScramKeys(_) = credential {
         pool.set_credential(credential);
     }
+
+    // A server connection for the login itself: its parameters are the client's welcome, and
+    // the client's startup settings are checked by the server as PostgreSQL would.
+    handle.set_state(ClientState::Waiting, None);
     let mut server = pool.checkout(settings.query_wait_timeout()).await.map_err(|e| {
         tracing::warn!(error = %e, "no server connection for client");
         SessionError::Refused(pool_error_to_client(&database, settings.query_wait_timeout_ms, e))
     })?;
-
-    if let Err(e) = apply_startup_params(&mut server, &params).await {
+    let client_settings = ClientSettings::new(&params);
+    if let Err(e) = apply_settings(&mut server, &client_settings).await {
         if let ApplyError::Setting(_) = e {
             server.release();
         }
         return Err(SessionError::Refused(e.into_client_error()));
     }
 
-    let cancel = shared.cancels.register();
     Authentication::Ok.encode(&mut client.out);
     for (name, value) in &server.conn().params {
         messages::encode_parameter_status(name, value, &mut client.out);
     }
-    messages::encode_backend_key_data(cancel.pid, cancel.secret, &mut client.out);
+    messages::encode_backend_key_data(handle.pid, handle.secret, &mut client.out);
     messages::encode_ready_for_query(TransactionStatus::Idle, &mut client.out);
     client.flush().await?;
     tracing::debug!("client logged in");
 
-    let (pid, secret) = server.conn().backend_key;
-    let target = pool.target();
-    cancel.set_target(Some(CancelTarget {
-        host: target.host.clone(),
-        port: target.port,
-        pid,
-        secret,
-    }));
-    let (end, server_idle) = relay::relay(client, server.conn(), settings.max_packet_size_bytes).await;
-    cancel.set_target(None);
-    if server_idle {
-        server.release();
-    } else {
-        tracing::debug!("server connection not idle at session end; cancelling and closing it");
-        server.discard();
-    }
+    let mode = settings.pool_mode;
+    let server = match mode {
+        PoolMode::Session => {
+            handle.set_state(ClientState::Active, Some(server.conn().cancel_target()));
+            Some(server)
+        }
+        PoolMode::Transaction | PoolMode::Statement => {
+            server.release();
+            handle.set_state(ClientState::Idle, None);
+            None
+        }
+    };
+    let limits = (settings.max_packet_size_bytes, settings.query_wait_timeout());
+    let end = Relay::new(client, &handle, pool, mode, server, client_settings, limits).run().await;
     match end {
-        RelayEnd::ClientTerminated | RelayEnd::ClientGone => Ok(()),
-        RelayEnd::ClientProtocol(e) => Err(e.into()),
-        RelayEnd::Server(e) => {
+        End::Terminated | End::ClientGone => Ok(()),
+        End::ClientProtocol(e) => Err(e.into()),
+        End::Killed => Err(SessionError::Refused(ErrorResponse::fatal(
+            "57P01",
+            "terminating connection due to administrator command",
+        ))),
+        End::Fatal(error) => Err(SessionError::Refused(error)),
+        End::Server(e) => {
             tracing::warn!(error = %e, "server connection lost during session");
-            Err(SessionError::Refused(ErrorResponse::fatal(
-                "08006",
-                "server closed the connection unexpectedly",
-            )))
+            Err(SessionError::Refused(ErrorResponse::fatal("08006", "server closed the connection unexpectedly")))
         }
     }
 }
@@ -185,10 +180,7 @@ fn server_login(
 ) -> (ServerTarget, ServerCredential) {
     let (user, credential) = match &db.user {
         Some(user) => {
-            let credential = db
-                .password
-                .clone()
-                .map_or(ServerCredential::None, ServerCredential::Password);
+            let credential = db.password.clone().map_or(ServerCredential::None, ServerCredential::Password);
             (user.clone(), credential)
         }
         None => {
@@ -250,29 +242,21 @@ impl ApplyError {
     }
 }
 
-/// Applies the client's startup parameters to the server connection, skipping those that already
-/// have the wanted value.
-async fn apply_startup_params(server: &mut PooledConn, params: &[(String, String)]) -> Result<(), ApplyError> {
+/// Applies the client's settings to the server connection (those that differ from what is
+/// applied there already).
+async fn apply_settings(server: &mut PooledConn, settings: &ClientSettings) -> Result<(), ApplyError> {
     let conn = server.conn();
-    let sql: Vec<String> = params
-        .iter()
-        .filter(|(name, value)| {
-            let current = conn.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name));
-            current.map(|(_, v)| v) != Some(value)
-        })
-        .map(|(name, value)| {
-            // set_config takes the value as the startup packet does (a list stays a list),
-            // where `SET name TO 'a,b'` would make it one element.
-            let (name, value) = (escape_literal(name), escape_literal(value));
-            format!("SELECT pg_catalog.set_config({name}, {value}, false)")
-        })
-        .collect();
-    if sql.is_empty() {
+    let before = conn.applied_settings.clone();
+    let Some(sql) = sync_sql(&settings.current, &mut conn.applied_settings) else {
         return Ok(());
-    }
-    match conn.simple_query(&sql.join("; ")).await {
+    };
+    match conn.simple_query(&sql).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(ApplyError::Setting(e)),
+        Ok(Err(e)) => {
+            // The statements ran as one implicit transaction: none of them took effect.
+            conn.applied_settings = before;
+            Err(ApplyError::Setting(e))
+        }
         Err(e) => Err(ApplyError::Server(e)),
     }
 }

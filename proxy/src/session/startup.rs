@@ -1,12 +1,16 @@
 //! The start of a connection: SSL/GSS requests, cancel requests, the StartupMessage, protocol
 //! version negotiation, the client limit and authentication.
 
-use crate::listener::{ClientSlot, Shared};
+use std::net::SocketAddr;
+
+use crate::config::Config;
+use crate::listener::Shared;
 use crate::protocol::messages::{self, ErrorResponse};
 use crate::protocol::{Startup, StartupParams};
 
 use super::auth::{self, Authenticated};
 use super::client::ClientConn;
+use super::registry::ClientHandle;
 use super::SessionError;
 
 /// A client that has logged in.
@@ -18,8 +22,8 @@ pub struct Login {
     pub database: String,
     /// Settings to apply on the server (with `set_config`), names validated.
     pub params: Vec<(String, String)>,
-    /// Counts against `max_client_conn` while held.
-    pub _client_slot: ClientSlot,
+    /// The client's registry entry (counts against `max_client_conn` while held).
+    pub handle: ClientHandle,
     /// What authentication proved.
     pub authenticated: Authenticated,
 }
@@ -30,7 +34,12 @@ fn refuse(code: &str, message: impl Into<String>) -> SessionError {
 
 /// Reads the startup packet(s) and authenticates. `Ok(None)` means the connection carried a
 /// CancelRequest, which has been handled.
-pub async fn login(client: &mut ClientConn, shared: &Shared) -> Result<Option<Login>, SessionError> {
+pub async fn login(
+    client: &mut ClientConn,
+    peer: SocketAddr,
+    shared: &Shared,
+    config: &Config,
+) -> Result<Option<Login>, SessionError> {
     let (minor, params) = loop {
         match client.read_startup().await? {
             Startup::SslRequest | Startup::GssEncRequest => {
@@ -38,17 +47,10 @@ pub async fn login(client: &mut ClientConn, shared: &Shared) -> Result<Option<Lo
                 client.write_raw(b"N").await.map_err(SessionError::ClientIo)?;
             }
             Startup::Cancel { pid, secret } => {
-                shared
-                    .cancels
-                    .cancel(pid, secret, shared.config.settings.server_connect_timeout())
-                    .await;
+                shared.clients.cancel(pid, secret, config.settings.server_connect_timeout()).await;
                 return Ok(None);
             }
-            Startup::Startup {
-                major: 3,
-                minor,
-                params,
-            } => break (minor, params),
+            Startup::Startup { major: 3, minor, params } => break (minor, params),
             Startup::Startup { major, minor, .. } => {
                 return Err(refuse(
                     "0A000",
@@ -57,15 +59,12 @@ pub async fn login(client: &mut ClientConn, shared: &Shared) -> Result<Option<Lo
             }
         }
     };
-    let client_slot = shared
-        .try_admit()
+    let handle = shared
+        .clients
+        .admit(peer, config.settings.max_client_conn)
         .ok_or_else(|| refuse("53300", "sorry, too many clients already"))?;
 
-    let unrecognized: Vec<&str> = params
-        .iter()
-        .map(|(k, _)| k)
-        .filter(|k| k.starts_with("_pq_."))
-        .collect();
+    let unrecognized: Vec<&str> = params.iter().map(|(k, _)| k).filter(|k| k.starts_with("_pq_.")).collect();
     if minor > 0 || !unrecognized.is_empty() {
         messages::encode_negotiate_protocol_version(0, &unrecognized, &mut client.out);
     }
@@ -74,38 +73,19 @@ pub async fn login(client: &mut ClientConn, shared: &Shared) -> Result<Option<Lo
         .filter(|u| !u.is_empty())
         .ok_or_else(|| refuse("28000", "no PostgreSQL user name specified in startup packet"))?
         .to_owned();
-    let database = params
-        .get("database")
-        .filter(|d| !d.is_empty())
-        .unwrap_or(&user)
-        .to_owned();
-    if params
-        .get("replication")
-        .is_some_and(|r| r != "false" && r != "off" && r != "0" && r != "no")
-    {
+    let database = params.get("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_owned();
+    if params.get("replication").is_some_and(|r| r != "false" && r != "off" && r != "0" && r != "no") {
         return Err(refuse("0A000", "pgvane does not support replication connections"));
     }
     let settings = server_settings(&params).map_err(SessionError::Refused)?;
 
-    let config = &shared.config;
     let authenticated = auth::authenticate(client, config.settings.auth_type, config.userlist.as_ref(), &user).await?;
-    Ok(Some(Login {
-        user,
-        database,
-        params: settings,
-        _client_slot: client_slot,
-        authenticated,
-    }))
+    handle.set_identity(&user, &database, params.get("application_name").unwrap_or(""));
+    Ok(Some(Login { user, database, params: settings, handle, authenticated }))
 }
 
 /// Parameters that are not settings: handled by pgvane itself.
-const NOT_SETTINGS: &[&str] = &[
-    "user",
-    "database",
-    "replication",
-    "options",
-    "fallback_application_name",
-];
+const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options", "fallback_application_name"];
 
 /// The settings the client asked for in its startup packet, including those in `options`
 /// (`-c name=value` and `--name=value`), in order. `fallback_application_name` becomes
@@ -137,10 +117,7 @@ fn checked_name(name: &str) -> Result<String, ErrorResponse> {
     if plain {
         Ok(name.to_owned())
     } else {
-        Err(ErrorResponse::fatal(
-            "42704",
-            format!("unrecognized configuration parameter \"{name}\""),
-        ))
+        Err(ErrorResponse::fatal("42704", format!("unrecognized configuration parameter \"{name}\"")))
     }
 }
 
@@ -201,10 +178,7 @@ mod tests {
             ("database", "d"),
             ("fallback_application_name", "psql"),
             ("DateStyle", "ISO, DMY"),
-            (
-                "options",
-                "-c search_path=a,b --statement-timeout=5s -cwork_mem=1MB -c x.y=a\\ b",
-            ),
+            ("options", "-c search_path=a,b --statement-timeout=5s -cwork_mem=1MB -c x.y=a\\ b"),
         ]);
         assert_eq!(
             server_settings(&p).unwrap(),
@@ -221,11 +195,7 @@ mod tests {
 
     #[test]
     fn application_name_beats_the_fallback() {
-        let p = params(&[
-            ("user", "u"),
-            ("application_name", "app"),
-            ("fallback_application_name", "psql"),
-        ]);
+        let p = params(&[("user", "u"), ("application_name", "app"), ("fallback_application_name", "psql")]);
         assert_eq!(server_settings(&p).unwrap(), pairs(&[("application_name", "app")]));
     }
 

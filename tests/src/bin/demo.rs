@@ -56,10 +56,7 @@ async fn run() -> Result<()> {
     let pgvane = start_pgvane(cluster.port(), &userlist).await?;
 
     println!();
-    println!(
-        "PostgreSQL : 127.0.0.1:{} (superuser postgres/postgres)",
-        cluster.port()
-    );
+    println!("PostgreSQL : 127.0.0.1:{} (superuser postgres/postgres)", cluster.port());
     println!("             log: {}", cluster.log_path().display());
     println!("pgvane     : {}", pgvane.addr());
     println!("             config: {}", pgvane.config_path().display());
@@ -142,20 +139,15 @@ async fn start_pgvane(backend_port: u16, userlist: &str) -> Result<Pgvane> {
     }
     let port = free_port()?;
     println!("(port {PREFERRED_PORT} is busy, using {port})");
-    Pgvane::start(&config(port, backend_port), &files)
-        .await
-        .context("starting pgvane")
+    Pgvane::start(&config(port, backend_port), &files).await.context("starting pgvane")
 }
 
 /// `--check`: one query through pgvane.
 async fn run_check(pgvane: &Pgvane) -> Result<()> {
     let result = async {
         let (client, _connection) = connect_via(pgvane.port(), "app", "app", "app").await?;
-        let count: i64 = client
-            .query_one("select count(*) from items", &[])
-            .await
-            .context("select count(*) from items")?
-            .get(0);
+        let count: i64 =
+            client.query_one("select count(*) from items", &[]).await.context("select count(*) from items")?.get(0);
         anyhow::Ok(count)
     }
     .await;
@@ -165,9 +157,6 @@ async fn run_check(pgvane: &Pgvane) -> Result<()> {
             println!("check: OK");
             Ok(())
         }
-        Err(e) => Err(e.context(format!(
-            "check failed; last pgvane log lines:\n{}",
-            tail(&pgvane.log(), 40)
-        ))),
+        Err(e) => Err(e.context(format!("check failed; last pgvane log lines:\n{}", tail(&pgvane.log(), 40)))),
     }
 }

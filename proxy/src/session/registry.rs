@@ -1,0 +1,265 @@
+//! Every connected client: its cancel key, who it is, what it is doing, and the signals other
+//! parts of pgvane send it (cancel while waiting, kill).
+//!
+//! pgvane gives each client its own BackendKeyData and maps it to the server connection the
+//! client currently uses, so a CancelRequest reaches that server and nothing else; a cancel
+//! for an idle client is dropped.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Notify;
+
+pub use crate::pool::CancelTarget;
+
+/// What a client is doing, as the admin console shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    /// Still logging in.
+    Login,
+    /// Logged in, holding no server connection.
+    Idle,
+    /// Waiting for a server connection.
+    Waiting,
+    /// Holding a server connection.
+    Active,
+}
+
+impl ClientState {
+    /// The name PgBouncer's SHOW CLIENTS uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientState::Login => "login",
+            ClientState::Idle => "idle",
+            ClientState::Waiting => "waiting",
+            ClientState::Active => "active",
+        }
+    }
+}
+
+/// A copy of one client's entry, for the admin console.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// pgvane's process ID for it (from its BackendKeyData).
+    pub pid: u32,
+    /// Its address.
+    pub peer: SocketAddr,
+    /// User name (empty while logging in).
+    pub user: String,
+    /// Database name (empty while logging in).
+    pub database: String,
+    /// `application_name` it gave at startup.
+    pub application_name: String,
+    /// What it is doing.
+    pub state: ClientState,
+    /// When it connected.
+    pub connect_time: SystemTime,
+    /// When its state last changed.
+    pub state_since: Instant,
+    /// The backend PID of the server connection it holds, if any.
+    pub server_pid: Option<u32>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    secret: u32,
+    info: ClientInfo,
+    target: Option<CancelTarget>,
+    signals: Arc<Signals>,
+}
+
+/// Signals a session listens for.
+#[derive(Debug, Default)]
+pub struct Signals {
+    /// A CancelRequest arrived while the client held no server (it may be waiting for one).
+    pub cancel: Notify,
+    /// The client must be disconnected (admin KILL, shutdown).
+    pub kill: Notify,
+}
+
+/// Every connected client's entry.
+#[derive(Debug, Default)]
+pub struct ClientRegistry {
+    entries: Mutex<HashMap<u32, Entry>>,
+}
+
+impl ClientRegistry {
+    fn entries(&self) -> MutexGuard<'_, HashMap<u32, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a new client with a fresh, unique key, unless `max` clients are registered
+    /// already. The entry is removed when the handle drops.
+    pub fn admit(self: &Arc<Self>, peer: SocketAddr, max: usize) -> Option<ClientHandle> {
+        let mut entries = self.entries();
+        if entries.len() >= max {
+            return None;
+        }
+        let secret = rand::random::<u32>();
+        let pid = loop {
+            // Non-zero and unused; random so keys cannot be guessed from each other.
+            let pid = rand::random::<u32>() & 0x7fff_ffff;
+            if pid != 0 && !entries.contains_key(&pid) {
+                break pid;
+            }
+        };
+        let signals = Arc::new(Signals::default());
+        let info = ClientInfo {
+            pid,
+            peer,
+            user: String::new(),
+            database: String::new(),
+            application_name: String::new(),
+            state: ClientState::Login,
+            connect_time: SystemTime::now(),
+            state_since: Instant::now(),
+            server_pid: None,
+        };
+        entries.insert(pid, Entry { secret, info, target: None, signals: signals.clone() });
+        Some(ClientHandle { registry: self.clone(), pid, secret, signals })
+    }
+
+    /// Number of registered clients.
+    pub fn len(&self) -> usize {
+        self.entries().len()
+    }
+
+    /// True when no client is connected.
+    pub fn is_empty(&self) -> bool {
+        self.entries().is_empty()
+    }
+
+    /// A copy of every client's entry, ordered by connect time.
+    pub fn snapshot(&self) -> Vec<ClientInfo> {
+        let mut all: Vec<ClientInfo> = self.entries().values().map(|e| e.info.clone()).collect();
+        all.sort_by_key(|c| c.connect_time);
+        all
+    }
+
+    /// Disconnects every client of `database` (all clients when `None`).
+    pub fn kill(&self, database: Option<&str>) -> usize {
+        let entries = self.entries();
+        let mut n = 0;
+        for entry in entries.values() {
+            if database.is_none_or(|db| db == entry.info.database) {
+                entry.signals.kill.notify_one();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Handles a CancelRequest for key (`pid`, `secret`): forwards it to the client's server
+    /// if it holds one, ends its wait for a server if it is waiting, and otherwise does
+    /// nothing, as PostgreSQL does for an idle backend.
+    pub async fn cancel(&self, pid: u32, secret: u32, connect_timeout: Duration) {
+        let target = {
+            let entries = self.entries();
+            let Some(entry) = entries.get(&pid).filter(|e| e.secret == secret) else {
+                tracing::debug!(pid, "cancel request with an unknown key; ignored");
+                return;
+            };
+            match &entry.target {
+                Some(target) => target.clone(),
+                None => {
+                    // Wakes a session waiting for a pool slot; no permit is stored, so a
+                    // stale cancel cannot hit a later wait.
+                    entry.signals.cancel.notify_waiters();
+                    tracing::debug!(pid, "cancel request for a client without a server");
+                    return;
+                }
+            }
+        };
+        match tokio::time::timeout(connect_timeout, target.send()).await {
+            Ok(Ok(())) => tracing::debug!(pid, server_pid = target.pid, "cancel request forwarded"),
+            Ok(Err(e)) => tracing::warn!(pid, error = %e, "could not forward cancel request"),
+            Err(_) => tracing::warn!(pid, "timed out forwarding cancel request"),
+        }
+    }
+}
+
+/// A client's registered entry; dropping it unregisters the client.
+#[derive(Debug)]
+pub struct ClientHandle {
+    registry: Arc<ClientRegistry>,
+    /// The process ID given to the client.
+    pub pid: u32,
+    /// The secret given to the client.
+    pub secret: u32,
+    /// Signals for this client.
+    pub signals: Arc<Signals>,
+}
+
+impl ClientHandle {
+    fn update(&self, f: impl FnOnce(&mut Entry)) {
+        if let Some(entry) = self.registry.entries().get_mut(&self.pid) {
+            f(entry);
+        }
+    }
+
+    /// Records who the client is once it has logged in.
+    pub fn set_identity(&self, user: &str, database: &str, application_name: &str) {
+        self.update(|e| {
+            e.info.user = user.to_owned();
+            e.info.database = database.to_owned();
+            e.info.application_name = application_name.to_owned();
+        });
+    }
+
+    /// Records what the client is doing and which server it holds (cancels go there).
+    pub fn set_state(&self, state: ClientState, target: Option<CancelTarget>) {
+        self.update(|e| {
+            if e.info.state != state {
+                e.info.state = state;
+                e.info.state_since = Instant::now();
+            }
+            e.info.server_pid = target.as_ref().map(|t| t.pid);
+            e.target = target;
+        });
+    }
+}
+
+impl Drop for ClientHandle {
+    fn drop(&mut self) {
+        self.registry.entries().remove(&self.pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 1))
+    }
+
+    #[test]
+    fn admit_enforces_the_limit_and_frees_on_drop() {
+        let registry = Arc::new(ClientRegistry::default());
+        let a = registry.admit(peer(), 2).unwrap();
+        let b = registry.admit(peer(), 2).unwrap();
+        assert_ne!(a.pid, b.pid);
+        assert!(registry.admit(peer(), 2).is_none());
+        drop(a);
+        assert!(registry.admit(peer(), 2).is_some());
+    }
+
+    #[test]
+    fn identity_and_state_show_in_snapshots() {
+        let registry = Arc::new(ClientRegistry::default());
+        let a = registry.admit(peer(), 10).unwrap();
+        a.set_identity("alice", "app", "psql");
+        let target = CancelTarget { addr: peer(), pid: 99, secret: 7 };
+        a.set_state(ClientState::Active, Some(target));
+        let snap = registry.snapshot();
+        assert_eq!(snap.len(), 1);
+        assert_eq!(
+            (snap[0].user.as_str(), snap[0].state, snap[0].server_pid),
+            ("alice", ClientState::Active, Some(99))
+        );
+        assert_eq!(registry.kill(Some("other")), 0);
+        assert_eq!(registry.kill(Some("app")), 1);
+    }
+}

@@ -1,0 +1,261 @@
+//! Just enough SQL lexing to see which session-state commands a query runs: SET, RESET,
+//! DISCARD, DEALLOCATE. Statements are split at top-level `;`, skipping string literals,
+//! dollar quotes, quoted identifiers and comments; only the first words of each statement
+//! are looked at.
+
+/// A session-state command found in a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateCommand {
+    /// `SET [SESSION] name …` (not `SET LOCAL`): the setting's value may change.
+    Set(String),
+    /// `RESET name`.
+    Reset(String),
+    /// `RESET ALL`.
+    ResetAll,
+    /// `DISCARD ALL`.
+    DiscardAll,
+    /// `DEALLOCATE [PREPARE] name`.
+    Deallocate(String),
+    /// `DEALLOCATE [PREPARE] ALL`.
+    DeallocateAll,
+    /// Any other statement.
+    Other,
+}
+
+/// How many words of a statement are kept: enough for `SET SESSION AUTHORIZATION`.
+const WORDS: usize = 4;
+
+/// The session-state command of each statement in `sql`, in order.
+pub fn state_commands(sql: &str) -> Vec<StateCommand> {
+    split_words(sql).into_iter().map(|words| classify(&words)).collect()
+}
+
+fn classify(words: &[String]) -> StateCommand {
+    let w = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+    match (w(0), w(1)) {
+        ("set", "local") | ("set", "transaction") | ("set", "constraints") => StateCommand::Other,
+        ("set", "session") if w(2) == "characteristics" => StateCommand::Other,
+        ("set", "session") if w(2) == "authorization" => StateCommand::Set("session_authorization".into()),
+        ("set", "session") => special_name(w(2), w(3)).map_or(StateCommand::Other, StateCommand::Set),
+        ("set", name) => special_name(name, w(2)).map_or(StateCommand::Other, StateCommand::Set),
+        ("reset", "all") => StateCommand::ResetAll,
+        ("reset", "session") if w(2) == "authorization" => StateCommand::Reset("session_authorization".into()),
+        ("reset", name) => special_name(name, w(2)).map_or(StateCommand::Other, StateCommand::Reset),
+        ("discard", "all") => StateCommand::DiscardAll,
+        ("deallocate", "prepare") if w(2) == "all" => StateCommand::DeallocateAll,
+        ("deallocate", "prepare") if !w(2).is_empty() => StateCommand::Deallocate(w(2).to_owned()),
+        ("deallocate", "all") => StateCommand::DeallocateAll,
+        ("deallocate", name) if !name.is_empty() => StateCommand::Deallocate(name.to_owned()),
+        _ => StateCommand::Other,
+    }
+}
+
+/// The setting a `SET`/`RESET` target names, with PostgreSQL's special forms.
+fn special_name(word: &str, next: &str) -> Option<String> {
+    let name = match (word, next) {
+        ("time", "zone") => "timezone",
+        ("schema", _) => "search_path",
+        ("names", _) => "client_encoding",
+        ("xml", "option") => "xmloption",
+        ("", _) => return None,
+        (name, _) => name,
+    };
+    Some(name.to_owned())
+}
+
+/// Splits `sql` into statements and returns the first [`WORDS`] words of each (lowercased
+/// keywords and unquoted identifiers, quoted identifiers as written; `.`-joined names kept
+/// whole). Statements without words are dropped.
+fn split_words(sql: &str) -> Vec<Vec<String>> {
+    let mut statements = Vec::new();
+    let mut words: Vec<String> = Vec::new();
+    let mut chars = sql.char_indices().peekable();
+    let bytes = sql.as_bytes();
+    // After a word, a `.` continues a qualified name (e.g. `myapp.setting`).
+    let mut continues_word = false;
+    while let Some((i, c)) = chars.next() {
+        let push = |words: &mut Vec<String>, word: String, joined: bool| {
+            if joined {
+                if let Some(last) = words.last_mut() {
+                    last.push_str(&word);
+                    return;
+                }
+            }
+            if words.len() < WORDS {
+                words.push(word);
+            }
+        };
+        match c {
+            ';' => {
+                if !words.is_empty() {
+                    statements.push(std::mem::take(&mut words));
+                }
+                continues_word = false;
+            }
+            '-' if bytes.get(i + 1) == Some(&b'-') => {
+                for (_, c) in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+                continues_word = false;
+            }
+            '/' if bytes.get(i + 1) == Some(&b'*') => {
+                chars.next();
+                let mut depth = 1;
+                while depth > 0 {
+                    match chars.next() {
+                        Some((j, '*')) if bytes.get(j + 1) == Some(&b'/') => {
+                            chars.next();
+                            depth -= 1;
+                        }
+                        Some((j, '/')) if bytes.get(j + 1) == Some(&b'*') => {
+                            chars.next();
+                            depth += 1;
+                        }
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+                continues_word = false;
+            }
+            '\'' => {
+                // E'...' strings allow backslash escapes; in standard strings '' is a quote.
+                let escapes = words.last().is_some_and(|w| w == "e") && i > 0 && matches!(bytes[i - 1], b'e' | b'E');
+                skip_string(&mut chars, escapes);
+                push(&mut words, "'".into(), false);
+                continues_word = false;
+            }
+            '"' => {
+                let mut ident = String::new();
+                while let Some((_, c)) = chars.next() {
+                    if c == '"' {
+                        if chars.peek().map(|&(_, c)| c) == Some('"') {
+                            chars.next();
+                            ident.push('"');
+                        } else {
+                            break;
+                        }
+                    } else {
+                        ident.push(c);
+                    }
+                }
+                push(&mut words, ident, continues_word);
+                continues_word = false;
+            }
+            '$' => {
+                // A dollar quote $tag$ … $tag$ (a positional parameter $1 is just skipped).
+                let rest = &sql[i + 1..];
+                let tag_len = rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len());
+                if rest[tag_len..].starts_with('$') && !rest.starts_with(|c: char| c.is_ascii_digit()) {
+                    let delimiter = &sql[i..i + tag_len + 2];
+                    let body_start = i + tag_len + 2;
+                    let end = sql[body_start..].find(delimiter).map_or(sql.len(), |e| body_start + e + delimiter.len());
+                    while chars.peek().is_some_and(|&(j, _)| j < end) {
+                        chars.next();
+                    }
+                    push(&mut words, "$".into(), false);
+                }
+                continues_word = false;
+            }
+            '.' => continues_word = !words.is_empty(),
+            c if c.is_alphabetic() || c == '_' => {
+                let mut word = c.to_lowercase().to_string();
+                while let Some(&(_, c)) = chars.peek() {
+                    if c.is_alphanumeric() || c == '_' || c == '$' {
+                        word.extend(c.to_lowercase());
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                let joined = continues_word;
+                if joined {
+                    word.insert(0, '.');
+                }
+                push(&mut words, word, joined);
+                continues_word = false;
+            }
+            c if c.is_whitespace() => continues_word = false,
+            c => {
+                push(&mut words, c.to_string(), false);
+                continues_word = false;
+            }
+        }
+    }
+    if !words.is_empty() {
+        statements.push(words);
+    }
+    statements
+}
+
+fn skip_string(chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>, escapes: bool) {
+    while let Some((_, c)) = chars.next() {
+        match c {
+            '\\' if escapes => {
+                chars.next();
+            }
+            '\'' => {
+                if chars.peek().map(|&(_, c)| c) == Some('\'') {
+                    chars.next();
+                } else {
+                    return;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StateCommand::*;
+    use super::*;
+
+    fn set(n: &str) -> StateCommand {
+        Set(n.into())
+    }
+
+    #[test]
+    fn finds_set_and_reset_targets() {
+        assert_eq!(state_commands("SET work_mem = '8MB'"), [set("work_mem")]);
+        assert_eq!(state_commands("set session Search_Path to a, b"), [set("search_path")]);
+        assert_eq!(state_commands("SET TIME ZONE 'UTC'"), [set("timezone")]);
+        assert_eq!(state_commands("SET SCHEMA 'x'"), [set("search_path")]);
+        assert_eq!(state_commands("SET NAMES 'UTF8'"), [set("client_encoding")]);
+        assert_eq!(state_commands("SET myapp.tenant = 42"), [set("myapp.tenant")]);
+        assert_eq!(state_commands("SET \"DateStyle\" = 'ISO'"), [set("DateStyle")]);
+        assert_eq!(state_commands("SET ROLE admin"), [set("role")]);
+        assert_eq!(state_commands("SET SESSION AUTHORIZATION bob"), [set("session_authorization")]);
+        assert_eq!(state_commands("RESET work_mem"), [Reset("work_mem".into())]);
+        assert_eq!(state_commands("reset all"), [ResetAll]);
+    }
+
+    #[test]
+    fn transaction_scoped_and_other_statements_are_other() {
+        assert_eq!(state_commands("SET LOCAL work_mem = '8MB'"), [Other]);
+        assert_eq!(state_commands("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"), [Other]);
+        assert_eq!(state_commands("SET CONSTRAINTS ALL DEFERRED"), [Other]);
+        assert_eq!(state_commands("select 'SET work_mem = 1'"), [Other]);
+        assert_eq!(state_commands("update settings set x = 1"), [Other]);
+    }
+
+    #[test]
+    fn splits_statements_outside_quotes_and_comments() {
+        let sql =
+            "select ';' as a, $x$ ; SET y = 1 $x$; /* ; set z=1 */ SET a.b = 'x;y' -- ; set q = 1\n; DISCARD ALL;";
+        assert_eq!(state_commands(sql), [Other, set("a.b"), DiscardAll]);
+        assert_eq!(state_commands("select E'\\'; set x = 1'; set y to 2"), [Other, set("y")]);
+        assert_eq!(state_commands("select \"a;b\"; reset  work_mem ;;"), [Other, Reset("work_mem".into())]);
+        assert_eq!(state_commands("select $1; set w = 1"), [Other, set("w")]);
+        assert!(state_commands("  ;  -- only a comment").is_empty());
+    }
+
+    #[test]
+    fn finds_deallocate() {
+        assert_eq!(state_commands("DEALLOCATE s1"), [Deallocate("s1".into())]);
+        assert_eq!(state_commands("deallocate prepare \"S1\""), [Deallocate("S1".into())]);
+        assert_eq!(state_commands("DEALLOCATE ALL"), [DeallocateAll]);
+        assert_eq!(state_commands("DEALLOCATE PREPARE ALL"), [DeallocateAll]);
+    }
+}

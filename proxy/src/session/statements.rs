@@ -1,0 +1,96 @@
+//! A client's named prepared statements in transaction and statement modes.
+//!
+//! The client's names never reach a server. Each statement is prepared on servers under a
+//! name derived from its text and parameter types (`pgvane_<hash>`), so clients cannot clash,
+//! identical statements share one server-side preparation, and a statement can be prepared
+//! again, transparently, on whichever server connection the client gets next.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+
+use crate::protocol::messages::Parse;
+
+/// A statement as the client prepared it.
+#[derive(Debug)]
+pub struct Statement {
+    /// Its name on servers.
+    pub server_name: String,
+    /// A complete Parse message creating it under `server_name`.
+    pub parse_message: Bytes,
+}
+
+impl Statement {
+    /// The server-side form of a client's Parse.
+    pub fn from_parse(parse: &Parse<'_>) -> Statement {
+        let mut hash = Sha256::new();
+        hash.update(parse.query.as_bytes());
+        hash.update([0]);
+        hash.update(parse.param_types);
+        let digest = hash.finalize();
+        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        let server_name = format!("pgvane_{hex}");
+        let mut message = BytesMut::new();
+        Parse { name: &server_name, ..parse.clone() }.encode(&mut message);
+        Statement { server_name, parse_message: message.freeze() }
+    }
+}
+
+/// The client's statements by the client's names.
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    by_name: HashMap<String, Arc<Statement>>,
+}
+
+impl ClientStatements {
+    /// The statement the client calls `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Statement>> {
+        self.by_name.get(name)
+    }
+
+    /// True if the client has a statement called `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// Records a statement the client created.
+    pub fn insert(&mut self, name: &str, statement: Arc<Statement>) {
+        self.by_name.insert(name.to_owned(), statement);
+    }
+
+    /// Forgets one (Close, DEALLOCATE, or its Parse failed). True if it existed.
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.by_name.remove(name).is_some()
+    }
+
+    /// Forgets all (DEALLOCATE ALL, DISCARD ALL).
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::decode_frame;
+
+    #[test]
+    fn server_names_depend_on_text_and_types_only() {
+        let types = [0u8, 0];
+        let a = Statement::from_parse(&Parse { name: "a", query: "select 1", param_types: &types });
+        let b = Statement::from_parse(&Parse { name: "b", query: "select 1", param_types: &types });
+        let c = Statement::from_parse(&Parse { name: "a", query: "select 2", param_types: &types });
+        let int4 = [0u8, 1, 0, 0, 0, 23];
+        let d = Statement::from_parse(&Parse { name: "a", query: "select 1", param_types: &int4 });
+        assert_eq!(a.server_name, b.server_name);
+        assert_ne!(a.server_name, c.server_name);
+        assert_ne!(a.server_name, d.server_name);
+        assert!(a.server_name.len() < 64, "server names must fit NAMEDATALEN");
+        let mut buf = BytesMut::from(&a.parse_message[..]);
+        let frame = decode_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        let parsed = Parse::decode(frame.body()).unwrap();
+        assert_eq!((parsed.name, parsed.query), (a.server_name.as_str(), "select 1"));
+    }
+}
