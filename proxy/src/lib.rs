@@ -6,6 +6,7 @@
 //! the wire format (no I/O), [`auth`] the password mechanisms, [`config`] the configuration.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod listener;

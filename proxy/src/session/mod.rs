@@ -2,7 +2,7 @@
 //! connection, and the query loop.
 
 mod auth;
-mod client;
+pub(crate) mod client;
 pub mod registry;
 mod relay;
 mod settings;
@@ -26,7 +26,7 @@ use crate::pool::{PoolError, PoolSettings, PooledConn, ServerCredential, ServerE
 use crate::protocol::messages::{self, Authentication, ErrorResponse, TransactionStatus};
 use crate::protocol::ProtocolError;
 
-use client::ClientConn;
+pub use client::ClientConn;
 use registry::ClientState;
 use relay::{End, Relay};
 use settings::{sync_sql, ClientSettings};
@@ -98,6 +98,15 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
     span.record("user", user.as_str());
     span.record("database", database.as_str());
 
+    if database == crate::ADMIN_DATABASE {
+        if !settings.admin_users.iter().any(|admin| *admin == user) {
+            return Err(SessionError::Refused(ErrorResponse::fatal(
+                "42501",
+                format!("permission denied: \"{user}\" is not in admin_users"),
+            )));
+        }
+        return crate::admin::serve(client, &handle, shared, &user).await;
+    }
     let db = config.databases.get(&database).ok_or_else(|| {
         SessionError::Refused(ErrorResponse::fatal("3D000", format!("database \"{database}\" does not exist")))
     })?;
