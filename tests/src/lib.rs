@@ -24,6 +24,7 @@
 //!   process is ever left behind.
 
 pub mod fixture;
+pub mod wire;
 
 use std::ffi::OsStr;
 use std::fs;

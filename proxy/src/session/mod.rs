@@ -142,7 +142,8 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
     }
 
     Authentication::Ok.encode(&mut client.out);
-    for (name, value) in &server.conn().params {
+    let reported = server.conn().params.clone();
+    for (name, value) in &reported {
         messages::encode_parameter_status(name, value, &mut client.out);
     }
     messages::encode_backend_key_data(handle.pid, handle.secret, &mut client.out);
@@ -163,7 +164,7 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
         }
     };
     let limits = (settings.max_packet_size_bytes, settings.query_wait_timeout());
-    let end = Relay::new(client, &handle, pool, mode, server, client_settings, limits).run().await;
+    let end = Relay::new(client, &handle, pool, mode, server, client_settings, reported, limits).run().await;
     match end {
         End::Terminated | End::ClientGone => Ok(()),
         End::ClientProtocol(e) => Err(e.into()),

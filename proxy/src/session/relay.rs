@@ -15,7 +15,7 @@
 //! Reading and writing both sockets happen in one `select!`, with bounded output buffers, so
 //! neither direction can block the other.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -142,6 +142,10 @@ pub struct Relay<'a> {
     status: TransactionStatus,
     statements: ClientStatements,
     settings: ClientSettings,
+    /// Parameter values the client has been told (ParameterStatus).
+    reported_parameters: BTreeMap<String, String>,
+    /// Values reported by the server while pgvane's own queries ran, not yet told.
+    settling_parameters: BTreeMap<String, String>,
     xact_start: Option<Instant>,
     query_start: Option<Instant>,
     received: u64,
@@ -158,6 +162,7 @@ impl<'a> Relay<'a> {
         mode: PoolMode,
         server: Option<PooledConn>,
         settings: ClientSettings,
+        reported_parameters: BTreeMap<String, String>,
         limits: (usize, Duration),
     ) -> Self {
         let (max_packet_bytes, query_wait) = limits;
@@ -177,6 +182,8 @@ impl<'a> Relay<'a> {
             status: TransactionStatus::Idle,
             statements: ClientStatements::default(),
             settings,
+            reported_parameters,
+            settling_parameters: BTreeMap::new(),
             xact_start: None,
             query_start: None,
             received: 0,
@@ -302,6 +309,7 @@ impl<'a> Relay<'a> {
 
     async fn on_client_frame(&mut self, frame: Frame) -> Result<(), End> {
         let message = frame.tag();
+        tracing::trace!(message = %(message as char), len = frame.raw().len(), skipping = self.skipping, "from client");
         if self.skipping {
             return match message {
                 tag::SYNC => {
@@ -607,6 +615,7 @@ impl<'a> Relay<'a> {
         self.pool.stats.record_wait(started.elapsed());
         match checkout {
             Some(Ok(mut server)) => {
+                tracing::trace!(waited = ?started.elapsed(), "server connection taken");
                 self.handle.set_state(ClientState::Active, Some(server.conn().cancel_target()));
                 if self.pooled() {
                     if let Some(sql) = sync_sql(&self.settings.current, &mut server.conn().applied_settings) {
@@ -665,6 +674,7 @@ impl<'a> Relay<'a> {
             return;
         }
         if let Some(server) = self.server.take() {
+            tracing::trace!("server connection released");
             self.flush_stats();
             if std::mem::take(&mut self.server_tainted) {
                 server.discard();
@@ -718,14 +728,21 @@ impl<'a> Relay<'a> {
 
     fn on_server_frame(&mut self, frame: &Frame) -> Result<(), End> {
         let response = frame.tag();
+        tracing::trace!(response = %(response as char), queued = self.queue.len(), "from server");
         let for_client = matches!(self.queue.front(), None | Some(Expect::Reply { purpose: Purpose::Client, .. }));
         match response {
             tag::PARAMETER_STATUS => {
+                let (name, value) =
+                    messages::parse_parameter_status(frame.body()).map_err(|e| End::Server(e.into()))?;
                 if let Some(server) = self.server.as_mut() {
-                    server.conn().note_parameter(frame).map_err(End::Server)?;
+                    server.conn().params.insert(name.to_owned(), value.to_owned());
                 }
+                // The client hears of a value only when it differs from what it was told;
+                // values passing by while pgvane carries settings over are settled first.
                 if for_client {
-                    self.send_to_client(frame.raw());
+                    self.report_parameter(name, value);
+                } else {
+                    self.settling_parameters.insert(name.to_owned(), value.to_owned());
                 }
                 return Ok(());
             }
@@ -764,7 +781,12 @@ impl<'a> Relay<'a> {
             }
             tag::ERROR_RESPONSE if !from_client => {
                 let error = ErrorResponse::parse(frame.body()).map_err(|e| End::Server(e.into()))?;
-                tracing::warn!(%error, "a query pgvane runs to carry session settings failed");
+                if let Some(Expect::Reply { purpose: Purpose::ApplySettings, .. }) = self.queue.front() {
+                    // The client's settings (startup parameters included) do not apply on this
+                    // server connection: the session cannot go on as the client expects.
+                    return Err(End::Fatal(ErrorResponse::fatal(error.code(), error.message())));
+                }
+                tracing::warn!(%error, "reading back the client's settings failed");
                 self.server_tainted = true;
             }
             tag::READY_FOR_QUERY => {
@@ -779,15 +801,35 @@ impl<'a> Relay<'a> {
             self.send_to_client(frame.raw());
         }
         if kind.ends_with(response) {
-            if let Some(Expect::Reply { purpose: Purpose::CaptureSettings(names, values), .. }) = self.queue.pop_front()
-            {
-                if let Some(server) = self.server.as_mut() {
-                    self.settings.captured(&names, &values, &mut server.conn().applied_settings);
+            match self.queue.pop_front() {
+                Some(Expect::Reply { purpose: Purpose::CaptureSettings(names, values), .. }) => {
+                    if let Some(server) = self.server.as_mut() {
+                        self.settings.captured(&names, &values, &mut server.conn().applied_settings);
+                    }
+                    self.report_settled_parameters();
                 }
+                Some(Expect::Reply { purpose: Purpose::ApplySettings, .. }) => self.report_settled_parameters(),
+                _ => {}
             }
             self.send_own_responses();
         }
         Ok(())
+    }
+
+    /// Tells the client a parameter's value if it differs from what it was told.
+    fn report_parameter(&mut self, name: &str, value: &str) {
+        if self.reported_parameters.get(name).map(String::as_str) != Some(value) {
+            self.reported_parameters.insert(name.to_owned(), value.to_owned());
+            let mut message = BytesMut::new();
+            messages::encode_parameter_status(name, value, &mut message);
+            self.send_to_client(&message);
+        }
+    }
+
+    fn report_settled_parameters(&mut self) {
+        for (name, value) in std::mem::take(&mut self.settling_parameters) {
+            self.report_parameter(&name, &value);
+        }
     }
 
     /// The server answered a client's Query, Sync or FunctionCall with ReadyForQuery.
