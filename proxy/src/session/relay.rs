@@ -540,40 +540,52 @@ impl<'a> Relay<'a> {
 
     async fn on_bind(&mut self, frame: &Frame) -> Result<(), End> {
         let (_, name, _) = messages::parse_bind_names(frame.body()).map_err(End::ClientProtocol)?;
-        let statement = match self.pooled() && !name.is_empty() {
-            true => self.statements.get(name).cloned(),
-            false => None,
-        };
-        let Some(statement) = statement else {
-            return self.forward(frame, Kind::Bind).await;
-        };
-        if !self.ensure_server(Kind::Bind).await? {
-            return Ok(());
-        }
-        self.prepare_on_server(&statement);
-        let mut renamed = BytesMut::new();
-        messages::encode_bind_renamed(frame.body(), &statement.server_name, &mut renamed)
-            .map_err(End::ClientProtocol)?;
-        self.send(&renamed, Kind::Bind);
-        Ok(())
+        let statement = self.client_statement(name);
+        self.send_using_statement(frame, Kind::Bind, statement, |server_name, out| {
+            messages::encode_bind_renamed(frame.body(), server_name, out)
+        })
+        .await
     }
 
     async fn on_describe(&mut self, frame: &Frame) -> Result<(), End> {
         let (target, name) = messages::parse_describe_or_close(frame.body()).map_err(End::ClientProtocol)?;
-        let statement = match self.pooled() && target == Target::Statement && !name.is_empty() {
+        let statement = if target == Target::Statement { self.client_statement(name) } else { None };
+        self.send_using_statement(frame, Kind::Describe, statement, |server_name, out| {
+            messages::encode_describe_or_close(tag::DESCRIBE, Target::Statement, server_name, out);
+            Ok(())
+        })
+        .await
+    }
+
+    /// The client's named statement `name`, when pgvane renames statements (pooled modes).
+    fn client_statement(&self, name: &str) -> Option<Arc<Statement>> {
+        match self.pooled() && !name.is_empty() {
             true => self.statements.get(name).cloned(),
             false => None,
-        };
+        }
+    }
+
+    /// Sends a Bind or Describe naming a client's statement: the statement is prepared on
+    /// the server if needed and the message re-encoded with the server's name for it by
+    /// `rename`. Without a known statement the message goes as it came (the server answers
+    /// an unknown name with the error PostgreSQL gives).
+    async fn send_using_statement(
+        &mut self,
+        frame: &Frame,
+        kind: Kind,
+        statement: Option<Arc<Statement>>,
+        rename: impl FnOnce(&str, &mut BytesMut) -> Result<(), ProtocolError>,
+    ) -> Result<(), End> {
         let Some(statement) = statement else {
-            return self.forward(frame, Kind::Describe).await;
+            return self.forward(frame, kind).await;
         };
-        if !self.ensure_server(Kind::Describe).await? {
+        if !self.ensure_server(kind).await? {
             return Ok(());
         }
         self.prepare_on_server(&statement);
         let mut renamed = BytesMut::new();
-        messages::encode_describe_or_close(tag::DESCRIBE, Target::Statement, &statement.server_name, &mut renamed);
-        self.send(&renamed, Kind::Describe);
+        rename(&statement.server_name, &mut renamed).map_err(End::ClientProtocol)?;
+        self.send(&renamed, kind);
         Ok(())
     }
 
