@@ -491,12 +491,18 @@ impl<'a> Relay<'a> {
         }
         let statement = Arc::new(Statement::from_parse(&parse));
         let client_name = parse.name.to_owned();
-        if !self.ensure_server(Kind::Parse).await? {
-            return Ok(());
-        }
         self.statements.insert(&client_name, statement.clone());
-        let on_server = self.server.as_mut().is_some_and(|s| s.conn().statements.touch(&statement.server_name));
-        if on_server {
+        let Some(server) = self.server.as_mut() else {
+            // Holding no server connection, the statement is prepared on one when first used
+            // (a mistake in it is reported then). Waiting for a server here would make a
+            // client that prepares statements outside transactions (libpq's PQprepare, as
+            // pgbench -M prepared does) wait for connections its own other sessions hold.
+            let mut message = BytesMut::new();
+            messages::encode_empty(tag::PARSE_COMPLETE, &mut message);
+            self.own(message.freeze(), Undo::default());
+            return Ok(());
+        };
+        if server.conn().statements.touch(&statement.server_name) {
             let mut message = BytesMut::new();
             messages::encode_empty(tag::PARSE_COMPLETE, &mut message);
             self.unsynced = true;
