@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::auth::userlist::{Userlist, UserlistError};
@@ -68,7 +68,7 @@ pub enum AuthFileError {
 }
 
 /// How server connections are shared between clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     /// A client keeps one server connection for its whole session.
@@ -79,8 +79,19 @@ pub enum PoolMode {
     Statement,
 }
 
+impl PoolMode {
+    /// The name used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+            PoolMode::Statement => "statement",
+        }
+    }
+}
+
 /// How clients prove who they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum AuthType {
     /// No password asked.
     #[serde(rename = "trust")]
@@ -93,8 +104,9 @@ pub enum AuthType {
     ScramSha256,
 }
 
-/// The `[pgvane]` table.
-#[derive(Debug, Clone, Deserialize)]
+/// The `[pgvane]` table. It serializes back to TOML values for the admin console's SHOW
+/// CONFIG, which lists every key from it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Address to listen on.
@@ -110,6 +122,7 @@ pub struct Settings {
     /// Client authentication method.
     pub auth_type: AuthType,
     /// PgBouncer-format user list, relative to the config file.
+    #[serde(serialize_with = "none_as_empty")]
     pub auth_file: Option<PathBuf>,
     /// Users allowed on the admin console.
     pub admin_users: Vec<String>,
@@ -129,6 +142,18 @@ pub struct Settings {
     pub server_reset_query: String,
     /// Prepared statements kept per server connection in transaction and statement modes.
     pub max_prepared_statements: usize,
+}
+
+/// Keys of `[pgvane]` that RELOAD cannot change: they take effect at the next start.
+pub const RESTART_KEYS: &[&str] = &["listen_addr", "listen_port"];
+
+/// Serializes an unset optional key as an empty string, so it still has a row in SHOW CONFIG
+/// (TOML has no null).
+fn none_as_empty<S: serde::Serializer, T: Serialize>(value: &Option<T>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => v.serialize(serializer),
+        None => serializer.serialize_str(""),
+    }
 }
 
 impl Default for Settings {
@@ -182,7 +207,7 @@ impl Settings {
 }
 
 /// A `[databases.<name>]` table: where clients connecting to `<name>` are sent.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// Server host name or address.
@@ -370,6 +395,18 @@ mod tests {
         assert!(err.contains("`databases`"), "{err}");
         let err = load(&MINIMAL.replace("trust", "kerberos")).unwrap_err().to_string();
         assert!(err.contains("kerberos"), "{err}");
+    }
+
+    #[test]
+    fn settings_serialize_every_key() {
+        let table = toml::Table::try_from(Settings::default()).unwrap();
+        assert_eq!(table["auth_file"].as_str(), Some(""));
+        assert_eq!(table["pool_mode"].as_str(), Some("session"));
+        assert_eq!(table["auth_type"].as_str(), Some("scram-sha-256"));
+        assert_eq!(table["default_pool_size"].as_integer(), Some(20));
+        for key in RESTART_KEYS {
+            assert!(table.contains_key(*key), "{key}");
+        }
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! The listening socket and the state every session shares.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError, Settings, RESTART_KEYS};
 use crate::pool::Pools;
 use crate::session::{self, registry::ClientRegistry};
 
@@ -19,6 +21,34 @@ pub struct Shared {
     pub pools: Arc<Pools>,
     /// Connected clients: cancel keys, states, signals.
     pub clients: Arc<ClientRegistry>,
+    /// Held while a reload runs, so two reloads cannot interleave.
+    reloading: Mutex<()>,
+    shutdown: Notify,
+}
+
+/// What a successful [`Shared::reload`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    /// Databases newly configured.
+    pub added: BTreeSet<String>,
+    /// Databases no longer configured: their clients get an error at their next
+    /// transaction, their server connections close as they come free.
+    pub removed: BTreeSet<String>,
+    /// Databases whose entry changed.
+    pub changed: BTreeSet<String>,
+    /// Databases whose server target (host, port, dbname or user) changed: their server
+    /// connections are being replaced as they come free.
+    pub reconnecting: BTreeSet<String>,
+    /// `[pgvane]` keys that changed but only take effect at the next start.
+    pub restart_needed: Vec<&'static str>,
+}
+
+/// The keys of [`RESTART_KEYS`] whose values differ between `old` and `new`.
+fn restart_keys_changed(old: &Settings, new: &Settings) -> Vec<&'static str> {
+    let (Ok(old), Ok(new)) = (toml::Table::try_from(old), toml::Table::try_from(new)) else {
+        return Vec::new();
+    };
+    RESTART_KEYS.iter().copied().filter(|key| old.get(*key) != new.get(*key)).collect()
 }
 
 impl Shared {
@@ -28,6 +58,8 @@ impl Shared {
             config: RwLock::new(Arc::new(config)),
             pools: Arc::new(Pools::default()),
             clients: Arc::new(ClientRegistry::default()),
+            reloading: Mutex::new(()),
+            shutdown: Notify::new(),
         }
     }
 
@@ -39,6 +71,43 @@ impl Shared {
     /// Puts a new configuration in force for sessions that start from now on.
     pub fn set_config(&self, config: Arc<Config>) {
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+
+    /// Re-reads the configuration file (admin RELOAD, SIGHUP). A file that does not load
+    /// changes nothing: the error is returned and the configuration in force stays.
+    ///
+    /// Otherwise the new configuration is in force for sessions that start from now on, and
+    /// the pools follow it at once (see [`Pools::apply_config`]): sessions already running
+    /// keep their pool and get the new target and limits at their next checkout.
+    pub fn reload(&self) -> Result<ReloadOutcome, ConfigError> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.config();
+        let new = Arc::new(Config::load(&old.path)?);
+        let mut outcome = ReloadOutcome {
+            restart_needed: restart_keys_changed(&old.settings, &new.settings),
+            ..ReloadOutcome::default()
+        };
+        for (name, db) in &new.databases {
+            match old.databases.get(name) {
+                None => outcome.added.insert(name.clone()),
+                Some(old_db) if old_db != db => outcome.changed.insert(name.clone()),
+                Some(_) => false,
+            };
+        }
+        outcome.removed = old.databases.keys().filter(|name| !new.databases.contains_key(*name)).cloned().collect();
+        self.set_config(new.clone());
+        outcome.reconnecting = self.pools.apply_config(&new).moved;
+        Ok(outcome)
+    }
+
+    /// Asks the process to shut down (admin SHUTDOWN); `main` waits for it.
+    pub fn request_shutdown(&self) {
+        self.shutdown.notify_one();
+    }
+
+    /// Resolves once [`Shared::request_shutdown`] has been called.
+    pub async fn shutdown_requested(&self) {
+        self.shutdown.notified().await;
     }
 }
 

@@ -2,11 +2,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pgvane::config::Config;
-use pgvane::listener::Listener;
+use pgvane::listener::{Listener, Shared};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// A PostgreSQL proxy whose routing and rewrite decisions are made by sandboxed WebAssembly plugins.
 ///
@@ -64,6 +67,11 @@ fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     runtime.block_on(async {
         let listener = Listener::bind(config).await.context("cannot listen")?;
         let addr = listener.local_addr()?;
+        let shared = listener.shared();
+        // Installed before the listening line, so a SIGHUP from then on reloads instead of
+        // killing the process (the default action).
+        let hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        tokio::spawn(reload_on_sighup(hangup, shared.clone()));
         tracing::info!(%addr, "pgvane listening");
         // A machine-readable line for scripts and the test harness.
         println!("pgvane listening on {addr}");
@@ -72,14 +80,46 @@ fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
             signal = shutdown_signal() => {
                 tracing::info!(signal, "shutting down");
             }
+            () = shared.shutdown_requested() => {
+                tracing::info!("shutting down: SHUTDOWN on the admin console");
+            }
         }
+        // The listening socket is closed now; tell connected clients, as PostgreSQL does.
+        disconnect_clients(&shared).await;
         anyhow::Ok(())
     })
 }
 
+/// Reloads the configuration on every SIGHUP, like RELOAD on the admin console. A bad
+/// file is logged and the configuration in force stays.
+async fn reload_on_sighup(mut hangup: Signal, shared: Arc<Shared>) {
+    while hangup.recv().await.is_some() {
+        match shared.reload() {
+            Ok(outcome) => tracing::info!(
+                added = ?outcome.added,
+                removed = ?outcome.removed,
+                changed = ?outcome.changed,
+                reconnecting = ?outcome.reconnecting,
+                restart_needed = ?outcome.restart_needed,
+                "SIGHUP: configuration reloaded"
+            ),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded; the old one stays in force"),
+        }
+    }
+}
+
+/// Ends every session with FATAL 57P01 and gives them a moment to say so.
+async fn disconnect_clients(shared: &Shared) {
+    const GRACE: Duration = Duration::from_secs(2);
+    shared.clients.kill(None);
+    let deadline = tokio::time::Instant::now() + GRACE;
+    while !shared.clients.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM with the signal's name.
 async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
         return std::future::pending().await;
     };
