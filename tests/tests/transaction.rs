@@ -327,3 +327,26 @@ async fn evicted_statements_are_prepared_again() -> anyhow::Result<()> {
     assert_eq!(n, 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn bad_startup_settings_fail_the_session_once_a_server_checks_them() -> anyhow::Result<()> {
+    let p = Proxied::start(transaction_mode(1, "")).await?;
+    // A cold pool checks the settings at login, as PostgreSQL does.
+    let mut config = pgvane_tests::client_config(p.port(), APP_USER, APP_PASSWORD, APP_DB);
+    config.options("-c no_such_setting=1");
+    let err = config.connect(NoTls).await.err().expect("login must fail on a cold pool");
+    assert_eq!(err.code().map(|c| c.code()), Some("42704"), "{err}");
+    // A warm pool logs clients in without a server connection; the first statement fails
+    // with the server's error, FATAL, and nothing else is affected.
+    let holder = p.client().await?;
+    holder.batch_execute("begin").await?;
+    let (client, conn) = config.connect(NoTls).await?;
+    let conn = tokio::spawn(conn);
+    holder.batch_execute("commit").await?;
+    let err = client.simple_query("select 1").await.expect_err("the bad setting must fail the session");
+    let db = err.as_db_error().map(|e| (e.code().code().to_owned(), e.severity().to_owned()));
+    assert_eq!(db, Some(("42704".to_owned(), "FATAL".to_owned())), "{err}");
+    assert!(conn.await?.is_err() || client.is_closed());
+    holder.simple_query("select 1").await?;
+    Ok(())
+}

@@ -28,7 +28,7 @@ use crate::protocol::ProtocolError;
 
 pub use client::ClientConn;
 use registry::ClientState;
-use relay::{End, Relay};
+use relay::{End, Relay, Start};
 use settings::{sync_sql, ClientSettings};
 use startup::Login;
 
@@ -99,7 +99,7 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
     span.record("database", database.as_str());
 
     if database == crate::ADMIN_DATABASE {
-        if !settings.admin_users.iter().any(|admin| *admin == user) {
+        if !settings.admin_users.contains(&user) {
             return Err(SessionError::Refused(ErrorResponse::fatal(
                 "42501",
                 format!("permission denied: \"{user}\" is not in admin_users"),
@@ -126,23 +126,47 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
         pool.set_credential(credential);
     }
 
-    // A server connection for the login itself: its parameters are the client's welcome, and
-    // the client's startup settings are checked by the server as PostgreSQL would.
-    handle.set_state(ClientState::Waiting, None);
-    let mut server = pool.checkout(settings.query_wait_timeout()).await.map_err(|e| {
-        tracing::warn!(error = %e, "no server connection for client");
-        SessionError::Refused(pool_error_to_client(&database, settings.query_wait_timeout_ms, e))
-    })?;
+    let mode = settings.pool_mode;
     let client_settings = ClientSettings::new(&params);
-    if let Err(e) = apply_settings(&mut server, &client_settings).await {
-        if let ApplyError::Setting(_) = e {
-            server.release();
+    let welcome = match mode {
+        PoolMode::Session => None,
+        PoolMode::Transaction | PoolMode::Statement => pool.welcome(),
+    };
+    let (server, reported) = match welcome {
+        // Transaction and statement modes, once the pool has had a connection: the login
+        // needs none (all may be busy, possibly with this client's own other sessions). The
+        // startup settings are checked when the client first gets a server connection.
+        Some(welcome) => (None, welcome_parameters(welcome, &client_settings)),
+        // Otherwise a server connection for the login itself: its parameters are the client's
+        // welcome, and the startup settings are checked by the server as PostgreSQL would.
+        None => {
+            handle.set_state(ClientState::Waiting, None);
+            let mut server = pool.checkout(settings.query_wait_timeout()).await.map_err(|e| {
+                tracing::warn!(error = %e, "no server connection for client");
+                SessionError::Refused(pool_error_to_client(&database, settings.query_wait_timeout_ms, e))
+            })?;
+            if let Err(e) = apply_settings(&mut server, &client_settings).await {
+                if let ApplyError::Setting(_) = e {
+                    server.release();
+                }
+                return Err(SessionError::Refused(e.into_client_error()));
+            }
+            let reported = server.conn().params.clone();
+            match mode {
+                PoolMode::Session => (Some(server), reported),
+                PoolMode::Transaction | PoolMode::Statement => {
+                    server.release();
+                    (None, reported)
+                }
+            }
         }
-        return Err(SessionError::Refused(e.into_client_error()));
+    };
+    match &server {
+        Some(server) => handle.set_state(ClientState::Active, Some(server.conn_ref().cancel_target())),
+        None => handle.set_state(ClientState::Idle, None),
     }
 
     Authentication::Ok.encode(&mut client.out);
-    let reported = server.conn().params.clone();
     for (name, value) in &reported {
         messages::encode_parameter_status(name, value, &mut client.out);
     }
@@ -151,20 +175,15 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
     client.flush().await?;
     tracing::debug!("client logged in");
 
-    let mode = settings.pool_mode;
-    let server = match mode {
-        PoolMode::Session => {
-            handle.set_state(ClientState::Active, Some(server.conn().cancel_target()));
-            Some(server)
-        }
-        PoolMode::Transaction | PoolMode::Statement => {
-            server.release();
-            handle.set_state(ClientState::Idle, None);
-            None
-        }
+    let start = Start {
+        mode,
+        server,
+        settings: client_settings,
+        reported_parameters: reported,
+        max_packet_bytes: settings.max_packet_size_bytes,
+        query_wait: settings.query_wait_timeout(),
     };
-    let limits = (settings.max_packet_size_bytes, settings.query_wait_timeout());
-    let end = Relay::new(client, &handle, pool, mode, server, client_settings, reported, limits).run().await;
+    let end = Relay::new(client, &handle, pool, start).run().await;
     match end {
         End::Terminated | End::ClientGone => Ok(()),
         End::ClientProtocol(e) => Err(e.into()),
@@ -178,6 +197,20 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
             Err(SessionError::Refused(ErrorResponse::fatal("08006", "server closed the connection unexpectedly")))
         }
     }
+}
+
+/// The parameters to report to a client logging in without a server connection: a fresh
+/// connection's, with the client's own settings where it gave them.
+fn welcome_parameters(
+    mut welcome: std::collections::BTreeMap<String, String>,
+    settings: &ClientSettings,
+) -> std::collections::BTreeMap<String, String> {
+    for (name, value) in welcome.iter_mut() {
+        if let Some(own) = settings.current.get(&name.to_ascii_lowercase()) {
+            value.clone_from(own);
+        }
+    }
+    welcome
 }
 
 /// The server user and the credential pgvane logs in with for this client.

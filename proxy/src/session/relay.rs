@@ -121,6 +121,22 @@ enum Expect {
     Own { message: Bytes, undo: Undo },
 }
 
+/// What a client's query loop starts with.
+pub struct Start {
+    /// The pool mode.
+    pub mode: PoolMode,
+    /// The server connection held from login (session mode), or none.
+    pub server: Option<PooledConn>,
+    /// The client's settings (its startup parameters).
+    pub settings: ClientSettings,
+    /// The parameter values reported to the client at login.
+    pub reported_parameters: BTreeMap<String, String>,
+    /// `max_packet_size_bytes`.
+    pub max_packet_bytes: usize,
+    /// `query_wait_timeout_ms`.
+    pub query_wait: Duration,
+}
+
 /// The per-client state of the query loop.
 pub struct Relay<'a> {
     client: &'a mut ClientConn,
@@ -153,19 +169,9 @@ pub struct Relay<'a> {
 }
 
 impl<'a> Relay<'a> {
-    /// A query loop for a client that has just logged in, holding `server` (session mode) or
-    /// nothing (transaction and statement modes).
-    pub fn new(
-        client: &'a mut ClientConn,
-        handle: &'a ClientHandle,
-        pool: Arc<Pool>,
-        mode: PoolMode,
-        server: Option<PooledConn>,
-        settings: ClientSettings,
-        reported_parameters: BTreeMap<String, String>,
-        limits: (usize, Duration),
-    ) -> Self {
-        let (max_packet_bytes, query_wait) = limits;
+    /// A query loop for a client that has just logged in.
+    pub fn new(client: &'a mut ClientConn, handle: &'a ClientHandle, pool: Arc<Pool>, start: Start) -> Self {
+        let Start { mode, server, settings, reported_parameters, max_packet_bytes, query_wait } = start;
         Relay {
             client,
             handle,
