@@ -96,24 +96,11 @@ impl AdminError {
 
 /// Appends a NoticeResponse (severity NOTICE).
 fn notice(message: &str, detail: Option<&str>, dst: &mut BytesMut) {
-    // ErrorResponse only builds ERROR and FATAL; a notice is built from its fields.
-    let mut body = Vec::new();
-    let mut field = |code: u8, value: &str| {
-        body.push(code);
-        body.extend(value.bytes().filter(|b| *b != 0));
-        body.push(0);
-    };
-    field(b'S', "NOTICE");
-    field(b'V', "NOTICE");
-    field(b'C', "00000");
-    field(b'M', message);
+    let mut notice = ErrorResponse::notice(message);
     if let Some(detail) = detail {
-        field(b'D', detail);
+        notice = notice.with_detail(detail);
     }
-    body.push(0);
-    if let Ok(notice) = ErrorResponse::parse(&body) {
-        notice.encode_notice(dst);
-    }
+    notice.encode_notice(dst);
 }
 
 /// What the console loop does after a Query.

@@ -96,7 +96,7 @@ pub fn server_target(config: &Config, database: &str, db: &DatabaseConfig, clien
 /// The credential `config` gives the pool of `client_user` on entry `db`, when the
 /// configuration alone decides it: `None` when it comes from a client's SCRAM proof (or the
 /// user has no secret), which only a login can provide.
-fn configured_credential(config: &Config, db: &DatabaseConfig, client_user: &str) -> Option<ServerCredential> {
+pub fn configured_credential(config: &Config, db: &DatabaseConfig, client_user: &str) -> Option<ServerCredential> {
     if db.user.is_some() {
         return Some(db.password.clone().map_or(ServerCredential::None, ServerCredential::Password));
     }

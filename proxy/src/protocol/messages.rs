@@ -570,6 +570,11 @@ impl ErrorResponse {
         Self::new("FATAL", code, message)
     }
 
+    /// A NOTICE (sent with [`ErrorResponse::encode_notice`]).
+    pub fn notice(message: impl Into<String>) -> Self {
+        Self::new("NOTICE", "00000", message)
+    }
+
     /// An ERROR: the statement fails, the session goes on.
     pub fn error(code: &str, message: impl Into<String>) -> Self {
         Self::new("ERROR", code, message)

@@ -19,10 +19,9 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::auth::scram::ScramKeys;
-use crate::auth::userlist::Secret;
 use crate::config::{Config, DatabaseConfig, PoolMode};
 use crate::listener::Shared;
-use crate::pool::{PoolError, PoolSettings, PooledConn, ServerCredential, ServerError, ServerTarget};
+use crate::pool::{self, PoolError, PoolSettings, PooledConn, ServerCredential, ServerError};
 use crate::protocol::messages::{self, Authentication, ErrorResponse, TransactionStatus};
 use crate::protocol::ProtocolError;
 
@@ -110,17 +109,17 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
     let db = config.databases.get(&database).ok_or_else(|| {
         SessionError::Refused(ErrorResponse::fatal("3D000", format!("database \"{database}\" does not exist")))
     })?;
-    let (target, credential) = server_login(&config, &database, db, &user, authenticated.scram_keys);
+    let credential = server_credential(&config, db, &user, authenticated.scram_keys);
     let pool = shared.pools.get_or_create(&database, &user, || {
-        let pool_settings = PoolSettings {
-            size: config.pool_size(db),
-            connect_timeout: settings.server_connect_timeout(),
-            idle_timeout: settings.server_idle_timeout(),
-            lifetime: settings.server_lifetime(),
-            reset_query: settings.server_reset_query.clone(),
-            max_prepared_statements: settings.max_prepared_statements,
+        // A pool is built from the configuration in force now, not from this session's
+        // snapshot: a RELOAD may have come in meanwhile.
+        let current = shared.config();
+        let (config, db) = match current.databases.get(&database) {
+            Some(current_db) => (&*current, current_db),
+            None => (&*config, db),
         };
-        (target, pool_settings, credential.clone())
+        let target = pool::server_target(config, &database, db, &user);
+        (target, PoolSettings::from_config(config, db), credential.clone())
     });
     if let ServerCredential::ScramKeys(_) = credential {
         pool.set_credential(credential);
@@ -141,7 +140,11 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
         // welcome, and the startup settings are checked by the server as PostgreSQL would.
         None => {
             handle.set_state(ClientState::Waiting, None);
-            let mut server = pool.checkout(settings.query_wait_timeout()).await.map_err(|e| {
+            let checkout = tokio::select! {
+                checkout = pool.checkout(settings.query_wait_timeout()) => checkout,
+                () = handle.signals.kill.notified() => return Err(killed()),
+            };
+            let mut server = checkout.map_err(|e| {
                 tracing::warn!(error = %e, "no server connection for client");
                 SessionError::Refused(pool_error_to_client(&database, settings.query_wait_timeout_ms, e))
             })?;
@@ -187,10 +190,7 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
     match end {
         End::Terminated | End::ClientGone => Ok(()),
         End::ClientProtocol(e) => Err(e.into()),
-        End::Killed => Err(SessionError::Refused(ErrorResponse::fatal(
-            "57P01",
-            "terminating connection due to administrator command",
-        ))),
+        End::Killed => Err(killed()),
         End::Fatal(error) => Err(SessionError::Refused(error)),
         End::Server(e) => {
             tracing::warn!(error = %e, "server connection lost during session");
@@ -213,37 +213,17 @@ fn welcome_parameters(
     welcome
 }
 
-/// The server user and the credential pgvane logs in with for this client.
-fn server_login(
-    config: &Config,
-    database: &str,
-    db: &DatabaseConfig,
-    client_user: &str,
-    scram_keys: Option<ScramKeys>,
-) -> (ServerTarget, ServerCredential) {
-    let (user, credential) = match &db.user {
-        Some(user) => {
-            let credential = db.password.clone().map_or(ServerCredential::None, ServerCredential::Password);
-            (user.clone(), credential)
-        }
-        None => {
-            let secret = config.userlist.as_ref().and_then(|u| u.get(client_user));
-            let credential = match (secret, scram_keys) {
-                (Some(Secret::Plain(p)), _) => ServerCredential::Password(p.clone()),
-                (Some(Secret::Md5(h)), _) => ServerCredential::Md5Hash(h.clone()),
-                (Some(Secret::Scram(_)), Some(keys)) => ServerCredential::ScramKeys(keys),
-                _ => ServerCredential::None,
-            };
-            (client_user.to_owned(), credential)
-        }
-    };
-    let target = ServerTarget {
-        host: db.host.clone(),
-        port: db.port,
-        dbname: config.server_dbname(database, db).to_owned(),
-        user,
-    };
-    (target, credential)
+/// The credential pgvane logs in to the server with for this client: from the configuration,
+/// or else the SCRAM keys the client's proof yielded.
+fn server_credential(config: &Config, db: &DatabaseConfig, user: &str, keys: Option<ScramKeys>) -> ServerCredential {
+    pool::configured_credential(config, db, user)
+        .or_else(|| keys.map(ServerCredential::ScramKeys))
+        .unwrap_or(ServerCredential::None)
+}
+
+/// What a client killed by the admin console (or shutdown) is told, as PostgreSQL words it.
+fn killed() -> SessionError {
+    SessionError::Refused(ErrorResponse::fatal("57P01", "terminating connection due to administrator command"))
 }
 
 fn pool_error_to_client(database: &str, wait_ms: u64, e: PoolError) -> ErrorResponse {

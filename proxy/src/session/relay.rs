@@ -862,6 +862,7 @@ impl<'a> Relay<'a> {
         if let Some(started) = self.query_start.take() {
             self.pool.stats.record_query(now - started);
         }
+        self.flush_stats();
         if status == TransactionStatus::Idle {
             if let Some(started) = self.xact_start.take() {
                 self.pool.stats.record_xact(now - started);
