@@ -350,3 +350,66 @@ async fn bad_startup_settings_fail_the_session_once_a_server_checks_them() -> an
     holder.simple_query("select 1").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn state_that_cannot_be_carried_never_reaches_another_client() -> anyhow::Result<()> {
+    let p = Proxied::start(transaction_mode(1, "")).await?;
+    let a = p.client().await?;
+    let b = p.client().await?;
+    a.batch_execute("create temp table mine(x int); listen chan; select pg_advisory_lock(42)").await?;
+    assert_eq!(backend_pid(&a).await?, backend_pid(&b).await?, "pool of one");
+    let temp: i64 = b.query_one("select count(*) from pg_class where relname = 'mine'", &[]).await?.get(0);
+    assert_eq!(temp, 0, "client A's temporary table is visible to client B");
+    let channels: i64 = b.query_one("select count(*) from pg_listening_channels()", &[]).await?.get(0);
+    assert_eq!(channels, 0, "client A's LISTEN leaked to client B");
+    let locks: i64 =
+        b.query_one("select count(*) from pg_locks where locktype = 'advisory' and granted", &[]).await?.get(0);
+    assert_eq!(locks, 0, "client A's advisory lock is still held");
+    // Prepared statements and settings still follow A after the reset.
+    let s = a.prepare("select $1::int + 1").await?;
+    a.batch_execute("set work_mem = '6MB'; create temp table again(x int)").await?;
+    let v: i32 = a.query_one(&s, &[&1]).await?.get(0);
+    assert_eq!(v, 2);
+    let mem: String = a.query_one("show work_mem", &[]).await?.get(0);
+    assert_eq!(mem, "6MB");
+    Ok(())
+}
+
+#[tokio::test]
+async fn client_killed_mid_copy_leaves_the_server_clean() -> anyhow::Result<()> {
+    let p = Proxied::start(transaction_mode(1, "")).await?;
+    let setup = p.client().await?;
+    setup.batch_execute("create table c(x int)").await?;
+    // psql copies from its stdin, which we keep open with some rows sent, then it is killed.
+    let mut psql = client_command("psql", p.port(), APP_USER, APP_PASSWORD)
+        .args(["-d", APP_DB, "-X", "-c", "\\copy c from stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    {
+        use std::io::Write;
+        let stdin = psql.stdin.as_mut().expect("piped stdin");
+        for i in 0..1000 {
+            writeln!(stdin, "{i}")?;
+        }
+        stdin.flush()?;
+    }
+    let direct = p.direct_superuser().await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while direct
+        .query_one("select count(*) from pg_stat_activity where query like 'COPY%' and usename = 'app'", &[])
+        .await?
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the COPY never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    psql.kill()?;
+    psql.wait()?;
+    let n: i64 =
+        tokio::time::timeout(Duration::from_secs(10), setup.query_one("select count(*) from c", &[])).await??.get(0);
+    assert_eq!(n, 0, "a COPY cut off by the client's death must not be committed");
+    setup.batch_execute("insert into c values (1)").await?;
+    Ok(())
+}

@@ -437,6 +437,13 @@ impl PooledConn {
     /// The reset query runs in the background; the slot stays taken until it is done, and a
     /// connection whose reset fails is closed instead (as is one of an older generation).
     pub fn release_after_session(self) {
+        let reset = self.pool.setup().settings.reset_query.clone();
+        self.release_after(reset);
+    }
+
+    /// Returns a connection that is idle after running `reset` on it (nothing if empty),
+    /// in the background; a connection whose reset fails is closed instead.
+    pub fn release_after(self, reset: String) {
         let PooledConn { mut conn, ticket, pool, _slot: slot } = self;
         if ticket.generation != pool.generation() {
             close(conn);
@@ -444,7 +451,6 @@ impl PooledConn {
         }
         ticket.set_state(ServerState::Tested);
         tokio::spawn(async move {
-            let reset = pool.setup().settings.reset_query.clone();
             if !reset.is_empty() {
                 match conn.simple_query(&reset).await {
                     Ok(Ok(TransactionStatus::Idle)) => {}

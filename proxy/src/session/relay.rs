@@ -30,8 +30,12 @@ use crate::protocol::{decode_frame, Frame, ProtocolError};
 use super::client::ClientConn;
 use super::registry::{ClientHandle, ClientState};
 use super::settings::{sync_sql, ClientSettings};
-use super::sql::{state_commands, StateCommand};
+use super::sql::{state_commands, takes_session_lock, StateCommand};
 use super::statements::{ClientStatements, Statement};
+
+/// Run on a server connection a pooled client left session state on, whatever
+/// `server_reset_query` says: that state must not reach another client.
+const SESSION_STATE_RESET: &str = "DISCARD ALL";
 
 /// Output buffers above this size stop reading from the peer that fills them.
 const HIGH_WATER_BYTES: usize = 256 * 1024;
@@ -152,6 +156,9 @@ pub struct Relay<'a> {
     unsynced: bool,
     /// Dropping client messages up to the next Sync, after an error.
     skipping: bool,
+    /// The client left state in the server session that cannot follow it (temporary
+    /// tables, LISTEN…): the connection is reset before anyone else gets it.
+    session_state: bool,
     /// A query pgvane ran to carry settings failed: the server's settings are unknown, so
     /// the connection is closed instead of being given back.
     server_tainted: bool,
@@ -185,6 +192,7 @@ impl<'a> Relay<'a> {
             unsynced: false,
             skipping: false,
             server_tainted: false,
+            session_state: false,
             status: TransactionStatus::Idle,
             statements: ClientStatements::default(),
             settings,
@@ -206,6 +214,7 @@ impl<'a> Relay<'a> {
             self.handle.set_state(ClientState::Idle, None);
             match (idle, self.mode) {
                 (true, PoolMode::Session) => server.release_after_session(),
+                (true, _) if self.session_state => server.release_after(SESSION_STATE_RESET.to_owned()),
                 (true, _) => server.release(),
                 (false, _) => {
                     tracing::debug!("server connection not idle at session end; cancelling and closing it");
@@ -435,6 +444,7 @@ impl<'a> Relay<'a> {
             if self.only_deallocates(&commands) {
                 return Ok(());
             }
+            self.note_session_state(sql, &commands);
             for command in &commands {
                 self.settings.observe(command);
                 match command {
@@ -447,6 +457,15 @@ impl<'a> Relay<'a> {
             }
         }
         self.forward(frame, Kind::Query).await
+    }
+
+    /// Notes statements whose effect stays in the server session (transaction and statement
+    /// modes): that connection is reset before it serves another client.
+    fn note_session_state(&mut self, sql: &str, commands: &[StateCommand]) {
+        if !self.session_state && (commands.contains(&StateCommand::SessionState) || takes_session_lock(sql)) {
+            tracing::debug!("client uses session state that cannot be carried; its server connection will be reset");
+            self.session_state = true;
+        }
     }
 
     /// A Query made only of DEALLOCATE statements for the client's own statements is
@@ -483,7 +502,9 @@ impl<'a> Relay<'a> {
     async fn on_parse(&mut self, frame: &Frame) -> Result<(), End> {
         let parse = Parse::decode(frame.body()).map_err(End::ClientProtocol)?;
         if self.pooled() {
-            for command in state_commands(parse.query) {
+            let commands = state_commands(parse.query);
+            self.note_session_state(parse.query, &commands);
+            for command in commands {
                 self.settings.observe(&command);
             }
         }
@@ -702,6 +723,8 @@ impl<'a> Relay<'a> {
             self.flush_stats();
             if std::mem::take(&mut self.server_tainted) {
                 server.discard();
+            } else if std::mem::take(&mut self.session_state) {
+                server.release_after(SESSION_STATE_RESET.to_owned());
             } else {
                 server.release();
             }

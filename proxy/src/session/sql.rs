@@ -18,6 +18,10 @@ pub enum StateCommand {
     Deallocate(String),
     /// `DEALLOCATE [PREPARE] ALL`.
     DeallocateAll,
+    /// A statement leaving state in the server session that cannot follow the client to
+    /// another server connection: temporary tables, LISTEN, SQL-level PREPARE, cursors
+    /// (WITH HOLD ones outlive the transaction), session advisory locks.
+    SessionState,
     /// Any other statement.
     Other,
 }
@@ -28,6 +32,13 @@ const WORDS: usize = 4;
 /// The session-state command of each statement in `sql`, in order.
 pub fn state_commands(sql: &str) -> Vec<StateCommand> {
     split_words(sql).into_iter().map(|words| classify(&words)).collect()
+}
+
+/// True if `sql` may take a session-level advisory lock (the transaction-level ones,
+/// `pg_advisory_xact_lock…`, end with the transaction).
+pub fn takes_session_lock(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    lower.contains("pg_advisory_lock") || lower.contains("pg_try_advisory_lock")
 }
 
 fn classify(words: &[String]) -> StateCommand {
@@ -46,6 +57,11 @@ fn classify(words: &[String]) -> StateCommand {
         ("deallocate", "prepare") if !w(2).is_empty() => StateCommand::Deallocate(w(2).to_owned()),
         ("deallocate", "all") => StateCommand::DeallocateAll,
         ("deallocate", name) if !name.is_empty() => StateCommand::Deallocate(name.to_owned()),
+        ("create", "temp" | "temporary") | ("listen", _) | ("prepare", _) | ("declare", _) => {
+            StateCommand::SessionState
+        }
+        ("create", "global" | "local") if matches!(w(2), "temp" | "temporary") => StateCommand::SessionState,
+        ("create", "or") if matches!(w(3), "temp" | "temporary") => StateCommand::SessionState,
         _ => StateCommand::Other,
     }
 }
@@ -249,6 +265,25 @@ mod tests {
         assert_eq!(state_commands("select \"a;b\"; reset  work_mem ;;"), [Other, Reset("work_mem".into())]);
         assert_eq!(state_commands("select $1; set w = 1"), [Other, set("w")]);
         assert!(state_commands("  ;  -- only a comment").is_empty());
+    }
+
+    #[test]
+    fn finds_state_that_cannot_be_carried() {
+        for sql in [
+            "CREATE TEMP TABLE t(x int)",
+            "create temporary table t as select 1",
+            "CREATE GLOBAL TEMPORARY TABLE t(x int)",
+            "create or replace temp view v as select 1",
+            "LISTEN channel",
+            "PREPARE q AS SELECT 1",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+        ] {
+            assert_eq!(state_commands(sql), [SessionState], "{sql}");
+        }
+        assert_eq!(state_commands("create table t(x int)"), [Other]);
+        assert!(takes_session_lock("select PG_ADVISORY_LOCK(1)"));
+        assert!(takes_session_lock("select pg_try_advisory_lock_shared(1)"));
+        assert!(!takes_session_lock("select pg_advisory_xact_lock(1)"));
     }
 
     #[test]
