@@ -357,6 +357,7 @@ async fn state_that_cannot_be_carried_never_reaches_another_client() -> anyhow::
     let a = p.client().await?;
     let b = p.client().await?;
     a.batch_execute("create temp table mine(x int); listen chan; select pg_advisory_lock(42)").await?;
+    a.batch_execute("select set_config('statement_timeout', '777', false)").await?;
     assert_eq!(backend_pid(&a).await?, backend_pid(&b).await?, "pool of one");
     let temp: i64 = b.query_one("select count(*) from pg_class where relname = 'mine'", &[]).await?.get(0);
     assert_eq!(temp, 0, "client A's temporary table is visible to client B");
@@ -365,6 +366,8 @@ async fn state_that_cannot_be_carried_never_reaches_another_client() -> anyhow::
     let locks: i64 =
         b.query_one("select count(*) from pg_locks where locktype = 'advisory' and granted", &[]).await?.get(0);
     assert_eq!(locks, 0, "client A's advisory lock is still held");
+    let timeout: String = b.query_one("show statement_timeout", &[]).await?.get(0);
+    assert_eq!(timeout, "0", "client A's set_config leaked to client B");
     // Prepared statements and settings still follow A after the reset.
     let s = a.prepare("select $1::int + 1").await?;
     a.batch_execute("set work_mem = '6MB'; create temp table again(x int)").await?;

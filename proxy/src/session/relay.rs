@@ -30,7 +30,7 @@ use crate::protocol::{decode_frame, Frame, ProtocolError};
 use super::client::ClientConn;
 use super::registry::{ClientHandle, ClientState};
 use super::settings::{sync_sql, ClientSettings};
-use super::sql::{state_commands, takes_session_lock, StateCommand};
+use super::sql::{calls_session_state_function, state_commands, StateCommand};
 use super::statements::{ClientStatements, Statement};
 
 /// Run on a server connection a pooled client left session state on, whatever
@@ -462,7 +462,8 @@ impl<'a> Relay<'a> {
     /// Notes statements whose effect stays in the server session (transaction and statement
     /// modes): that connection is reset before it serves another client.
     fn note_session_state(&mut self, sql: &str, commands: &[StateCommand]) {
-        if !self.session_state && (commands.contains(&StateCommand::SessionState) || takes_session_lock(sql)) {
+        if !self.session_state && (commands.contains(&StateCommand::SessionState) || calls_session_state_function(sql))
+        {
             tracing::debug!("client uses session state that cannot be carried; its server connection will be reset");
             self.session_state = true;
         }

@@ -34,11 +34,12 @@ pub fn state_commands(sql: &str) -> Vec<StateCommand> {
     split_words(sql).into_iter().map(|words| classify(&words)).collect()
 }
 
-/// True if `sql` may take a session-level advisory lock (the transaction-level ones,
-/// `pg_advisory_xact_lock…`, end with the transaction).
-pub fn takes_session_lock(sql: &str) -> bool {
+/// True if `sql` calls a function that may leave state in the server session: a session
+/// advisory lock (the `pg_advisory_xact_lock…` ones end with the transaction), or
+/// `set_config`, whose effect pgvane does not track as it tracks `SET`.
+pub fn calls_session_state_function(sql: &str) -> bool {
     let lower = sql.to_ascii_lowercase();
-    lower.contains("pg_advisory_lock") || lower.contains("pg_try_advisory_lock")
+    ["pg_advisory_lock", "pg_try_advisory_lock", "set_config"].iter().any(|f| lower.contains(f))
 }
 
 fn classify(words: &[String]) -> StateCommand {
@@ -281,9 +282,10 @@ mod tests {
             assert_eq!(state_commands(sql), [SessionState], "{sql}");
         }
         assert_eq!(state_commands("create table t(x int)"), [Other]);
-        assert!(takes_session_lock("select PG_ADVISORY_LOCK(1)"));
-        assert!(takes_session_lock("select pg_try_advisory_lock_shared(1)"));
-        assert!(!takes_session_lock("select pg_advisory_xact_lock(1)"));
+        assert!(calls_session_state_function("select PG_ADVISORY_LOCK(1)"));
+        assert!(calls_session_state_function("select pg_try_advisory_lock_shared(1)"));
+        assert!(calls_session_state_function("select set_config('work_mem', '8MB', false)"));
+        assert!(!calls_session_state_function("select pg_advisory_xact_lock(1)"));
     }
 
     #[test]
