@@ -151,6 +151,18 @@ async fn pipelined_extended_protocol_with_an_error_in_the_middle() -> anyhow::Re
     // The named statement survived the error (it was created before it).
     w.bind("ins", &["4"]).execute().sync();
     assert_eq!(w.roundtrip(1).await?.0, "2CZ");
+    // A simple Query right after extended messages (no Sync) commits them, as a Sync would,
+    // and the server connection is free again afterwards: another client (pool of one) can
+    // use it.
+    w.bind("ins", &["5"]).execute().query("select count(*) from pipe");
+    let (tags, msgs) = w.roundtrip(1).await?;
+    assert_eq!(tags, "2CTDCZ");
+    assert_eq!(msgs[3].row(), [Some("3".to_owned())]);
+    let mut other = Wire::connect(p.port(), APP_USER, APP_DB).await?;
+    other.query("select count(*) from pipe");
+    let (tags, msgs) = other.roundtrip(1).await?;
+    assert_eq!(tags, "TDCZ");
+    assert_eq!(msgs[1].row(), [Some("3".to_owned())]);
     Ok(())
 }
 

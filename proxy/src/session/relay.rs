@@ -385,7 +385,9 @@ impl<'a> Relay<'a> {
 
     fn expect(&mut self, kind: Kind, purpose: Purpose, undo: Undo) {
         match kind {
-            Kind::Sync => self.unsynced = false,
+            // A simple Query (or FunctionCall) ends the implicit transaction of unsynced
+            // extended messages before it, as a Sync does.
+            Kind::Sync | Kind::Query | Kind::FunctionCall => self.unsynced = false,
             k if k.is_extended() => self.unsynced = true,
             _ => {}
         }
