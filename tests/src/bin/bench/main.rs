@@ -1,0 +1,468 @@
+//! `pgvane-bench`: pgvane against PostgreSQL directly and against PgBouncer, measured in the same
+//! run on the same machine, with pgbench's select-only script.
+//!
+//! Usage: `./dev bench [--quick] [--seconds N] [--repeats N] …` (see `--help`). It starts one
+//! throw-away PostgreSQL 15 cluster (`pgbench -i -s 10`), then for every pool mode a PgBouncer
+//! and a pgvane with the same pool mode and pool size, and runs `pgbench -S` at each client count
+//! and protocol (`-M simple|extended|prepared`) against every target, interleaved (A B C, B C A,
+//! …) and repeated, so slow drift of the machine hits every target alike. It reports medians of
+//! TPS, average and p99 latency, the ratios pgvane/direct and pgvane/PgBouncer, and the proxy
+//! process's CPU time per query, prints the report and writes it as markdown (`bench/results.md`
+//! by default).
+//!
+//! Speed is never asserted: the bench reports, and exits 0 whether or not the targets are met.
+//!
+//! Environment: `PGVANE_BIN` names the pgvane binary (the harness's `pgvane_bin()`; `./dev bench`
+//! points it at the release build), `PGVANE_BENCH_REVISION` names its source in the report when it
+//! was not built in this workspace, `RUST_LOG` defaults to `pgvane=warn`.
+
+mod pgbench;
+mod pgbouncer;
+mod profile;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use pgvane_tests::fixture::{APP_DB, APP_PASSWORD, APP_USER};
+use pgvane_tests::{describe_output, pgbench as run_pgbench, pgvane_bin, tail, PgCluster, Pgvane};
+
+use crate::pgbench::{Outcome, Run};
+use crate::pgbouncer::PgBouncer;
+use crate::report::{Measurement, Meta, Report};
+
+/// pgvane against PostgreSQL directly and against PgBouncer (pgbench -S, same run, same machine).
+///
+/// Run it through `./dev bench`, which installs PgBouncer and builds everything in release mode.
+#[derive(Debug, Parser)]
+#[command(name = "pgvane-bench")]
+struct Args {
+    /// A short run (~2 minutes): transaction pooling only, one round of 3 s runs, written to
+    /// bench/results-quick.md unless --out says otherwise.
+    #[arg(long)]
+    quick: bool,
+    /// Seconds per pgbench run [default: 3].
+    #[arg(long)]
+    seconds: Option<u32>,
+    /// Rounds: runs per target and configuration; medians are reported [default: 5, 1 with
+    /// --quick].
+    #[arg(long)]
+    repeats: Option<u32>,
+    /// Client counts (pgbench -c; -j is min(clients, 2)).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 10, 50])]
+    clients: Vec<u32>,
+    /// pgbench protocols (-M).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Protocol::Simple, Protocol::Extended, Protocol::Prepared])]
+    protocols: Vec<Protocol>,
+    /// Pool modes of PgBouncer and pgvane [default: transaction,session; transaction with --quick].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    modes: Vec<PoolMode>,
+    /// Pool size of PgBouncer and pgvane in transaction mode. Session mode cannot share a server
+    /// connection between clients, so there both get max(this, the largest client count).
+    #[arg(long, default_value_t = 20)]
+    pool_size: u32,
+    /// pgbench scale factor (pgbench -i -s).
+    #[arg(long, default_value_t = 10)]
+    scale: u32,
+    /// Where to write the markdown report [default: bench/results.md, bench/results-quick.md with
+    /// --quick].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// After the measurements, profile pgvane and PgBouncer with `perf record -g` for this many
+    /// seconds each (transaction mode, -M simple, 10 clients), count their system calls per query
+    /// with `strace -c`, and write both to profile-pgvane.txt and profile-pgbouncer.txt next to
+    /// the report.
+    #[arg(long, value_name = "SECONDS")]
+    perf: Option<u32>,
+}
+
+/// pgbench's `-M`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
+pub enum Protocol {
+    Simple,
+    Extended,
+    Prepared,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Simple => "simple",
+            Protocol::Extended => "extended",
+            Protocol::Prepared => "prepared",
+        }
+    }
+}
+
+/// `pool_mode` of both proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
+pub enum PoolMode {
+    Transaction,
+    Session,
+}
+
+impl PoolMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolMode::Transaction => "transaction",
+            PoolMode::Session => "session",
+        }
+    }
+}
+
+/// What pgbench talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// PostgreSQL itself.
+    Direct,
+    /// Debian's PgBouncer.
+    PgBouncer,
+    /// pgvane with no policy plugin.
+    Pgvane,
+    // EXTENSION POINT (policy plugins): when the regex-router and rw-split plugins exist, add
+    // `PgvaneRegexRouter` and `PgvaneRwSplit` here, start them in `start_targets` with the
+    // plugin in pgvane's configuration (see `pgvane_config`), and give them a column in
+    // `report.rs` (`Kind::label`, the summary table, and their ratio to `Kind::Pgvane`).
+    // Until then the report lists them under "Not measured yet" — no made-up rows.
+}
+
+/// Targets the issue asks for that cannot be measured yet (they are named in the report).
+pub const NOT_MEASURED_YET: &[&str] = &[
+    "pgvane with the regex-router plugin (the plugin does not exist yet)",
+    "pgvane with the rw-split plugin (the plugin does not exist yet)",
+];
+
+/// One running thing pgbench can be pointed at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TargetId {
+    pub kind: Kind,
+    /// The proxy's pool mode; `None` for direct.
+    pub mode: Option<PoolMode>,
+}
+
+pub struct Target {
+    pub id: TargetId,
+    pub port: u16,
+    /// The process whose CPU time is measured (the proxy); `None` for direct.
+    pub pid: Option<u32>,
+}
+
+/// Everything the bench started; dropping it stops and deletes everything.
+struct Servers {
+    cluster: PgCluster,
+    bouncers: Vec<PgBouncer>,
+    pgvanes: Vec<Pgvane>,
+    targets: Vec<Target>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // pgvane logs at warn so logging does not distort the numbers (the harness's default is
+    // debug). Set before any thread exists.
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "pgvane=warn");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pgvane-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = run(args) => result,
+            // Dropping `run` stops everything it started (pgbench, in our process group, got
+            // the Ctrl-C too).
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgvane-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The settled options of one bench run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub seconds: u32,
+    pub repeats: u32,
+    pub clients: Vec<u32>,
+    pub protocols: Vec<Protocol>,
+    pub modes: Vec<PoolMode>,
+    pub pool_size: u32,
+    pub scale: u32,
+}
+
+impl Plan {
+    fn from_args(args: &Args) -> Result<Plan> {
+        let mut plan = Plan {
+            seconds: args.seconds.unwrap_or(3),
+            repeats: args.repeats.unwrap_or(if args.quick { 1 } else { 5 }),
+            clients: args.clients.clone(),
+            protocols: args.protocols.clone(),
+            modes: if !args.modes.is_empty() {
+                args.modes.clone()
+            } else if args.quick {
+                vec![PoolMode::Transaction]
+            } else {
+                vec![PoolMode::Transaction, PoolMode::Session]
+            },
+            pool_size: args.pool_size,
+            scale: args.scale,
+        };
+        plan.clients.sort_unstable();
+        plan.clients.dedup();
+        plan.protocols.sort_unstable();
+        plan.protocols.dedup();
+        plan.modes.sort_unstable();
+        plan.modes.dedup();
+        if plan.seconds == 0 || plan.repeats == 0 || plan.clients.is_empty() || plan.clients.contains(&0) {
+            bail!("--seconds, --repeats and every --clients value must be at least 1");
+        }
+        if plan.pool_size == 0 {
+            bail!("--pool-size must be at least 1");
+        }
+        Ok(plan)
+    }
+
+    /// Pool size of both proxies in `mode`.
+    pub fn pool_size(&self, mode: PoolMode) -> u32 {
+        match mode {
+            PoolMode::Transaction => self.pool_size,
+            PoolMode::Session => self.pool_size.max(self.clients.iter().copied().max().unwrap_or(1)),
+        }
+    }
+
+    /// Number of pgbench runs measured.
+    fn runs(&self) -> usize {
+        let targets = 1 + 2 * self.modes.len();
+        self.clients.len() * self.protocols.len() * self.repeats as usize * targets
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let started = Instant::now();
+    let load_before = report::load_average();
+    let plan = Plan::from_args(&args)?;
+    let workspace = workspace_dir()?;
+    let out = match &args.out {
+        Some(path) => path.clone(),
+        None => workspace.join("bench").join(if args.quick { "results-quick.md" } else { "results.md" }),
+    };
+    let pgvane = pgvane_bin()?;
+    if !pgvane.components().any(|c| c.as_os_str() == "release") {
+        eprintln!("pgvane-bench: warning: {} is not a release build; numbers will be meaningless", pgvane.display());
+    }
+    let estimate = plan.runs() as u64 * (u64::from(plan.seconds) + 1);
+    println!(
+        "pgvane-bench: {} pgbench runs of {} s (about {} min), pgvane {}",
+        plan.runs(),
+        plan.seconds,
+        estimate.div_ceil(60),
+        pgvane.display()
+    );
+
+    let servers = start_servers(&plan).await?;
+    warm_up(&servers, &plan).await?;
+    let measurements = measure(&servers, &plan).await?;
+    for bouncer in &servers.bouncers {
+        if bouncer.log().contains("FATAL") {
+            eprintln!("pgvane-bench: PgBouncer logged errors:\n{}", tail(&bouncer.log(), 20));
+        }
+    }
+    let profiles = match args.perf {
+        // Next to the report, which links to them.
+        Some(seconds) => profile::profile(&servers.targets, &plan, seconds, out.parent().unwrap_or(&workspace)).await?,
+        None => Vec::new(),
+    };
+    drop(servers);
+
+    let meta = Meta::collect(&pgvane, &workspace, bench_command(), started.elapsed(), load_before, profiles);
+    let markdown = Report { meta: &meta, plan: &plan, measurements: &measurements }.render();
+    println!("\n{markdown}");
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&out, &markdown).with_context(|| format!("writing {}", out.display()))?;
+    println!("pgvane-bench: wrote {} ({:.1} min in all)", out.display(), started.elapsed().as_secs_f64() / 60.0);
+    Ok(())
+}
+
+/// The command line as the user typed it: `./dev bench …` when run through `dev` (which says so
+/// in `PGVANE_BENCH_COMMAND`), else the binary's own.
+fn bench_command() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let program = std::env::var("PGVANE_BENCH_COMMAND").unwrap_or_else(|_| "pgvane-bench".to_owned());
+    std::iter::once(program).chain(args).collect::<Vec<_>>().join(" ")
+}
+
+/// The workspace root (the parent of the tests package).
+fn workspace_dir() -> Result<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).context("the tests package has no parent dir")
+}
+
+/// Starts the cluster (loaded with pgbench's tables) and, per pool mode, a PgBouncer and a
+/// pgvane in front of it.
+async fn start_servers(plan: &Plan) -> Result<Servers> {
+    println!("Starting PostgreSQL ...");
+    let mut cluster = PgCluster::start().await.context("starting PostgreSQL")?;
+    // Room for every pool at once (direct clients + two proxies × pool modes), and the whole
+    // pgbench database in shared buffers.
+    cluster.exec("ALTER SYSTEM SET max_connections = 400").await?;
+    cluster.exec("ALTER SYSTEM SET shared_buffers = '1GB'").await?;
+    cluster.restart().await.context("restarting PostgreSQL with the bench settings")?;
+    cluster.create_user(APP_USER, APP_PASSWORD).await?;
+    cluster.create_database(APP_DB, APP_USER).await?;
+    println!("pgbench -i -s {} ...", plan.scale);
+    let out =
+        run_pgbench(cluster.port(), APP_USER, APP_PASSWORD, APP_DB, &["-i", "-q", "-s", &plan.scale.to_string()])?;
+    if !out.status.success() {
+        bail!("pgbench -i failed: {}", describe_output(&out));
+    }
+
+    // Both proxies hold app's SCRAM verifier (not a plain password): clients authenticate with
+    // SCRAM-SHA-256 and the proxies log in to the server with the keys from the client's proof,
+    // so neither proxy runs PBKDF2 while being measured.
+    let verifier = cluster.scram_verifier(APP_USER).await?;
+    let userlist = format!("\"{APP_USER}\" \"{verifier}\"\n");
+    let mut servers = Servers { targets: Vec::new(), bouncers: Vec::new(), pgvanes: Vec::new(), cluster };
+    servers.targets.push(Target {
+        id: TargetId { kind: Kind::Direct, mode: None },
+        port: servers.cluster.port(),
+        pid: None,
+    });
+    for &mode in &plan.modes {
+        let size = plan.pool_size(mode);
+        println!("Starting PgBouncer and pgvane, pool_mode = {}, pool size {size} ...", mode.name());
+        let bouncer =
+            PgBouncer::start(servers.cluster.port(), mode, size, &userlist).await.context("starting PgBouncer")?;
+        servers.targets.push(Target {
+            id: TargetId { kind: Kind::PgBouncer, mode: Some(mode) },
+            port: bouncer.port(),
+            pid: Some(bouncer.pid()),
+        });
+        servers.bouncers.push(bouncer);
+        let pgvane = Pgvane::start(&pgvane_config(servers.cluster.port(), mode, size), &[("userlist.txt", &userlist)])
+            .await
+            .context("starting pgvane")?;
+        servers.targets.push(Target {
+            id: TargetId { kind: Kind::Pgvane, mode: Some(mode) },
+            port: pgvane.port(),
+            pid: Some(pgvane.pid()),
+        });
+        servers.pgvanes.push(pgvane);
+    }
+    Ok(servers)
+}
+
+/// pgvane's configuration: the same pool mode, pool size, client limit, auth type and reset query
+/// as PgBouncer's (see `pgbouncer::config`).
+fn pgvane_config(server_port: u16, mode: PoolMode, pool_size: u32) -> String {
+    format!(
+        "[pgvane]\n\
+         listen_addr = \"127.0.0.1\"\n\
+         listen_port = 0\n\
+         pool_mode = \"{mode}\"\n\
+         default_pool_size = {pool_size}\n\
+         max_client_conn = 1000\n\
+         auth_type = \"scram-sha-256\"\n\
+         auth_file = \"userlist.txt\"\n\
+         server_reset_query = \"DISCARD ALL\"\n\
+         \n\
+         [databases.{APP_DB}]\n\
+         host = \"127.0.0.1\"\n\
+         port = {server_port}\n",
+        mode = mode.name(),
+    )
+}
+
+/// One short unmeasured run per target: pools filled, caches warm, code paged in.
+async fn warm_up(servers: &Servers, plan: &Plan) -> Result<()> {
+    println!("Warming up ...");
+    let clients = plan.clients.iter().copied().max().unwrap_or(1).min(plan.pool_size);
+    for target in &servers.targets {
+        let run = Run { port: target.port, protocol: Protocol::Simple, clients, seconds: 2, proxy_pid: None };
+        if let Err(e) = blocking(move || run.execute()).await?? {
+            bail!("warm-up run against {} failed: {e}", report::label(target.id));
+        }
+    }
+    Ok(())
+}
+
+/// Every measured run: per (protocol, clients), `repeats` rounds over all targets, the order
+/// rotated each round.
+async fn measure(servers: &Servers, plan: &Plan) -> Result<Vec<Measurement>> {
+    let total = plan.runs();
+    let mut measurements = Vec::with_capacity(total);
+    for &protocol in &plan.protocols {
+        for &clients in &plan.clients {
+            for round in 0..plan.repeats as usize {
+                let n = servers.targets.len();
+                for i in 0..n {
+                    let target = &servers.targets[(i + round) % n];
+                    let run =
+                        Run { port: target.port, protocol, clients, seconds: plan.seconds, proxy_pid: target.pid };
+                    let outcome: Outcome = blocking(move || run.execute()).await??;
+                    print_progress(measurements.len() + 1, total, target.id, protocol, clients, &outcome);
+                    measurements.push(Measurement { target: target.id, protocol, clients, outcome });
+                    check_alive(servers)?;
+                    // Let the last run's connections close before the next one starts.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    Ok(measurements)
+}
+
+fn print_progress(done: usize, total: usize, target: TargetId, protocol: Protocol, clients: u32, outcome: &Outcome) {
+    let what = format!("[{done:>3}/{total}] -M {:<8} -c {clients:<3} {:<24}", protocol.name(), report::label(target));
+    match outcome {
+        Ok(s) => println!(
+            "{what} {:>9.0} tps  avg {:>6.3} ms  p99 {:>6.3} ms{}",
+            s.tps,
+            s.latency_avg_ms,
+            s.latency_p99_ms,
+            s.proxy_cpu_us_per_query.map(|c| format!("  proxy CPU {c:.1} µs/query")).unwrap_or_default()
+        ),
+        Err(e) => println!("{what} FAILED: {e}"),
+    }
+}
+
+/// Fails if a proxy died (a crash must not look like a slow run).
+fn check_alive(servers: &Servers) -> Result<()> {
+    for pgvane in &servers.pgvanes {
+        if !pgvane.is_running() {
+            bail!("pgvane exited during the bench; log:\n{}", tail(&pgvane.log(), 40));
+        }
+    }
+    for target in &servers.targets {
+        if let Some(pid) = target.pid {
+            if !alive(pid) {
+                bail!("{} (pid {pid}) exited during the bench", report::label(target.id));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether process `pid` exists and is not a zombie (an exited child not yet reaped).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s != "Z")))
+        .unwrap_or(false)
+}
+
+/// Runs blocking work (pgbench) off the runtime's worker.
+pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work).await.context("a bench thread panicked")
+}
