@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Builds every plugin in plugins/ for wasm32-wasip2 and copies the components to a stable
+# folder: target/plugins/<name>.wasm (regex_router.wasm, query_rewrite.wasm, rw_split.wasm,
+# tenant_guard.wasm, and the test fixture hostile_fixture.wasm).
+#
+#   plugins/build.sh              build all of them (installs the rustup target if missing)
+#   plugins/build.sh regex-router build only the named packages
+#
+# The build is `cargo build --release --target wasm32-wasip2` with the release profile tuned
+# for size through environment overrides (no debug info, opt-level "s", LTO): the workspace's
+# release profile keeps debug info for the proxy, which would make each plugin ~10x larger.
+# Function names are kept so the host's trap backtraces stay readable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TARGET=wasm32-wasip2
+ALL=(regex-router query-rewrite rw-split tenant-guard hostile-fixture)
+packages=("${@:-${ALL[@]}}")
+[ $# -gt 0 ] || packages=("${ALL[@]}")
+
+if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
+    echo "build.sh: installing the rustup target $TARGET" >&2
+    rustup target add "$TARGET"
+fi
+
+args=()
+for p in "${packages[@]}"; do args+=(-p "$p"); done
+
+CARGO_PROFILE_RELEASE_DEBUG=0 \
+CARGO_PROFILE_RELEASE_STRIP=debuginfo \
+CARGO_PROFILE_RELEASE_OPT_LEVEL=s \
+CARGO_PROFILE_RELEASE_LTO=true \
+CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
+    cargo build --locked --release --target "$TARGET" "${args[@]}"
+
+out=target/plugins
+mkdir -p "$out"
+for p in "${packages[@]}"; do
+    file="${p//-/_}.wasm"
+    cp "target/$TARGET/release/$file" "$out/$file"
+    printf '%-24s %8d bytes\n' "$out/$file" "$(wc -c <"$out/$file")"
+done
