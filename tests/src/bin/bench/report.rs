@@ -85,6 +85,7 @@ impl Meta {
                     pgvane.display()
                 ),
             ),
+            ("scheduling priority", format!("nice {} (every process the bench starts inherits it)", nice())),
             ("load average (1, 5, 15 min)", format!("{load_before} before the bench, {} after", load_average())),
         ];
         Meta { date: first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]), command, elapsed, machine, profiles }
@@ -110,6 +111,14 @@ fn revision(pgvane: &Path, workspace: &Path) -> String {
     } else {
         format!("commit {head} + uncommitted changes")
     }
+}
+
+/// This process's nice value (field 19 of `/proc/self/stat`).
+fn nice() -> String {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| Some(stat.rsplit_once(')')?.1.split_whitespace().nth(19 - 3)?.to_owned()))
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 /// The 1, 5 and 15 minute load averages (`/proc/loadavg`): other work on the machine during the
