@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::auth::userlist::{Userlist, UserlistError};
+use crate::policy::PluginSettings;
 
 /// A configuration problem, naming the file and, where there is one, the key.
 #[derive(Debug, Error)]
@@ -43,6 +44,10 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A `[[plugins]]` entry failed to load (unreadable, not a pgvane:policy component, or its
+    /// `init` refused its config).
+    #[error(transparent)]
+    Plugins(crate::policy::PolicyError),
     /// The auth file named by `pgvane.auth_file` is unreadable or malformed.
     #[error("{path}: key `pgvane.auth_file`: {auth_file}: {source}")]
     AuthFile {
@@ -54,6 +59,12 @@ pub enum ConfigError {
         #[source]
         source: AuthFileError,
     },
+}
+
+impl From<crate::policy::PolicyError> for ConfigError {
+    fn from(e: crate::policy::PolicyError) -> Self {
+        ConfigError::Plugins(e)
+    }
 }
 
 /// Why the auth file could not be loaded.
@@ -236,6 +247,8 @@ struct File {
     pgvane: Settings,
     #[serde(default)]
     databases: BTreeMap<String, DatabaseConfig>,
+    #[serde(default)]
+    plugins: Vec<PluginSettings>,
 }
 
 /// A loaded, validated configuration.
@@ -249,6 +262,8 @@ pub struct Config {
     pub databases: BTreeMap<String, DatabaseConfig>,
     /// The auth file's users, when `auth_file` is set.
     pub userlist: Option<Userlist>,
+    /// `[[plugins]]`, in chain order (paths as written; resolve with [`Config::dir`]).
+    pub plugins: Vec<PluginSettings>,
 }
 
 impl Config {
@@ -331,7 +346,40 @@ impl Config {
                 })?)
             }
         };
-        Ok(Config { path: path.to_owned(), settings: file.pgvane, databases: file.databases, userlist })
+        let mut names = std::collections::BTreeSet::new();
+        for (i, plugin) in file.plugins.iter().enumerate() {
+            let key = |field: &str| format!("plugins[{i}].{field}");
+            if plugin.name.is_empty() || !names.insert(plugin.name.as_str()) {
+                return Err(invalid(&key("name"), "must be non-empty and unique among [[plugins]]"));
+            }
+            for (field, value) in [
+                ("fuel", plugin.fuel),
+                ("memory_limit_mb", plugin.memory_limit_mb as u64),
+                ("timeout_ms", plugin.timeout_ms),
+            ] {
+                if value == 0 {
+                    return Err(invalid(&key(field), "must be greater than 0"));
+                }
+            }
+        }
+        Ok(Config {
+            path: path.to_owned(),
+            settings: file.pgvane,
+            databases: file.databases,
+            userlist,
+            plugins: file.plugins,
+        })
+    }
+
+    /// The folder relative paths in the file are resolved against.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Loads the `[[plugins]]` chain (compiling each component and running its `init`).
+    pub async fn load_plugins(&self) -> Result<crate::policy::Chain, crate::policy::PolicyError> {
+        let databases: Vec<String> = self.databases.keys().cloned().collect();
+        crate::policy::Chain::load(&self.plugins, self.dir(), &databases).await
     }
 
     /// The server-side name of database `name`.

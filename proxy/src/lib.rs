@@ -10,6 +10,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod listener;
+pub mod policy;
 pub mod pool;
 pub mod protocol;
 pub mod session;

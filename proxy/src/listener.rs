@@ -3,13 +3,14 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::config::{Config, ConfigError, Settings, RESTART_KEYS};
+use crate::policy::Chain;
 use crate::pool::Pools;
 use crate::session::{self, registry::ClientRegistry};
 
@@ -17,12 +18,13 @@ use crate::session::{self, registry::ClientRegistry};
 #[derive(Debug)]
 pub struct Shared {
     config: RwLock<Arc<Config>>,
+    policy: RwLock<Arc<Chain>>,
     /// Server connection pools.
     pub pools: Arc<Pools>,
     /// Connected clients: cancel keys, states, signals.
     pub clients: Arc<ClientRegistry>,
     /// Held while a reload runs, so two reloads cannot interleave.
-    reloading: Mutex<()>,
+    reloading: tokio::sync::Mutex<()>,
     shutdown: Notify,
 }
 
@@ -53,14 +55,20 @@ fn restart_keys_changed(old: &Settings, new: &Settings) -> Vec<&'static str> {
 
 impl Shared {
     /// Shared state for `config`.
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config, policy: Chain) -> Self {
         Shared {
             config: RwLock::new(Arc::new(config)),
+            policy: RwLock::new(Arc::new(policy)),
             pools: Arc::new(Pools::default()),
             clients: Arc::new(ClientRegistry::default()),
-            reloading: Mutex::new(()),
+            reloading: tokio::sync::Mutex::new(()),
             shutdown: Notify::new(),
         }
+    }
+
+    /// The plugin chain in force. A statement is decided by the chain it finds here.
+    pub fn policy(&self) -> Arc<Chain> {
+        self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The configuration in force. A session takes it once and keeps it.
@@ -79,10 +87,13 @@ impl Shared {
     /// Otherwise the new configuration is in force for sessions that start from now on, and
     /// the pools follow it at once (see [`Pools::apply_config`]): sessions already running
     /// keep their pool and get the new target and limits at their next checkout.
-    pub fn reload(&self) -> Result<ReloadOutcome, ConfigError> {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+    pub async fn reload(&self) -> Result<ReloadOutcome, ConfigError> {
+        let _one_at_a_time = self.reloading.lock().await;
         let old = self.config();
         let new = Arc::new(Config::load(&old.path)?);
+        // Plugins are compiled and initialised before anything switches: a plugin that fails
+        // to load leaves the whole old configuration in force.
+        let policy = Arc::new(new.load_plugins().await?);
         let mut outcome = ReloadOutcome {
             restart_needed: restart_keys_changed(&old.settings, &new.settings),
             ..ReloadOutcome::default()
@@ -96,6 +107,7 @@ impl Shared {
         }
         outcome.removed = old.databases.keys().filter(|name| !new.databases.contains_key(*name)).cloned().collect();
         self.set_config(new.clone());
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
         outcome.reconnecting = self.pools.apply_config(&new).moved;
         Ok(outcome)
     }
@@ -120,10 +132,10 @@ pub struct Listener {
 
 impl Listener {
     /// Binds `listen_addr:listen_port` (port 0 picks a free one).
-    pub async fn bind(config: Config) -> io::Result<Listener> {
+    pub async fn bind(config: Config, policy: Chain) -> io::Result<Listener> {
         let addr = (config.settings.listen_addr.as_str(), config.settings.listen_port);
         let listener = TcpListener::bind(addr).await?;
-        Ok(Listener { listener, shared: Arc::new(Shared::new(config)) })
+        Ok(Listener { listener, shared: Arc::new(Shared::new(config, policy)) })
     }
 
     /// The address actually bound.

@@ -26,7 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Validate the configuration file (and the auth file it names) and exit: 0 when valid,
+    /// Validate the configuration file (the auth file it names, and its plugins: compiled and
+    /// initialised with their config) and exit: 0 when valid,
     /// 1 with a message naming the file, the key and the problem otherwise.
     Check,
 }
@@ -34,9 +35,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check) => match Config::load(&cli.config) {
-            Ok(config) => {
-                println!("{}: configuration is valid ({} database(s))", cli.config.display(), config.databases.len());
+        Some(Command::Check) => match check(&cli.config) {
+            Ok((chain, config)) => {
+                println!(
+                    "{}: configuration is valid ({} database(s), {} plugin(s))",
+                    cli.config.display(),
+                    config.databases.len(),
+                    chain.plugins().len()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -54,6 +60,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Loads the configuration and its plugins, as a start would.
+fn check(path: &std::path::Path) -> Result<(pgvane::policy::Chain, Config), pgvane::config::ConfigError> {
+    let config = Config::load(path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| pgvane::config::ConfigError::Plugins(pgvane::policy::PolicyError::Engine(e.to_string())))?;
+    let chain = runtime.block_on(config.load_plugins())?;
+    Ok((chain, config))
+}
+
 fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -65,7 +82,8 @@ fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let listener = Listener::bind(config).await.context("cannot listen")?;
+        let policy = config.load_plugins().await?;
+        let listener = Listener::bind(config, policy).await.context("cannot listen")?;
         let addr = listener.local_addr()?;
         let shared = listener.shared();
         // Installed before the listening line, so a SIGHUP from then on reloads instead of
@@ -94,7 +112,7 @@ fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
 /// file is logged and the configuration in force stays.
 async fn reload_on_sighup(mut hangup: Signal, shared: Arc<Shared>) {
     while hangup.recv().await.is_some() {
-        match shared.reload() {
+        match shared.reload().await {
             Ok(outcome) => tracing::info!(
                 added = ?outcome.added,
                 removed = ?outcome.removed,

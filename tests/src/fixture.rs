@@ -34,6 +34,8 @@ pub struct ProxyOptions {
     pub settings: String,
     /// Extra lines for the `[databases.app]` table.
     pub database: String,
+    /// Raw TOML appended after the `[databases.app]` table, e.g. `[[plugins]]` entries.
+    pub extra: String,
     /// How the server authenticates `app` (pg_hba.conf method): `scram-sha-256`, `md5`
     /// (the password is then stored as an MD5 hash) or `password` (clear text).
     pub server_auth: &'static str,
@@ -47,6 +49,7 @@ impl Default for ProxyOptions {
             settings: String::new(),
             database: String::new(),
             server_auth: "scram-sha-256",
+            extra: String::new(),
         }
     }
 }
@@ -94,11 +97,12 @@ impl Proxied {
         };
         let config = format!(
             "[pgvane]\nlisten_port = 0\nauth_type = \"{}\"\nauth_file = \"userlist.txt\"\n{}\n\n\
-             [databases.app]\nhost = \"127.0.0.1\"\nport = {}\n{}\n",
+             [databases.app]\nhost = \"127.0.0.1\"\nport = {}\n{}\n\n{}\n",
             options.auth_type,
             options.settings,
             cluster.port(),
             options.database,
+            options.extra,
         );
         let userlist = format!("\"{APP_USER}\" \"{secret}\"\n");
         let pgvane = Pgvane::start(&config, &[("userlist.txt", &userlist)]).await?;
@@ -124,6 +128,32 @@ impl Proxied {
     pub async fn direct_superuser(&self) -> Result<tokio_postgres::Client> {
         self.cluster.connect("postgres", "postgres", APP_DB).await
     }
+}
+
+/// The path of an example plugin's component (`regex_router`, `query_rewrite`, `rw_split`,
+/// `tenant_guard`, `hostile_fixture`), building all of them once per test process if needed.
+pub fn plugin_path(name: &str) -> Result<std::path::PathBuf> {
+    static BUILT: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = root.join("target/plugins").join(format!("{name}.wasm"));
+    if !path.exists() {
+        BUILT
+            .get_or_init(|| {
+                let status = std::process::Command::new("bash")
+                    .arg(root.join("plugins/build.sh"))
+                    .status()
+                    .map_err(|e| e.to_string())?;
+                if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("plugins/build.sh failed: {status}"))
+                }
+            })
+            .clone()
+            .map_err(anyhow::Error::msg)?;
+    }
+    anyhow::ensure!(path.exists(), "{} was not built", path.display());
+    Ok(path)
 }
 
 /// The server error (SQLSTATE, message…) somewhere in an error's chain, if there is one.

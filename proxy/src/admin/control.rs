@@ -102,8 +102,8 @@ pub fn kill(shared: &Shared, database: Option<&str>) -> Result<(), AdminError> {
 
 /// `RELOAD`: re-reads the configuration file; NOTICEs say what changed and what needs a
 /// restart.
-pub fn reload(shared: &Shared, out: &mut BytesMut) -> Result<(), AdminError> {
-    let outcome = shared.reload().map_err(AdminError::Reload)?;
+pub async fn reload(shared: &Shared, out: &mut BytesMut) -> Result<(), AdminError> {
+    let outcome = shared.reload().await.map_err(AdminError::Reload)?;
     tracing::info!(?outcome, "RELOAD: configuration reloaded");
     let list = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
     let mut notices = Vec::new();

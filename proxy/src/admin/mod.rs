@@ -258,7 +258,7 @@ async fn execute(
             complete("RESUME", out);
         }
         Command::Reload => {
-            control::reload(shared, out)?;
+            control::reload(shared, out).await?;
             complete("RELOAD", out);
         }
         Command::Reconnect(db) => {

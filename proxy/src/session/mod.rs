@@ -27,7 +27,7 @@ use crate::protocol::ProtocolError;
 
 pub use client::ClientConn;
 use registry::ClientState;
-use relay::{End, Relay, Start};
+use relay::{End, Identity, Relay, Start};
 use settings::{sync_sql, ClientSettings};
 use startup::Login;
 
@@ -127,6 +127,7 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
 
     let mode = settings.pool_mode;
     let client_settings = ClientSettings::new(&params);
+    let client_settings_application_name = client_settings.current.get("application_name").cloned().unwrap_or_default();
     let welcome = match mode {
         PoolMode::Session => None,
         PoolMode::Transaction | PoolMode::Statement => pool.welcome(),
@@ -179,6 +180,12 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
     tracing::debug!("client logged in");
 
     let start = Start {
+        identity: Identity {
+            user: user.clone(),
+            database: database.clone(),
+            application_name: client_settings_application_name,
+            client_addr: peer.ip().to_string(),
+        },
         mode,
         server,
         settings: client_settings,
@@ -186,7 +193,7 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
         max_packet_bytes: settings.max_packet_size_bytes,
         query_wait: settings.query_wait_timeout(),
     };
-    let end = Relay::new(client, &handle, pool, start).run().await;
+    let end = Relay::new(client, &handle, shared, pool, start).run().await;
     match end {
         End::Terminated | End::ClientGone => Ok(()),
         End::ClientProtocol(e) => Err(e.into()),

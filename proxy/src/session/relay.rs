@@ -23,6 +23,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::PoolMode;
+use crate::listener::Shared;
+use crate::policy::{Decision, Request, Route};
 use crate::pool::{Pool, PoolError, PooledConn, ServerError, MAX_SERVER_FRAME_BYTES};
 use crate::protocol::messages::{self, tag, ErrorResponse, Parse, Target, TransactionStatus};
 use crate::protocol::{decode_frame, Frame, ProtocolError};
@@ -125,8 +127,23 @@ enum Expect {
     Own { message: Bytes, undo: Undo },
 }
 
+/// Who the client is, as the policy plugins are told.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// User.
+    pub user: String,
+    /// Database as the client named it.
+    pub database: String,
+    /// application_name from startup ("" if none).
+    pub application_name: String,
+    /// The client's IP address.
+    pub client_addr: String,
+}
+
 /// What a client's query loop starts with.
 pub struct Start {
+    /// Who the client is.
+    pub identity: Identity,
     /// The pool mode.
     pub mode: PoolMode,
     /// The server connection held from login (session mode), or none.
@@ -145,6 +162,8 @@ pub struct Start {
 pub struct Relay<'a> {
     client: &'a mut ClientConn,
     handle: &'a ClientHandle,
+    shared: &'a Shared,
+    identity: Identity,
     pool: Arc<Pool>,
     mode: PoolMode,
     max_packet_bytes: usize,
@@ -177,11 +196,19 @@ pub struct Relay<'a> {
 
 impl<'a> Relay<'a> {
     /// A query loop for a client that has just logged in.
-    pub fn new(client: &'a mut ClientConn, handle: &'a ClientHandle, pool: Arc<Pool>, start: Start) -> Self {
-        let Start { mode, server, settings, reported_parameters, max_packet_bytes, query_wait } = start;
+    pub fn new(
+        client: &'a mut ClientConn,
+        handle: &'a ClientHandle,
+        shared: &'a Shared,
+        pool: Arc<Pool>,
+        start: Start,
+    ) -> Self {
+        let Start { identity, mode, server, settings, reported_parameters, max_packet_bytes, query_wait } = start;
         Relay {
             client,
             handle,
+            shared,
+            identity,
             pool,
             mode,
             max_packet_bytes,
@@ -440,8 +467,12 @@ impl<'a> Relay<'a> {
     }
 
     async fn on_query(&mut self, frame: &Frame) -> Result<(), End> {
+        let original = messages::parse_query(frame.body()).map_err(End::ClientProtocol)?;
+        let Some(rewritten) = self.consult_policy(Kind::Query, original, None).await else {
+            return Ok(());
+        };
+        let sql = rewritten.as_deref().unwrap_or(original);
         if self.pooled() {
-            let sql = messages::parse_query(frame.body()).map_err(End::ClientProtocol)?;
             let commands = state_commands(sql);
             if self.only_deallocates(&commands) {
                 return Ok(());
@@ -458,7 +489,66 @@ impl<'a> Relay<'a> {
                 }
             }
         }
-        self.forward(frame, Kind::Query).await
+        match rewritten {
+            None => self.forward(frame, Kind::Query).await,
+            Some(sql) => {
+                let mut message = BytesMut::new();
+                messages::encode_query(&sql, &mut message);
+                if self.ensure_server(Kind::Query).await? {
+                    self.send(&message, Kind::Query);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Asks the plugin chain about a statement. `None`: the statement was refused and the
+    /// client answered; `Some(rewritten SQL, if any)`: go on.
+    async fn consult_policy(&mut self, kind: Kind, sql: &str, parse: Option<&str>) -> Option<Option<String>> {
+        let chain = self.shared.policy();
+        if chain.is_empty() {
+            return Some(None);
+        }
+        let request = Request {
+            user: &self.identity.user,
+            database: &self.identity.database,
+            application_name: &self.identity.application_name,
+            client_addr: self.identity.client_addr.clone(),
+            session_id: self.handle.pid,
+            sql,
+            in_transaction: self.status != TransactionStatus::Idle,
+            parse,
+        };
+        let config = self.shared.config();
+        match chain.decide(&request, |db| config.databases.contains_key(db)).await {
+            Decision::Reject(error) => {
+                self.fail(kind, error);
+                None
+            }
+            Decision::Run { route, sql } => {
+                if let Some(Route::Database(target)) = &route {
+                    if *target != self.identity.database {
+                        if self.status != TransactionStatus::Idle {
+                            // The transaction's server keeps the statement (pgbouncer-rr's rule).
+                            tracing::info!(route = %target, "route ignored inside a transaction");
+                        } else {
+                            self.fail(
+                                kind,
+                                ErrorResponse::error(
+                                    "0A000",
+                                    format!(
+                                        "routing to database \"{target}\" is not supported by this pgvane version yet"
+                                    ),
+                                ),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                // Primary and replica are the client's own database until clusters arrive.
+                Some(sql)
+            }
+        }
     }
 
     /// Notes statements whose effect stays in the server session (transaction and statement
@@ -503,7 +593,16 @@ impl<'a> Relay<'a> {
     }
 
     async fn on_parse(&mut self, frame: &Frame) -> Result<(), End> {
-        let parse = Parse::decode(frame.body()).map_err(End::ClientProtocol)?;
+        let original = Parse::decode(frame.body()).map_err(End::ClientProtocol)?;
+        let Some(rewritten) = self.consult_policy(Kind::Parse, original.query, Some(original.name)).await else {
+            return Ok(());
+        };
+        let parse = Parse { query: rewritten.as_deref().unwrap_or(original.query), ..original.clone() };
+        let rewritten_frame = rewritten.as_ref().map(|_| {
+            let mut message = BytesMut::new();
+            parse.encode(&mut message);
+            message
+        });
         if self.pooled() {
             let commands = state_commands(parse.query);
             self.note_session_state(parse.query, &commands);
@@ -512,7 +611,15 @@ impl<'a> Relay<'a> {
             }
         }
         if !self.pooled() || parse.name.is_empty() {
-            return self.forward(frame, Kind::Parse).await;
+            return match rewritten_frame {
+                None => self.forward(frame, Kind::Parse).await,
+                Some(message) => {
+                    if self.ensure_server(Kind::Parse).await? {
+                        self.send(&message, Kind::Parse);
+                    }
+                    Ok(())
+                }
+            };
         }
         if self.statements.contains(parse.name) {
             let message = format!("prepared statement \"{}\" already exists", parse.name);

@@ -1,0 +1,331 @@
+//! The policy host: plugins are WebAssembly components of the `pgvane:policy` world (wit/),
+//! run in wasmtime with fuel, memory and time limits, as an ordered chain consulted for every
+//! Query and Parse.
+//!
+//! Chain semantics: rewrites compose in chain order (each plugin sees the SQL as the previous
+//! ones left it), the first route wins, a reject ends the chain. A plugin error (trap, limit
+//! hit, invalid verdict) is handled by that plugin's `on_error`: `pass` skips it, `reject`
+//! refuses the statement with an error naming the plugin.
+
+mod plugin;
+
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::protocol::messages::ErrorResponse;
+
+pub use plugin::{Plugin, PluginStats};
+
+/// The one place the WIT world becomes Rust.
+mod bindings {
+    // Exports are called with `call_async`: WASI (which Rust's std imports) is the async
+    // implementation, which must not block a tokio worker thread.
+    wasmtime::component::bindgen!({ path: "../wit", world: "policy", exports: { default: async } });
+}
+
+use bindings::pgvane::policy::types as wit;
+
+/// Granularity of the wall-clock deadline.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// What to do when a plugin fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Fail open: the plugin is skipped for this statement.
+    Pass,
+    /// Fail closed: the statement is refused.
+    Reject,
+}
+
+/// A `[[plugins]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSettings {
+    /// Name in logs, errors and the admin console.
+    pub name: String,
+    /// The component file, relative to the config file.
+    pub path: std::path::PathBuf,
+    /// Fuel per call (about one unit per WebAssembly instruction).
+    #[serde(default = "default_fuel")]
+    pub fuel: u64,
+    /// Memory an instance may use.
+    #[serde(default = "default_memory_limit_mb")]
+    pub memory_limit_mb: usize,
+    /// Wall-clock deadline per call.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// What a plugin error means for the statement.
+    #[serde(default = "default_on_error")]
+    pub on_error: OnError,
+    /// Handed to the plugin's `init` as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+fn default_fuel() -> u64 {
+    5_000_000
+}
+fn default_memory_limit_mb() -> usize {
+    16
+}
+fn default_timeout_ms() -> u64 {
+    10
+}
+fn default_on_error() -> OnError {
+    OnError::Pass
+}
+
+/// Why the plugin set could not be loaded.
+#[derive(Debug, Error)]
+pub enum PolicyError {
+    /// The wasmtime engine could not be set up.
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+    /// A plugin file could not be read.
+    #[error("plugin \"{plugin}\": cannot read {path}: {source}")]
+    Read {
+        /// Plugin name.
+        plugin: String,
+        /// Its file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A plugin did not compile, link or initialise.
+    #[error("plugin \"{plugin}\": {reason}")]
+    Load {
+        /// Plugin name.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why one plugin call failed.
+#[derive(Debug, Error)]
+pub enum PluginError {
+    /// A trap, out of fuel, deadline or memory.
+    #[error("{0}")]
+    Trap(String),
+    /// `init` refused the configuration.
+    #[error("init refused its config: {0}")]
+    InitRefused(String),
+    /// The verdict is not valid.
+    #[error("invalid verdict: {0}")]
+    InvalidVerdict(String),
+}
+
+/// The shared engine, with its epoch ticker.
+fn engine() -> Result<&'static wasmtime::Engine, PolicyError> {
+    static ENGINE: OnceLock<Result<wasmtime::Engine, String>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let mut config = wasmtime::Config::new();
+            config.wasm_component_model(true).consume_fuel(true).epoch_interruption(true);
+            let engine = wasmtime::Engine::new(&config).map_err(|e| format!("{e:#}"))?;
+            let ticker = engine.weak();
+            std::thread::Builder::new()
+                .name("pgvane-epoch".into())
+                .spawn(move || {
+                    while let Some(engine) = ticker.upgrade() {
+                        engine.increment_epoch();
+                        drop(engine);
+                        std::thread::sleep(EPOCH_TICK);
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            Ok(engine)
+        })
+        .as_ref()
+        .map_err(|e| PolicyError::Engine(e.clone()))
+}
+
+/// Where a statement should run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// A `[databases]` entry.
+    Database(String),
+    /// The primary of the client's database.
+    Primary,
+    /// A replica of the client's database.
+    Replica,
+}
+
+/// What pgvane tells the chain about a statement.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// User.
+    pub user: &'a str,
+    /// Database the client connected to.
+    pub database: &'a str,
+    /// application_name from startup.
+    pub application_name: &'a str,
+    /// Client IP address.
+    pub client_addr: String,
+    /// The client's pid (BackendKeyData).
+    pub session_id: u32,
+    /// SQL text.
+    pub sql: &'a str,
+    /// Inside a transaction block.
+    pub in_transaction: bool,
+    /// `None` for a simple Query, `Some(statement name)` for a Parse.
+    pub parse: Option<&'a str>,
+}
+
+/// The chain's decision about a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Run it: rewritten if `sql` is set, on `route` if set.
+    Run {
+        /// First route any plugin gave.
+        route: Option<Route>,
+        /// The SQL after all rewrites, if any plugin rewrote it.
+        sql: Option<String>,
+    },
+    /// Refuse it with this error.
+    Reject(ErrorResponse),
+}
+
+/// The ordered plugins.
+#[derive(Debug, Default)]
+pub struct Chain {
+    plugins: Vec<Plugin>,
+}
+
+impl Chain {
+    /// Loads every `[[plugins]]` entry (paths relative to `config_dir`); all or nothing.
+    pub async fn load(
+        settings: &[PluginSettings],
+        config_dir: &Path,
+        databases: &[String],
+    ) -> Result<Chain, PolicyError> {
+        if settings.is_empty() {
+            return Ok(Chain::default());
+        }
+        let engine = engine()?;
+        let databases: Arc<[String]> = databases.into();
+        let mut plugins = Vec::new();
+        for s in settings {
+            let path = config_dir.join(&s.path);
+            let wasm = std::fs::read(&path).map_err(|source| PolicyError::Read {
+                plugin: s.name.clone(),
+                path: path.clone(),
+                source,
+            })?;
+            plugins.push(Plugin::load(engine, s.clone(), &wasm, databases.clone()).await?);
+        }
+        Ok(Chain { plugins })
+    }
+
+    /// True when there are no plugins (the common fast path).
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    /// The plugins, in order.
+    pub fn plugins(&self) -> &[Plugin] {
+        &self.plugins
+    }
+
+    /// Runs the chain for one statement. `known_database` says whether a `[databases]` entry
+    /// exists (a route to an unknown one is a plugin error).
+    pub async fn decide(&self, request: &Request<'_>, known_database: impl Fn(&str) -> bool) -> Decision {
+        let mut route = None;
+        let mut sql: Option<String> = None;
+        for plugin in &self.plugins {
+            let ctx = wit::Context {
+                user: request.user.to_owned(),
+                database: request.database.to_owned(),
+                application_name: request.application_name.to_owned(),
+                client_addr: request.client_addr.clone(),
+                session_id: request.session_id,
+                sql: sql.clone().unwrap_or_else(|| request.sql.to_owned()),
+                in_transaction: request.in_transaction,
+                message: match request.parse {
+                    None => wit::Message::SimpleQuery,
+                    Some(name) => wit::Message::Parse(name.to_owned()),
+                },
+            };
+            let verdict = plugin.decide(&ctx).await.and_then(|v| validate(v, &known_database));
+            let (new_route, new_sql) = match verdict {
+                Ok(Checked::Run(r, s)) => (r, s),
+                Ok(Checked::Reject(error)) => {
+                    plugin.stats.rejects.fetch_add(1, Relaxed);
+                    return Decision::Reject(error);
+                }
+                Err(e) => {
+                    if !matches!(e, PluginError::Trap(_)) {
+                        plugin.stats.errors.fetch_add(1, Relaxed);
+                    }
+                    tracing::warn!(plugin = %plugin.settings.name, error = %e, on_error = ?plugin.settings.on_error, "plugin error");
+                    match plugin.settings.on_error {
+                        OnError::Pass => continue,
+                        OnError::Reject => {
+                            return Decision::Reject(ErrorResponse::error(
+                                "58000",
+                                format!("policy plugin \"{}\" failed: {e}", plugin.settings.name),
+                            ))
+                        }
+                    }
+                }
+            };
+            if route.is_none() {
+                route = new_route;
+            }
+            if new_sql.is_some() {
+                sql = new_sql;
+            }
+        }
+        Decision::Run { route, sql }
+    }
+}
+
+enum Checked {
+    Run(Option<Route>, Option<String>),
+    Reject(ErrorResponse),
+}
+
+/// Never trust what a guest returns.
+fn validate(verdict: wit::Verdict, known_database: &impl Fn(&str) -> bool) -> Result<Checked, PluginError> {
+    let route = |r: wit::Route| match r {
+        wit::Route::Database(name) if known_database(&name) => Ok(Route::Database(name)),
+        wit::Route::Database(name) => Err(PluginError::InvalidVerdict(format!("route to unknown database \"{name}\""))),
+        wit::Route::Primary => Ok(Route::Primary),
+        wit::Route::Replica => Ok(Route::Replica),
+    };
+    let sql = |s: String| {
+        if s.contains('\0') {
+            Err(PluginError::InvalidVerdict("rewritten SQL contains a NUL character".into()))
+        } else {
+            Ok(s)
+        }
+    };
+    Ok(match verdict {
+        wit::Verdict::Pass => Checked::Run(None, None),
+        wit::Verdict::Route(r) => Checked::Run(Some(route(r)?), None),
+        wit::Verdict::Rewrite(s) => Checked::Run(None, Some(sql(s)?)),
+        wit::Verdict::RouteAndRewrite(rr) => Checked::Run(Some(route(rr.route)?), Some(sql(rr.sql)?)),
+        wit::Verdict::Reject(r) => {
+            let valid =
+                r.sqlstate.len() == 5 && r.sqlstate.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
+            if !valid {
+                return Err(PluginError::InvalidVerdict(format!("invalid SQLSTATE {:?}", r.sqlstate)));
+            }
+            let mut error = ErrorResponse::error(&r.sqlstate, r.message.replace('\0', ""));
+            if let Some(detail) = r.detail {
+                error = error.with_detail(detail.replace('\0', ""));
+            }
+            if let Some(hint) = r.hint {
+                error = error.with_hint(hint.replace('\0', ""));
+            }
+            Checked::Reject(error)
+        }
+    })
+}

@@ -1,0 +1,226 @@
+//! One loaded plugin: its compiled component, its warm instances and its limits.
+//!
+//! The component is compiled once at load; instances come from a pre-instantiated
+//! `PolicyPre` and are reused between calls. Every call gets fresh fuel, a wall-clock
+//! deadline (epochs) and runs under the store's memory cap; an instance that trapped is thrown
+//! away, never reused.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::pgvane::policy::host::{self, Level};
+use super::bindings::pgvane::policy::types as wit;
+use super::bindings::{Policy, PolicyPre};
+use super::{PluginError, PluginSettings, PolicyError, EPOCH_TICK};
+
+/// Instantiation and `init` get this many times a call's fuel…
+const INIT_FUEL_FACTOR: u64 = 50;
+/// …and this wall-clock deadline.
+const INIT_TIMEOUT_MS: u64 = 1000;
+
+/// What a plugin's store holds: WASI with nothing granted, the memory cap, and what the host
+/// imports need.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    plugin: Arc<str>,
+    databases: Arc<[String]>,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl wit::Host for PluginState {}
+
+impl host::Host for PluginState {
+    fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
+        let message: String = message.chars().take(1024).collect();
+        let fields = fields.iter().take(16).map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join(" ");
+        let plugin = &*self.plugin;
+        match level {
+            Level::Trace => tracing::trace!(plugin, %fields, "{message}"),
+            Level::Debug => tracing::debug!(plugin, %fields, "{message}"),
+            Level::Info => tracing::info!(plugin, %fields, "{message}"),
+            Level::Warn => tracing::warn!(plugin, %fields, "{message}"),
+            Level::Error => tracing::error!(plugin, %fields, "{message}"),
+        }
+    }
+
+    fn databases(&mut self) -> Vec<String> {
+        self.databases.to_vec()
+    }
+}
+
+/// A ready instance.
+struct Warm {
+    store: Store<PluginState>,
+    policy: Policy,
+}
+
+/// Counters for SHOW PLUGINS.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    /// `decide` calls.
+    pub calls: AtomicU64,
+    /// Verdicts that rejected.
+    pub rejects: AtomicU64,
+    /// Traps, limits hit and invalid verdicts.
+    pub errors: AtomicU64,
+    /// Fuel consumed by `decide` calls.
+    pub fuel_used: AtomicU64,
+}
+
+/// A loaded plugin.
+pub struct Plugin {
+    /// Its settings from pgvane.toml.
+    pub settings: PluginSettings,
+    /// Counters.
+    pub stats: PluginStats,
+    /// Its config as JSON, handed to `init`.
+    config_json: String,
+    engine: Engine,
+    pre: PolicyPre<PluginState>,
+    databases: Arc<[String]>,
+    warm: Mutex<Vec<Warm>>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("name", &self.settings.name).finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// Compiles `wasm`, links it against the host, and checks its `init` accepts the config
+    /// (the first instance is kept warm).
+    pub async fn load(
+        engine: &Engine,
+        settings: PluginSettings,
+        wasm: &[u8],
+        databases: Arc<[String]>,
+    ) -> Result<Plugin, PolicyError> {
+        let name = settings.name.clone();
+        let failed = |what: &str, e: wasmtime::Error| PolicyError::Load {
+            plugin: name.clone(),
+            reason: format!("{what}: {e:#}"),
+        };
+        let component = Component::from_binary(engine, wasm).map_err(|e| failed("not a valid component", e))?;
+        let mut linker: Linker<PluginState> = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| failed("linking WASI", e))?;
+        Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state).map_err(|e| failed("linking", e))?;
+        let pre =
+            linker.instantiate_pre(&component).map_err(|e| failed("it does not fit the pgvane:policy world", e))?;
+        let pre = PolicyPre::new(pre).map_err(|e| failed("it does not export the pgvane:policy world", e))?;
+        let config_json = serde_json::to_string(&settings.config).map_err(|e| PolicyError::Load {
+            plugin: name.clone(),
+            reason: format!("config cannot be turned into JSON: {e}"),
+        })?;
+        let plugin = Plugin {
+            settings,
+            stats: PluginStats::default(),
+            config_json,
+            engine: engine.clone(),
+            pre,
+            databases,
+            warm: Mutex::new(Vec::new()),
+        };
+        let first = plugin
+            .instantiate()
+            .await
+            .map_err(|e| PolicyError::Load { plugin: name.clone(), reason: e.to_string() })?;
+        plugin.warm().push(first);
+        Ok(plugin)
+    }
+
+    fn warm(&self) -> MutexGuard<'_, Vec<Warm>> {
+        self.warm.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A fresh instance with `init` done, under the plugin's limits.
+    async fn instantiate(&self) -> Result<Warm, PluginError> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.settings.memory_limit_mb.saturating_mul(1024 * 1024))
+            .instances(16)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = PluginState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits,
+            plugin: Arc::from(self.settings.name.as_str()),
+            databases: self.databases.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        // Instantiation and init (compiling patterns, reading config) get a budget of their
+        // own: they run once per instance, off the statement's path, and cost more than a call.
+        self.arm(&mut store, self.settings.fuel.saturating_mul(INIT_FUEL_FACTOR), INIT_TIMEOUT_MS)?;
+        let policy = self.pre.instantiate_async(&mut store).await.map_err(|e| PluginError::Trap(format!("{e:#}")))?;
+        policy
+            .call_init(&mut store, &self.config_json)
+            .await
+            .map_err(|e| PluginError::Trap(format!("{e:#}")))?
+            .map_err(PluginError::InitRefused)?;
+        Ok(Warm { store, policy })
+    }
+
+    /// Fresh fuel and deadline for one call.
+    fn arm(&self, store: &mut Store<PluginState>, fuel: u64, timeout_ms: u64) -> Result<(), PluginError> {
+        store.set_fuel(fuel).map_err(|e| PluginError::Trap(format!("{e:#}")))?;
+        let ticks = timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1);
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        Ok(())
+    }
+
+    /// Calls `decide` on a warm instance (a new one if none is free).
+    pub async fn decide(&self, ctx: &wit::Context) -> Result<wit::Verdict, PluginError> {
+        self.stats.calls.fetch_add(1, Relaxed);
+        let result = self.decide_inner(ctx).await;
+        if result.is_err() {
+            self.stats.errors.fetch_add(1, Relaxed);
+        }
+        result
+    }
+
+    async fn decide_inner(&self, ctx: &wit::Context) -> Result<wit::Verdict, PluginError> {
+        let warm = self.warm().pop();
+        let mut warm = match warm {
+            Some(warm) => warm,
+            None => self.instantiate().await?,
+        };
+        self.arm(&mut warm.store, self.settings.fuel, self.settings.timeout_ms)?;
+        let started = Instant::now();
+        let outcome = warm.policy.call_decide(&mut warm.store, ctx).await;
+        let fuel_left = warm.store.get_fuel().unwrap_or(0);
+        self.stats.fuel_used.fetch_add(self.settings.fuel.saturating_sub(fuel_left), Relaxed);
+        match outcome {
+            Ok(verdict) => {
+                tracing::trace!(plugin = %self.settings.name, elapsed = ?started.elapsed(), fuel = self.settings.fuel - fuel_left, "plugin call");
+                self.warm().push(warm);
+                Ok(verdict)
+            }
+            // The instance is dropped: after a trap its state cannot be trusted.
+            Err(e) => Err(PluginError::Trap(trap_reason(&e, fuel_left))),
+        }
+    }
+}
+
+/// A trap's cause in words an operator can act on.
+fn trap_reason(e: &wasmtime::Error, fuel_left: u64) -> String {
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => "ran out of fuel".to_owned(),
+        Some(wasmtime::Trap::Interrupt) => "exceeded its time limit (timeout_ms)".to_owned(),
+        Some(trap) if fuel_left == 0 => format!("ran out of fuel ({trap})"),
+        _ => format!("trapped: {e:#}"),
+    }
+}
