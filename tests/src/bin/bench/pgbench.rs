@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use pgvane_tests::fixture::{APP_DB, APP_PASSWORD, APP_USER};
 use pgvane_tests::{client_command, scratch_dir, PGBENCH};
 
+use crate::noise::{OtherLoad, Snapshot};
 use crate::Protocol;
 
 /// What one run measured.
@@ -24,6 +25,8 @@ pub struct Sample {
     pub transactions: u64,
     /// CPU time (user + system) of the proxy process per transaction, µs; `None` for direct runs.
     pub proxy_cpu_us_per_query: Option<f64>,
+    /// What processes the bench did not start took of the machine meanwhile.
+    pub other: OtherLoad,
 }
 
 /// A run either measured something or failed (pgbench errors, aborted clients, failed
@@ -80,6 +83,7 @@ impl Run {
             .tempdir_in(scratch_dir())
             .context("creating the pgbench log dir")?;
         let prefix = logs.path().join("tx");
+        let machine_before = Snapshot::take()?;
         let cpu_before = self.proxy_pid.map(cpu_ticks).transpose()?;
         let output = client_command(PGBENCH, self.port, APP_USER, APP_PASSWORD)
             .env("PGSSLMODE", "disable")
@@ -88,6 +92,7 @@ impl Run {
             .output()
             .context("running pgbench")?;
         let cpu_after = self.proxy_pid.map(cpu_ticks).transpose()?;
+        let other = machine_before.other_load(&Snapshot::take()?);
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
 
@@ -108,7 +113,7 @@ impl Run {
             }
             _ => None,
         };
-        Ok(Ok(Sample { tps, latency_avg_ms, latency_p99_ms, transactions, proxy_cpu_us_per_query }))
+        Ok(Ok(Sample { tps, latency_avg_ms, latency_p99_ms, transactions, proxy_cpu_us_per_query, other }))
     }
 }
 
@@ -161,7 +166,7 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
 }
 
 /// `getconf CLK_TCK` (100 on Linux unless told otherwise).
-fn clock_ticks_per_second() -> u64 {
+pub fn clock_ticks_per_second() -> u64 {
     static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
         Command::new("getconf")

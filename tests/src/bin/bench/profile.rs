@@ -194,6 +194,7 @@ mod tests {
             latency_p99_ms: 1.0,
             transactions: 10_000,
             proxy_cpu_us_per_query: None,
+            other: Default::default(),
         });
         let table = syscalls_per_query(strace, &run);
         assert!(table.contains("      2.00         20000  sendto"), "{table}");

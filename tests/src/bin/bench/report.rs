@@ -22,6 +22,8 @@ pub struct Measurement {
     pub protocol: Protocol,
     pub clients: u32,
     pub outcome: Outcome,
+    /// 1, or more when other work on the machine disturbed the first attempts.
+    pub attempts: u32,
 }
 
 /// How a target is named in the report.
@@ -147,6 +149,7 @@ struct Stats {
     latency_p99_ms: f64,
     cpu_us: Option<f64>,
     tps_runs: Vec<f64>,
+    other_pct: f64,
 }
 
 /// What one target did in one configuration.
@@ -213,6 +216,7 @@ impl Report<'_> {
             latency_p99_ms: of(|s| s.latency_p99_ms),
             cpu_us: (!cpu.is_empty()).then(|| median(cpu)),
             tps_runs: samples.iter().map(|s| s.tps).collect(),
+            other_pct: of(|s| s.other.other_pct),
         })
     }
 
@@ -274,36 +278,42 @@ impl Report<'_> {
              (where PgBouncer fails, only pgvane/direct counts); pgvane's CPU time per query ≤ PgBouncer's. \
              ✓ met, ✗ missed.\n"
         );
-        let _ = writeln!(md, "| pool mode | pgvane/direct | pgvane/PgBouncer | proxy CPU per query | missed |");
-        let _ = writeln!(md, "|---|---|---|---|---|");
+        const NAMES: [&str; 3] = ["pgvane/direct", "pgvane/PgBouncer", "CPU µs/query, pgvane vs PgBouncer"];
+        let _ = writeln!(md, "| pool mode | {} | {} | {} |", NAMES[0], NAMES[1], NAMES[2]);
+        let _ = writeln!(md, "|---|---|---|---|");
+        let mut missed_lines = Vec::new();
         for &mode in &self.plan.modes {
             let mut tallies = [(0, 0), (0, 0), (0, 0)];
-            let mut missed = Vec::new();
+            let mut missed: [Vec<String>; 3] = Default::default();
             for &protocol in &self.plan.protocols {
                 for &clients in &self.plan.clients {
                     let checks = self.checks(mode, protocol, clients);
                     for (i, check) in checks.iter().enumerate() {
-                        if let Some((ok, what)) = check {
+                        if let Some((ok, value)) = check {
                             tallies[i].1 += 1;
                             if *ok {
                                 tallies[i].0 += 1;
                             } else {
-                                missed.push(format!("{what} (-M {}, {clients} cl.)", protocol.name()));
+                                missed[i].push(format!("{value} ({}, {clients})", protocol.name()));
                             }
                         }
                     }
                 }
             }
             let fmt = |(met, of): (i32, i32)| if of == 0 { "—".to_owned() } else { format!("{met} of {of} met") };
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} |",
-                mode.name(),
-                fmt(tallies[0]),
-                fmt(tallies[1]),
-                fmt(tallies[2]),
-                if missed.is_empty() { "none".to_owned() } else { missed.join("; ") }
-            );
+            let _ =
+                writeln!(md, "| {} | {} | {} | {} |", mode.name(), fmt(tallies[0]), fmt(tallies[1]), fmt(tallies[2]));
+            for (name, values) in NAMES.iter().zip(&missed) {
+                if !values.is_empty() {
+                    missed_lines.push(format!("- {} mode, {name}: {}", mode.name(), values.join(", ")));
+                }
+            }
+        }
+        if !missed_lines.is_empty() {
+            let _ = writeln!(md, "\nMissed (value, then -M and clients):\n");
+            for line in missed_lines {
+                let _ = writeln!(md, "{line}");
+            }
         }
         let _ = writeln!(md);
     }
@@ -322,15 +332,15 @@ impl Report<'_> {
         };
         let vs_direct = direct.stats().map(|d| {
             let r = v.tps / d.tps;
-            (r >= TARGET_VS_DIRECT, format!("pgvane/direct {r:.2}"))
+            (r >= TARGET_VS_DIRECT, format!("{r:.2}"))
         });
         let threshold = if clients <= 1 { TARGET_VS_PGBOUNCER_ONE_CLIENT } else { TARGET_VS_PGBOUNCER };
         let vs_bouncer = bouncer.stats().map(|b| {
             let r = v.tps / b.tps;
-            (r >= threshold, format!("pgvane/PgBouncer {r:.2}"))
+            (r >= threshold, format!("{r:.2}"))
         });
         let cpu = match (bouncer.stats().and_then(|b| b.cpu_us), v.cpu_us) {
-            (Some(b), Some(p)) => Some((p <= b, format!("CPU {p:.1} vs {b:.1} µs/query"))),
+            (Some(b), Some(p)) => Some((p <= b, format!("{p:.1} vs {b:.1}"))),
             _ => None,
         };
         [vs_direct, vs_bouncer, cpu]
@@ -436,6 +446,7 @@ impl Report<'_> {
         for (key, value) in &self.meta.machine {
             let _ = writeln!(md, "| {key} | {value} |");
         }
+        let _ = writeln!(md, "| other work during the runs | {} |", self.noise_summary());
         let sizes: Vec<String> =
             plan.modes.iter().map(|&m| format!("{} in {} mode", plan.pool_size(m), m.name())).collect();
         let _ = writeln!(
@@ -466,13 +477,37 @@ impl Report<'_> {
         );
     }
 
+    /// How much other work there was on the machine, and how many runs were repeated for it.
+    fn noise_summary(&self) -> String {
+        let loads: Vec<f64> =
+            self.measurements.iter().filter_map(|m| m.outcome.as_ref().ok()).map(|s| s.other.other_pct).collect();
+        let steal: Vec<f64> =
+            self.measurements.iter().filter_map(|m| m.outcome.as_ref().ok()).map(|s| s.other.steal_pct).collect();
+        if loads.is_empty() {
+            return "no successful run".to_owned();
+        }
+        let max = loads.iter().copied().fold(0.0, f64::max);
+        let above = loads.iter().filter(|&&l| l > self.plan.max_other_load).count();
+        let repeated = self.measurements.iter().filter(|m| m.attempts > 1).count();
+        format!(
+            "processes the bench did not start took a median {:.1}% (max {max:.0}%) of the machine's CPU \
+             during a run, steal time a median {:.1}%; {repeated} of {} runs were repeated because other work took \
+             more than {:.0}% (at most {} times each, a quarter of the runs in all), {above} kept above it",
+            median(loads.clone()),
+            median(steal),
+            self.measurements.len(),
+            self.plan.max_other_load,
+            self.plan.retries,
+        )
+    }
+
     fn render_details(&self, md: &mut String) {
         let _ = writeln!(md, "## Every configuration\n");
         let _ = writeln!(
             md,
-            "| target | -M | clients | TPS (median) | TPS per round | avg ms | p99 ms | proxy CPU µs/query |"
+            "| target | -M | clients | TPS (median) | TPS per round | avg ms | p99 ms | proxy CPU µs/query | other load % |"
         );
-        let _ = writeln!(md, "|---|---|---:|---:|---|---:|---:|---:|");
+        let _ = writeln!(md, "|---|---|---:|---:|---|---:|---:|---:|---:|");
         let mut targets = vec![TargetId { kind: Kind::Direct, mode: None }];
         for &mode in &self.plan.modes {
             targets.push(TargetId { kind: Kind::PgBouncer, mode: Some(mode) });
@@ -482,18 +517,19 @@ impl Report<'_> {
             for &clients in &self.plan.clients {
                 for &target in &targets {
                     let cell = self.cell(target, protocol, clients);
-                    let (runs, avg, p99, cpu) = match &cell {
+                    let (runs, avg, p99, cpu, other) = match &cell {
                         Cell::Measured(s) => (
                             s.tps_runs.iter().map(|t| format!("{t:.0}")).collect::<Vec<_>>().join(", "),
                             format!("{:.3}", s.latency_avg_ms),
                             format!("{:.3}", s.latency_p99_ms),
                             s.cpu_us.map_or_else(|| "—".to_owned(), |c| format!("{c:.1}")),
+                            format!("{:.0}", s.other_pct),
                         ),
-                        _ => ("—".to_owned(), "—".to_owned(), "—".to_owned(), "—".to_owned()),
+                        _ => ("—".to_owned(), "—".to_owned(), "—".to_owned(), "—".to_owned(), "—".to_owned()),
                     };
                     let _ = writeln!(
                         md,
-                        "| {} | {} | {clients} | {} | {runs} | {avg} | {p99} | {cpu} |",
+                        "| {} | {} | {clients} | {} | {runs} | {avg} | {p99} | {cpu} | {other} |",
                         label(target),
                         protocol.name(),
                         tps(&cell)
@@ -543,6 +579,13 @@ fn render_how_to_read(md: &mut String, repeats: u32) {
          independent of how busy the machine was. On this 2-core machine pgbench, PostgreSQL's backends and \
          the proxy share the cores, so at 10 and 50 clients every µs a proxy spends is taken from PostgreSQL; \
          at 1 client the cores are mostly idle and latency (round trips) dominates.\n\
+         - **other load %** is the CPU that processes the bench did not start took during a run, as a share \
+         of the whole machine; runs where it passed the limit were repeated (see Machine and setup). High values \
+         mean the numbers of that configuration are less trustworthy.\n\
+         - At 1 client every query crosses three processes (pgbench, proxy, backend) one after the other, so \
+         throughput is bound by wake-up latency, not CPU. In this VM, waking a process on the other vCPU is \
+         expensive, and where the scheduler happens to place the three processes moves a run's TPS by up to \
+         2× (see TPS per round).\n\
          - PgBouncer is single-threaded; pgvane runs a multi-threaded tokio runtime.\n\
          - `-M prepared` in transaction mode needs the pooler to carry prepared statements between server \
          connections; Debian's PgBouncer 1.18 cannot, which shows as failed runs rather than numbers.\n\
@@ -563,7 +606,14 @@ mod tests {
     }
 
     fn sample(tps: f64) -> Outcome {
-        Ok(Sample { tps, latency_avg_ms: 1.0, latency_p99_ms: 2.0, transactions: 100, proxy_cpu_us_per_query: None })
+        Ok(Sample {
+            tps,
+            latency_avg_ms: 1.0,
+            latency_p99_ms: 2.0,
+            transactions: 100,
+            proxy_cpu_us_per_query: None,
+            other: Default::default(),
+        })
     }
 
     #[test]
@@ -576,11 +626,14 @@ mod tests {
             modes: vec![PoolMode::Transaction],
             pool_size: 20,
             scale: 1,
+            max_other_load: 10.0,
+            retries: 2,
         };
         let direct = TargetId { kind: Kind::Direct, mode: None };
         let bouncer = TargetId { kind: Kind::PgBouncer, mode: Some(PoolMode::Transaction) };
         let pgvane = TargetId { kind: Kind::Pgvane, mode: Some(PoolMode::Transaction) };
-        let m = |target, outcome| Measurement { target, protocol: Protocol::Prepared, clients: 10, outcome };
+        let m =
+            |target, outcome| Measurement { target, protocol: Protocol::Prepared, clients: 10, outcome, attempts: 1 };
         let measurements = vec![
             m(direct, sample(100.0)),
             m(direct, sample(200.0)),
@@ -600,7 +653,7 @@ mod tests {
         assert!(matches!(report.cell(bouncer, Protocol::Prepared, 10), Cell::Failed { failed: 1, runs: 2, .. }));
         let [vs_direct, vs_bouncer, cpu] = report.checks(PoolMode::Transaction, Protocol::Prepared, 10);
         // 85 / 150.
-        assert_eq!(vs_direct, Some((false, "pgvane/direct 0.57".to_owned())));
+        assert_eq!(vs_direct, Some((false, "0.57".to_owned())));
         assert_eq!(vs_bouncer, None);
         assert_eq!(cpu, None);
         let md = report.render();
