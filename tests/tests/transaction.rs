@@ -21,6 +21,19 @@ fn trusted_transaction_mode(pool_size: usize, extra: &str) -> ProxyOptions {
     ProxyOptions { auth_type: "trust", secret: SecretKind::Plain, ..transaction_mode(pool_size, extra) }
 }
 
+/// Waits (up to 10 s) until a server session matching `condition` (SQL on pg_stat_activity)
+/// is running.
+async fn wait_for_activity(p: &Proxied, condition: &str) -> anyhow::Result<()> {
+    let direct = p.direct_superuser().await?;
+    let sql = format!("select count(*) from pg_stat_activity where {condition}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while direct.query_one(sql.as_str(), &[]).await?.get::<_, i64>(0) == 0 {
+        anyhow::ensure!(Instant::now() < deadline, "no server session where {condition}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 async fn backend_pid(client: &tokio_postgres::Client) -> anyhow::Result<i32> {
     Ok(client.query_one("select pg_backend_pid()", &[]).await?.get(0))
 }
@@ -276,17 +289,7 @@ async fn client_killed_mid_transaction_leaves_the_server_clean() -> anyhow::Resu
         .args(["-d", APP_DB, "-X", "-c", "begin", "-c", "insert into k values (1)", "-c", "select pg_sleep(60)"])
         .stdout(std::process::Stdio::null())
         .spawn()?;
-    let direct = p.direct_superuser().await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while direct
-        .query_one("select count(*) from pg_stat_activity where query like 'select pg_sleep(60)%'", &[])
-        .await?
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(Instant::now() < deadline, "psql never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_activity(&p, "query like 'select pg_sleep(60)%'").await?;
     psql.kill()?;
     psql.wait()?;
     let n: i64 =
@@ -409,17 +412,7 @@ async fn client_killed_mid_copy_leaves_the_server_clean() -> anyhow::Result<()> 
         }
         stdin.flush()?;
     }
-    let direct = p.direct_superuser().await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while direct
-        .query_one("select count(*) from pg_stat_activity where query like 'COPY%' and usename = 'app'", &[])
-        .await?
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(Instant::now() < deadline, "the COPY never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_activity(&p, "query like 'COPY%' and usename = 'app'").await?;
     psql.kill()?;
     psql.wait()?;
     let n: i64 =
