@@ -3,7 +3,8 @@
 //!
 //! Usage: `./dev bench [--quick] [--seconds N] [--repeats N] …` (see `--help`). It starts one
 //! throw-away PostgreSQL 15 cluster (`pgbench -i -s 10`), then for every pool mode a PgBouncer
-//! and a pgvane with the same pool mode and pool size, and runs `pgbench -S` at each client count
+//! and a pgvane with the same pool mode and pool size (and, in transaction mode, a pgvane per
+//! policy plugin measured: regex-router, rw-split), and runs `pgbench -S` at each client count
 //! and protocol (`-M simple|extended|prepared`) against every target, interleaved (A B C, B C A,
 //! …) and repeated, so slow drift of the machine hits every target alike. It reports medians of
 //! TPS, average and p99 latency, the ratios pgvane/direct and pgvane/PgBouncer, and the proxy
@@ -41,14 +42,14 @@ use crate::report::{Measurement, Meta, Report};
 #[derive(Debug, Parser)]
 #[command(name = "pgvane-bench")]
 struct Args {
-    /// A short run (~2 minutes): transaction pooling only, one round of 3 s runs, written to
+    /// A short run (~2 minutes): transaction pooling only, one round of 2 s runs, written to
     /// bench/results-quick.md unless --out says otherwise.
     #[arg(long)]
     quick: bool,
-    /// Seconds per pgbench run [default: 3].
+    /// Seconds per pgbench run [default: 3, 2 with --quick].
     #[arg(long)]
     seconds: Option<u32>,
-    /// Rounds: runs per target and configuration; medians are reported [default: 5, 1 with
+    /// Rounds: runs per target and configuration; medians are reported [default: 4, 1 with
     /// --quick].
     #[arg(long)]
     repeats: Option<u32>,
@@ -74,6 +75,14 @@ struct Args {
     /// makes the bench at most 25% longer.
     #[arg(long, default_value_t = 2)]
     retries: u32,
+    /// Where the plugin components are (`plugins/build.sh` writes them) [default:
+    /// <workspace>/target/plugins]. A plugin whose component is missing is not measured (the
+    /// report says so).
+    #[arg(long, value_name = "DIR")]
+    plugins: Option<PathBuf>,
+    /// Do not measure pgvane with policy plugins.
+    #[arg(long)]
+    no_plugins: bool,
     /// pgbench scale factor (pgbench -i -s).
     #[arg(long, default_value_t = 10)]
     scale: u32,
@@ -132,18 +141,65 @@ pub enum Kind {
     PgBouncer,
     /// pgvane with no policy plugin.
     Pgvane,
-    // EXTENSION POINT (policy plugins): when the regex-router and rw-split plugins exist, add
-    // `PgvaneRegexRouter` and `PgvaneRwSplit` here, start them in `start_targets` with the
-    // plugin in pgvane's configuration (see `pgvane_config`), and give them a column in
-    // `report.rs` (`Kind::label`, the summary table, and their ratio to `Kind::Pgvane`).
-    // Until then the report lists them under "Not measured yet" — no made-up rows.
+    /// pgvane with one policy plugin (transaction mode only, to keep the run short).
+    PgvanePlugin(Plugin),
 }
 
-/// Targets the issue asks for that cannot be measured yet (they are named in the report).
-pub const NOT_MEASURED_YET: &[&str] = &[
-    "pgvane with the regex-router plugin (the plugin does not exist yet)",
-    "pgvane with the rw-split plugin (the plugin does not exist yet)",
-];
+/// The policy plugins measured: each one alone in pgvane's chain, with a configuration that does
+/// real work on pgbench's `SELECT … FROM pgbench_accounts WHERE aid = $1`. To measure another
+/// plugin, add it here and in `Plugin::ALL` (its section in pgvane.toml is `Plugin::config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Plugin {
+    RegexRouter,
+    RwSplit,
+}
+
+impl Plugin {
+    pub const ALL: [Plugin; 2] = [Plugin::RegexRouter, Plugin::RwSplit];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Plugin::RegexRouter => "regex-router",
+            Plugin::RwSplit => "rw-split",
+        }
+    }
+
+    /// The component `plugins/build.sh` writes.
+    pub fn file(self) -> &'static str {
+        match self {
+            Plugin::RegexRouter => "regex_router.wasm",
+            Plugin::RwSplit => "rw_split.wasm",
+        }
+    }
+
+    /// What the plugin is given to do, for the report.
+    pub fn setup(self) -> &'static str {
+        match self {
+            Plugin::RegexRouter => {
+                "two rules, `\\bpgbench_branches\\b` then `\\bpgbench_accounts\\b`, both routing to `app` (the \
+                 client's own database; this version refuses routes to another one outside a transaction): every \
+                 query runs both regexes and gets a route"
+            }
+            Plugin::RwSplit => {
+                "defaults: every `SELECT` is lexed, classified as a read and routed to `replica` (in this version \
+                 the client's own database)"
+            }
+        }
+    }
+
+    /// Its `[[plugins]]` table, the component at `path`.
+    fn config(self, path: &Path) -> String {
+        let head = format!("[[plugins]]\nname = \"{}\"\npath = \"{}\"\n", self.name(), path.display());
+        match self {
+            Plugin::RegexRouter => format!(
+                "{head}[plugins.config]\nrules = [\n    \
+                 {{ queryRegex = '\\bpgbench_branches\\b', dbkey = \"{APP_DB}\" }},\n    \
+                 {{ queryRegex = '\\bpgbench_accounts\\b', dbkey = \"{APP_DB}\" }},\n]\n"
+            ),
+            Plugin::RwSplit => head,
+        }
+    }
+}
 
 /// One running thing pgbench can be pointed at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -211,13 +267,17 @@ pub struct Plan {
     pub scale: u32,
     pub max_other_load: f64,
     pub retries: u32,
+    /// Plugins measured (in transaction mode), with their components.
+    pub plugins: Vec<(Plugin, PathBuf)>,
+    /// Plugins not measured, and why.
+    pub skipped_plugins: Vec<(Plugin, String)>,
 }
 
 impl Plan {
-    fn from_args(args: &Args) -> Result<Plan> {
+    fn from_args(args: &Args, workspace: &Path) -> Result<Plan> {
         let mut plan = Plan {
-            seconds: args.seconds.unwrap_or(3),
-            repeats: args.repeats.unwrap_or(if args.quick { 1 } else { 5 }),
+            seconds: args.seconds.unwrap_or(if args.quick { 2 } else { 3 }),
+            repeats: args.repeats.unwrap_or(if args.quick { 1 } else { 4 }),
             clients: args.clients.clone(),
             protocols: args.protocols.clone(),
             modes: if !args.modes.is_empty() {
@@ -231,7 +291,23 @@ impl Plan {
             scale: args.scale,
             max_other_load: args.max_other_load,
             retries: args.retries,
+            plugins: Vec::new(),
+            skipped_plugins: Vec::new(),
         };
+        let dir = args.plugins.clone().unwrap_or_else(|| workspace.join("target").join("plugins"));
+        for plugin in Plugin::ALL {
+            let path = dir.join(plugin.file());
+            if args.no_plugins {
+                plan.skipped_plugins.push((plugin, "--no-plugins".to_owned()));
+            } else if !plan.modes.contains(&PoolMode::Transaction) {
+                plan.skipped_plugins.push((plugin, "plugins are measured in transaction mode only".to_owned()));
+            } else if !path.exists() {
+                plan.skipped_plugins
+                    .push((plugin, format!("no component at {} (plugins/build.sh builds it)", path.display())));
+            } else {
+                plan.plugins.push((plugin, path));
+            }
+        }
         plan.clients.sort_unstable();
         plan.clients.dedup();
         plan.protocols.sort_unstable();
@@ -255,18 +331,30 @@ impl Plan {
         }
     }
 
+    /// Every target, in the order of the report.
+    pub fn targets(&self) -> Vec<TargetId> {
+        let mut targets = vec![TargetId { kind: Kind::Direct, mode: None }];
+        for &mode in &self.modes {
+            targets.push(TargetId { kind: Kind::PgBouncer, mode: Some(mode) });
+            targets.push(TargetId { kind: Kind::Pgvane, mode: Some(mode) });
+        }
+        for &(plugin, _) in &self.plugins {
+            targets.push(TargetId { kind: Kind::PgvanePlugin(plugin), mode: Some(PoolMode::Transaction) });
+        }
+        targets
+    }
+
     /// Number of pgbench runs measured.
     fn runs(&self) -> usize {
-        let targets = 1 + 2 * self.modes.len();
-        self.clients.len() * self.protocols.len() * self.repeats as usize * targets
+        self.clients.len() * self.protocols.len() * self.repeats as usize * self.targets().len()
     }
 }
 
 async fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let load_before = report::load_average();
-    let plan = Plan::from_args(&args)?;
     let workspace = workspace_dir()?;
+    let plan = Plan::from_args(&args, &workspace)?;
     let out = match &args.out {
         Some(path) => path.clone(),
         None => workspace.join("bench").join(if args.quick { "results-quick.md" } else { "results.md" }),
@@ -369,6 +457,21 @@ async fn start_servers(plan: &Plan) -> Result<Servers> {
             .context("starting pgvane")?;
         servers.targets.push(Target {
             id: TargetId { kind: Kind::Pgvane, mode: Some(mode) },
+            port: pgvane.port(),
+            pid: Some(pgvane.pid()),
+        });
+        servers.pgvanes.push(pgvane);
+    }
+    for (plugin, path) in &plan.plugins {
+        let mode = PoolMode::Transaction;
+        println!("Starting pgvane with the {} plugin, pool_mode = {} ...", plugin.name(), mode.name());
+        let config =
+            format!("{}\n{}", pgvane_config(servers.cluster.port(), mode, plan.pool_size(mode)), plugin.config(path));
+        let pgvane = Pgvane::start(&config, &[("userlist.txt", &userlist)])
+            .await
+            .with_context(|| format!("starting pgvane with the {} plugin", plugin.name()))?;
+        servers.targets.push(Target {
+            id: TargetId { kind: Kind::PgvanePlugin(*plugin), mode: Some(mode) },
             port: pgvane.port(),
             pid: Some(pgvane.pid()),
         });
@@ -478,7 +581,7 @@ async fn measure_one(
 }
 
 fn print_progress(done: usize, total: usize, target: TargetId, protocol: Protocol, clients: u32, outcome: &Outcome) {
-    let what = format!("[{done:>3}/{total}] -M {:<8} -c {clients:<3} {:<24}", protocol.name(), report::label(target));
+    let what = format!("[{done:>3}/{total}] -M {:<8} -c {clients:<3} {:<36}", protocol.name(), report::label(target));
     match outcome {
         Ok(s) => println!(
             "{what} {:>9.0} tps  avg {:>6.3} ms  p99 {:>6.3} ms{}",

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::pgbench::{Outcome, Sample};
 use crate::pgbouncer;
-use crate::{Kind, Plan, PoolMode, Protocol, TargetId, NOT_MEASURED_YET};
+use crate::{Kind, Plan, PoolMode, Protocol, TargetId};
 
 /// pgvane/direct TPS the issue asks for, at every client count.
 const TARGET_VS_DIRECT: f64 = 0.85;
@@ -32,6 +32,7 @@ pub fn label(id: TargetId) -> String {
         (Kind::Direct, _) => "PostgreSQL direct".to_owned(),
         (Kind::PgBouncer, Some(mode)) => format!("PgBouncer ({})", mode.name()),
         (Kind::Pgvane, Some(mode)) => format!("pgvane ({})", mode.name()),
+        (Kind::PgvanePlugin(plugin), Some(mode)) => format!("pgvane + {} ({})", plugin.name(), mode.name()),
         (kind, None) => format!("{kind:?}"),
     }
 }
@@ -243,18 +244,17 @@ impl Report<'_> {
         for &mode in &plan.modes {
             self.render_mode(&mut md, mode);
         }
+        self.render_plugins(&mut md);
         self.render_failures(&mut md);
         self.render_setup(&mut md);
         self.render_details(&mut md);
-        let _ = writeln!(md, "## Not measured yet\n");
-        for item in NOT_MEASURED_YET {
-            let _ = writeln!(md, "- {item}");
+        if !self.plan.skipped_plugins.is_empty() {
+            let _ = writeln!(md, "## Not measured\n");
+            for (plugin, why) in &self.plan.skipped_plugins {
+                let _ = writeln!(md, "- pgvane with the {} plugin: {why}", plugin.name());
+            }
+            let _ = writeln!(md);
         }
-        let _ = writeln!(
-            md,
-            "\nThey get their own columns (and ratios to plain pgvane) once they exist: see the extension point \
-             at `Kind` in `tests/src/bin/bench/main.rs`.\n"
-        );
         if !self.meta.profiles.is_empty() {
             let _ = writeln!(md, "## Profiles\n");
             for path in &self.meta.profiles {
@@ -403,17 +403,60 @@ impl Report<'_> {
         let _ = writeln!(md);
     }
 
+    /// pgvane with each plugin against pgvane without (transaction mode).
+    fn render_plugins(&self, md: &mut String) {
+        if self.plan.plugins.is_empty() {
+            return;
+        }
+        let mode = PoolMode::Transaction;
+        let _ = writeln!(md, "## Policy plugins (pool_mode = transaction)\n");
+        let _ = writeln!(
+            md,
+            "pgvane with one plugin in its chain, same settings otherwise (plugin defaults: fuel 5000000, \
+             16 MB, 10 ms, on_error pass). Ratios are to pgvane without a plugin in the same run.\n"
+        );
+        for (plugin, _) in &self.plan.plugins {
+            let _ = writeln!(md, "- {}: {}", plugin.name(), plugin.setup());
+        }
+        let _ = writeln!(md);
+        let mut header = "| -M | clients | pgvane TPS |".to_owned();
+        let mut rule = "|---|---:|---:|".to_owned();
+        for (plugin, _) in &self.plan.plugins {
+            let name = plugin.name();
+            let _ = write!(header, " + {name} TPS | / pgvane | / direct | CPU µs/query ({name} vs none) | p99 ms |");
+            rule.push_str("---:|---:|---:|---:|---:|");
+        }
+        let _ = writeln!(md, "{header}\n{rule}");
+        for &protocol in &self.plan.protocols {
+            for &clients in &self.plan.clients {
+                let direct = self.direct(protocol, clients);
+                let pgvane = self.proxy(Kind::Pgvane, mode, protocol, clients);
+                let mut row = format!("| {} | {clients} | {} |", protocol.name(), tps(&pgvane));
+                for &(plugin, _) in &self.plan.plugins {
+                    let with = self.proxy(Kind::PgvanePlugin(plugin), mode, protocol, clients);
+                    let ratio = |base: &Cell| match (with.stats(), base.stats()) {
+                        (Some(w), Some(b)) => format!("{:.2}", w.tps / b.tps),
+                        _ => "—".to_owned(),
+                    };
+                    let cpu = match (with.stats().and_then(|s| s.cpu_us), pgvane.stats().and_then(|s| s.cpu_us)) {
+                        (Some(w), Some(b)) => format!("{w:.1} vs {b:.1}"),
+                        _ => "—".to_owned(),
+                    };
+                    let p99 = with.stats().map_or_else(|| "—".to_owned(), |s| format!("{:.3}", s.latency_p99_ms));
+                    let _ = write!(row, " {} | {} | {} | {cpu} | {p99} |", tps(&with), ratio(&pgvane), ratio(&direct));
+                }
+                let _ = writeln!(md, "{row}");
+            }
+        }
+        let _ = writeln!(md);
+    }
+
     /// Every failing (target, configuration) with pgbench's error.
     fn render_failures(&self, md: &mut String) {
         let mut lines = Vec::new();
         for &protocol in &self.plan.protocols {
             for &clients in &self.plan.clients {
-                let mut targets = vec![TargetId { kind: Kind::Direct, mode: None }];
-                for &mode in &self.plan.modes {
-                    targets.push(TargetId { kind: Kind::PgBouncer, mode: Some(mode) });
-                    targets.push(TargetId { kind: Kind::Pgvane, mode: Some(mode) });
-                }
-                for target in targets {
+                for target in self.plan.targets() {
                     if let Cell::Failed { failed, runs, message } = self.cell(target, protocol, clients) {
                         lines.push(format!(
                             "- {}, -M {}, {clients} clients: {failed} of {runs} runs failed: `{}`",
@@ -508,11 +551,7 @@ impl Report<'_> {
             "| target | -M | clients | TPS (median) | TPS per round | avg ms | p99 ms | proxy CPU µs/query | other load % |"
         );
         let _ = writeln!(md, "|---|---|---:|---:|---|---:|---:|---:|---:|");
-        let mut targets = vec![TargetId { kind: Kind::Direct, mode: None }];
-        for &mode in &self.plan.modes {
-            targets.push(TargetId { kind: Kind::PgBouncer, mode: Some(mode) });
-            targets.push(TargetId { kind: Kind::Pgvane, mode: Some(mode) });
-        }
+        let targets = self.plan.targets();
         for &protocol in &self.plan.protocols {
             for &clients in &self.plan.clients {
                 for &target in &targets {
@@ -597,6 +636,7 @@ fn render_how_to_read(md: &mut String, repeats: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Plugin;
 
     #[test]
     fn median_of_odd_and_even_counts() {
@@ -628,6 +668,8 @@ mod tests {
             scale: 1,
             max_other_load: 10.0,
             retries: 2,
+            plugins: Vec::new(),
+            skipped_plugins: vec![(Plugin::RwSplit, "--no-plugins".to_owned())],
         };
         let direct = TargetId { kind: Kind::Direct, mode: None };
         let bouncer = TargetId { kind: Kind::PgBouncer, mode: Some(PoolMode::Transaction) };
@@ -659,5 +701,6 @@ mod tests {
         let md = report.render();
         assert!(md.contains("| prepared | 10 | 150 | fails | 85 | 0.57 ✗ | — |"), "{md}");
         assert!(md.contains("1 of 2 runs failed"), "{md}");
+        assert!(md.contains("- pgvane with the rw-split plugin: --no-plugins"), "{md}");
     }
 }
