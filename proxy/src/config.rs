@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::auth::userlist::{Userlist, UserlistError};
+use crate::oci::OciSettings;
 use crate::policy::PluginSettings;
 
 /// A configuration problem, naming the file and, where there is one, the key.
@@ -44,10 +45,10 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-    /// A `[[plugins]]` entry failed to load (unreadable, not a pgvane:policy component, or its
-    /// `init` refused its config).
+    /// A `[[plugins]]` entry failed to load (unreadable, its registry unreachable, a digest
+    /// mismatch, not a pgvane:policy component, or its `init` refused its config).
     #[error(transparent)]
-    Plugins(crate::policy::PolicyError),
+    Plugins(crate::lifecycle::LoadError),
     /// The auth file named by `pgvane.auth_file` is unreadable or malformed.
     #[error("{path}: key `pgvane.auth_file`: {auth_file}: {source}")]
     AuthFile {
@@ -61,8 +62,8 @@ pub enum ConfigError {
     },
 }
 
-impl From<crate::policy::PolicyError> for ConfigError {
-    fn from(e: crate::policy::PolicyError) -> Self {
+impl From<crate::lifecycle::LoadError> for ConfigError {
+    fn from(e: crate::lifecycle::LoadError) -> Self {
         ConfigError::Plugins(e)
     }
 }
@@ -249,6 +250,8 @@ struct File {
     databases: BTreeMap<String, DatabaseConfig>,
     #[serde(default)]
     plugins: Vec<PluginSettings>,
+    #[serde(default)]
+    oci: OciSettings,
 }
 
 /// A loaded, validated configuration.
@@ -264,6 +267,8 @@ pub struct Config {
     pub userlist: Option<Userlist>,
     /// `[[plugins]]`, in chain order (paths as written; resolve with [`Config::dir`]).
     pub plugins: Vec<PluginSettings>,
+    /// `[oci]`: the cache of pulled plugins and registry settings.
+    pub oci: OciSettings,
 }
 
 impl Config {
@@ -361,6 +366,35 @@ impl Config {
                     return Err(invalid(&key(field), "must be greater than 0"));
                 }
             }
+            match (&plugin.path, &plugin.source) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(invalid(&key("path"), "give exactly one of `path` (a file) and `source` (oci://…)"))
+                }
+                (None, Some(source)) => {
+                    if !source.starts_with(crate::oci::SCHEME) {
+                        return Err(invalid(
+                            &key("source"),
+                            "must be an oci://<registry>/<repository>:<tag>[@sha256:<digest>] reference",
+                        ));
+                    }
+                    crate::oci::Reference::parse(source).map_err(|e| invalid(&key("source"), &e.to_string()))?;
+                    if plugin.watch {
+                        return Err(invalid(
+                            &key("watch"),
+                            "watches a `path` file; an oci:// source changes by editing its reference and RELOAD",
+                        ));
+                    }
+                }
+                (Some(_), None) => {}
+            }
+        }
+        for registry in file.oci.registries.keys() {
+            if registry.is_empty() || registry.contains('/') {
+                return Err(invalid(
+                    &format!("oci.registries.\"{registry}\""),
+                    "must be a registry host or host:port, as in references",
+                ));
+            }
         }
         Ok(Config {
             path: path.to_owned(),
@@ -368,6 +402,7 @@ impl Config {
             databases: file.databases,
             userlist,
             plugins: file.plugins,
+            oci: file.oci,
         })
     }
 
@@ -376,10 +411,10 @@ impl Config {
         self.path.parent().unwrap_or(Path::new("."))
     }
 
-    /// Loads the `[[plugins]]` chain (compiling each component and running its `init`).
-    pub async fn load_plugins(&self) -> Result<crate::policy::Chain, crate::policy::PolicyError> {
-        let databases: Vec<String> = self.databases.keys().cloned().collect();
-        crate::policy::Chain::load(&self.plugins, self.dir(), &databases).await
+    /// Loads the `[[plugins]]` chain (reading or fetching each component, compiling it and
+    /// running its `init`).
+    pub async fn load_plugins(&self) -> Result<crate::policy::Chain, crate::lifecycle::LoadError> {
+        crate::lifecycle::load(self).await
     }
 
     /// The server-side name of database `name`.
@@ -462,5 +497,29 @@ mod tests {
         let text = "[pgvane]\nauth_file = \"users.txt\"\n[databases.app]\nhost = \"h\"\n";
         let err = load(text).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/users.txt") && err.contains("auth_file"), "{err}");
+    }
+
+    #[test]
+    fn a_plugin_has_a_path_or_an_oci_source() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let ok = load(&format!(
+            "{MINIMAL}[[plugins]]\nname = \"a\"\npath = \"a.wasm\"\nwatch = true\n\
+             [[plugins]]\nname = \"b\"\nsource = \"oci://127.0.0.1:5000/p/b:v1@{digest}\"\n\
+             [oci]\ncache_dir = \"/var/cache/pgvane\"\n[oci.registries.\"127.0.0.1:5000\"]\n\
+             username = \"u\"\npassword = \"hunter2\"\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.plugins.len(), 2);
+        assert!(!format!("{ok:?}").contains("hunter2"), "the password must not show in Debug output");
+        for (entry, key, why) in [
+            ("path = \"a.wasm\"\nsource = \"oci://h.io/a:v1\"", "plugins[0].path", "exactly one"),
+            ("fuel = 1", "plugins[0].path", "exactly one"),
+            ("source = \"h.io/a:v1\"", "plugins[0].source", "oci://"),
+            ("source = \"oci://acme/a:v1\"", "plugins[0].source", "no registry host"),
+            ("source = \"oci://h.io/a:v1\"\nwatch = true", "plugins[0].watch", "RELOAD"),
+        ] {
+            let err = load(&format!("{MINIMAL}[[plugins]]\nname = \"a\"\n{entry}\n")).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(why), "{entry}: {err}");
+        }
     }
 }

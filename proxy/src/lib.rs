@@ -9,7 +9,9 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod lifecycle;
 pub mod listener;
+pub mod oci;
 pub mod policy;
 pub mod pool;
 pub mod protocol;

@@ -23,6 +23,8 @@ pub struct Shared {
     pub pools: Arc<Pools>,
     /// Connected clients: cancel keys, states, signals.
     pub clients: Arc<ClientRegistry>,
+    /// Failed plugin loads since each plugin last loaded (SHOW PLUGINS).
+    pub plugin_failures: crate::lifecycle::Failures,
     /// Held while a reload runs, so two reloads cannot interleave.
     reloading: tokio::sync::Mutex<()>,
     shutdown: Notify,
@@ -61,6 +63,7 @@ impl Shared {
             policy: RwLock::new(Arc::new(policy)),
             pools: Arc::new(Pools::default()),
             clients: Arc::new(ClientRegistry::default()),
+            plugin_failures: crate::lifecycle::Failures::default(),
             reloading: tokio::sync::Mutex::new(()),
             shutdown: Notify::new(),
         }
@@ -91,9 +94,20 @@ impl Shared {
         let _one_at_a_time = self.reloading.lock().await;
         let old = self.config();
         let new = Arc::new(Config::load(&old.path)?);
-        // Plugins are compiled and initialised before anything switches: a plugin that fails
-        // to load leaves the whole old configuration in force.
-        let policy = Arc::new(new.load_plugins().await?);
+        // Plugins are fetched, compiled and initialised (on a thread that serves no client)
+        // before anything switches: a plugin that fails to load leaves the whole old
+        // configuration in force, and is recorded for SHOW PLUGINS. Statements decided from now
+        // on see the new chain; those already in a plugin call finish on the old one, which
+        // their `Arc` keeps alive.
+        let policy = match crate::lifecycle::load_off_the_serving_threads(new.clone()).await {
+            Ok(chain) => Arc::new(chain),
+            Err(e) => {
+                tracing::error!(error = %e, "plugins not reloaded; the plugins in force stay");
+                self.plugin_failures.record(&new, &e);
+                return Err(e.into());
+            }
+        };
+        self.plugin_failures.clear();
         let mut outcome = ReloadOutcome {
             restart_needed: restart_keys_changed(&old.settings, &new.settings),
             ..ReloadOutcome::default()
@@ -151,6 +165,7 @@ impl Listener {
     /// Accepts clients forever, each in its own task.
     pub async fn run(self) {
         tokio::spawn(self.shared.pools.clone().sweep_forever());
+        tokio::spawn(crate::lifecycle::watch(Arc::downgrade(&self.shared)));
         loop {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {

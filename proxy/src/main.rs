@@ -30,6 +30,48 @@ enum Command {
     /// initialised with their config) and exit: 0 when valid,
     /// 1 with a message naming the file, the key and the problem otherwise.
     Check,
+    /// Publish, fetch and examine plugins as Wasm OCI artifacts (docs/plugins-oci.md).
+    ///
+    /// Registry credentials come from PGVANE_REGISTRY_USERNAME and PGVANE_REGISTRY_PASSWORD.
+    /// Registries on this machine (loopback) are spoken to in plain HTTP, others in HTTPS
+    /// unless --insecure.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Publish a component as <registry>/<repository>:<tag> and print the manifest digest
+    /// (pin it in pgvane.toml: source = "oci://<registry>/<repository>:<tag>@<digest>").
+    Push {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// Where: <registry>/<repository>:<tag> (oci:// optional; the registry host is required).
+        reference: String,
+        /// Plain HTTP to a registry that is not on this machine.
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Fetch a component (checking its digests) into a file.
+    Pull {
+        /// <registry>/<repository>:<tag>[@sha256:<digest>] (oci:// optional).
+        reference: String,
+        /// The file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Plain HTTP to a registry that is not on this machine.
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Show a component's WIT world (imports, exports, whether pgvane can load it), size and
+    /// digest; for a reference, also its manifest.
+    Inspect {
+        /// A .wasm file, or a reference as for pull.
+        target: String,
+        /// Plain HTTP to a registry that is not on this machine.
+        #[arg(long)]
+        insecure: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,6 +92,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Plugin(command)) => match plugin_command(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pgvane: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         None => match run(&cli.config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -60,13 +109,76 @@ fn main() -> ExitCode {
     }
 }
 
+/// `pgvane plugin …`.
+fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
+    use pgvane::oci::{self, Access, Reference};
+    let access = |insecure: bool| Access { insecure, ..Access::from_env() };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match command {
+        PluginCommand::Push { file, reference, insecure } => {
+            let reference = Reference::parse(&reference)?;
+            let wasm = oci::read_file(&file)?;
+            let title = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let digest = runtime.block_on(oci::push(wasm, &title, &reference, &access(insecure)))?;
+            eprintln!("pushed {} to {reference}", file.display());
+            println!("{digest}");
+        }
+        PluginCommand::Pull { reference, output, insecure } => {
+            let reference = Reference::parse(&reference)?;
+            let artifact = runtime.block_on(oci::pull(&reference, &access(insecure)))?;
+            std::fs::write(&output, &artifact.wasm).with_context(|| format!("cannot write {}", output.display()))?;
+            eprintln!(
+                "pulled {} ({} bytes) into {}",
+                reference.pinned(&artifact.manifest_digest),
+                artifact.wasm.len(),
+                output.display()
+            );
+            println!("{}", artifact.manifest_digest);
+        }
+        PluginCommand::Inspect { target, insecure } => {
+            let path = std::path::Path::new(&target);
+            let wasm = if path.exists() {
+                oci::read_file(path)?
+            } else {
+                let reference = Reference::parse(&target)
+                    .with_context(|| format!("{target} is neither a file nor an OCI reference"))?;
+                let artifact = runtime.block_on(oci::pull(&reference, &access(insecure)))?;
+                println!("reference: {}", reference.pinned(&artifact.manifest_digest));
+                println!("manifest digest: {}", artifact.manifest_digest);
+                println!("config media type: {}", artifact.manifest.config.media_type);
+                for layer in &artifact.manifest.layers {
+                    println!("layer: {} {} ({} bytes)", layer.media_type, layer.digest, layer.size);
+                }
+                artifact.wasm
+            };
+            let inspection =
+                oci::Inspection::of(&wasm).map_err(|e| anyhow::anyhow!("not a WebAssembly component: {e}"))?;
+            println!("size: {} bytes", inspection.size);
+            println!("digest: {}", inspection.digest);
+            match pgvane::policy::check_component(&wasm) {
+                Ok(()) => println!("world: {} (pgvane can load it)", pgvane::policy::WORLD),
+                Err(e) => println!("world: not {}: {e}", pgvane::policy::WORLD),
+            }
+            println!("imports:");
+            for name in &inspection.imports {
+                println!("  {name}");
+            }
+            println!("exports:");
+            for name in &inspection.exports {
+                println!("  {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Loads the configuration and its plugins, as a start would.
 fn check(path: &std::path::Path) -> Result<(pgvane::policy::Chain, Config), pgvane::config::ConfigError> {
     let config = Config::load(path)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| pgvane::config::ConfigError::Plugins(pgvane::policy::PolicyError::Engine(e.to_string())))?;
+        .map_err(|e| pgvane::config::ConfigError::Plugins(pgvane::policy::PolicyError::Engine(e.to_string()).into()))?;
     let chain = runtime.block_on(config.load_plugins())?;
     Ok((chain, config))
 }

@@ -43,6 +43,8 @@ pub enum Show {
     Config,
     /// pgvane's version.
     Version,
+    /// One row per policy plugin.
+    Plugins,
 }
 
 /// The SHOW items, by name.
@@ -55,10 +57,11 @@ const SHOW_ITEMS: &[(&str, Show)] = &[
     ("STATS", Show::Stats),
     ("CONFIG", Show::Config),
     ("VERSION", Show::Version),
+    ("PLUGINS", Show::Plugins),
 ];
 
 /// Every command, as the HINT of an unknown one lists them.
-pub const USAGE: &str = "SHOW HELP|POOLS|CLIENTS|SERVERS|DATABASES|STATS|CONFIG|VERSION; \
+pub const USAGE: &str = "SHOW HELP|POOLS|CLIENTS|SERVERS|DATABASES|STATS|CONFIG|VERSION|PLUGINS; \
                          PAUSE [db]; RESUME [db]; RELOAD; RECONNECT [db]; KILL [db]; SHUTDOWN";
 
 /// A word of a statement.
@@ -180,6 +183,7 @@ mod tests {
     fn keywords_are_case_insensitive_and_semicolons_optional() {
         assert_eq!(one("SHOW POOLS"), Command::Show(Show::Pools));
         assert_eq!(one("  show\tclients ; "), Command::Show(Show::Clients));
+        assert_eq!(one("show plugins"), Command::Show(Show::Plugins));
         assert_eq!(one("Reload;"), Command::Reload);
         assert_eq!(one("shutdown"), Command::Shutdown);
         assert_eq!(one("pause"), Command::Pause(None));

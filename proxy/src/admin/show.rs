@@ -311,6 +311,51 @@ pub fn config(shared: &Shared) -> Result<ResultSet, AdminError> {
     Ok(set)
 }
 
+/// `SHOW PLUGINS`: the plugins in force, in chain order, with their counters since they were
+/// loaded and the last failed load of each; then a row for each plugin of a configuration that
+/// failed to load and is not in force.
+pub fn plugins(shared: &Shared) -> ResultSet {
+    let mut set = ResultSet::new(&[
+        "name",
+        "source",
+        "digest",
+        "loaded_at",
+        "calls",
+        "rejects",
+        "errors",
+        "fuel_used",
+        "last_load_error",
+        "last_load_error_at",
+    ]);
+    let mut failures = shared.plugin_failures.snapshot();
+    let failure_columns = |failure: Option<crate::lifecycle::Failure>| match failure {
+        Some(f) => [text(f.error), timestamp(f.at)],
+        None => [text(""), text("")],
+    };
+    let load = |counter: &std::sync::atomic::AtomicU64| text(counter.load(std::sync::atomic::Ordering::Relaxed));
+    for plugin in shared.policy().plugins() {
+        let [error, at] = failure_columns(failures.remove(&plugin.settings.name));
+        set.push(vec![
+            text(&plugin.settings.name),
+            text(&plugin.origin.source),
+            text(&plugin.origin.digest),
+            timestamp(plugin.origin.loaded_at),
+            load(&plugin.stats.calls),
+            load(&plugin.stats.rejects),
+            load(&plugin.stats.errors),
+            load(&plugin.stats.fuel_used),
+            error,
+            at,
+        ]);
+    }
+    for (name, failure) in failures {
+        let source = failure.source.clone();
+        let [error, at] = failure_columns(Some(failure));
+        set.push(vec![text(name), text(source), text(""), text(""), None, None, None, None, error, at]);
+    }
+    set
+}
+
 /// `SHOW VERSION`.
 pub fn version() -> ResultSet {
     let mut set = ResultSet::new(&["version"]);

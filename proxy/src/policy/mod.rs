@@ -9,17 +9,16 @@
 
 mod plugin;
 
-use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::protocol::messages::ErrorResponse;
 
-pub use plugin::{Plugin, PluginStats};
+pub use plugin::{check_component, Plugin, PluginStats};
 
 /// The one place the WIT world becomes Rust.
 mod bindings {
@@ -29,6 +28,9 @@ mod bindings {
 }
 
 use bindings::pgvane::policy::types as wit;
+
+/// The WIT world a plugin implements.
+pub const WORLD: &str = "pgvane:policy/policy@0.1.0";
 
 /// Granularity of the wall-clock deadline.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -49,8 +51,13 @@ pub enum OnError {
 pub struct PluginSettings {
     /// Name in logs, errors and the admin console.
     pub name: String,
-    /// The component file, relative to the config file.
-    pub path: std::path::PathBuf,
+    /// The component file, relative to the config file (or `source`).
+    pub path: Option<std::path::PathBuf>,
+    /// An `oci://` reference to the component (or `path`).
+    pub source: Option<String>,
+    /// Reload when the `path` file changes.
+    #[serde(default)]
+    pub watch: bool,
     /// Fuel per call (about one unit per WebAssembly instruction).
     #[serde(default = "default_fuel")]
     pub fuel: u64,
@@ -81,23 +88,12 @@ fn default_on_error() -> OnError {
     OnError::Pass
 }
 
-/// Why the plugin set could not be loaded.
+/// Why a plugin could not be compiled or initialised.
 #[derive(Debug, Error)]
 pub enum PolicyError {
     /// The wasmtime engine could not be set up.
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
-    /// A plugin file could not be read.
-    #[error("plugin \"{plugin}\": cannot read {path}: {source}")]
-    Read {
-        /// Plugin name.
-        plugin: String,
-        /// Its file.
-        path: std::path::PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
     /// A plugin did not compile, link or initialise.
     #[error("plugin \"{plugin}\": {reason}")]
     Load {
@@ -193,6 +189,28 @@ pub enum Decision {
     Reject(ErrorResponse),
 }
 
+/// Where a loaded plugin's component came from, for the admin console.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The file or the `oci://` reference, as configured.
+    pub source: String,
+    /// `sha256:` of the component's bytes.
+    pub digest: String,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+}
+
+/// A plugin to load: its settings, where it came from, and the component's bytes.
+#[derive(Debug)]
+pub struct Loadable {
+    /// Its `[[plugins]]` entry.
+    pub settings: PluginSettings,
+    /// Its origin.
+    pub origin: Origin,
+    /// The component.
+    pub wasm: Vec<u8>,
+}
+
 /// The ordered plugins.
 #[derive(Debug, Default)]
 pub struct Chain {
@@ -200,26 +218,16 @@ pub struct Chain {
 }
 
 impl Chain {
-    /// Loads every `[[plugins]]` entry (paths relative to `config_dir`); all or nothing.
-    pub async fn load(
-        settings: &[PluginSettings],
-        config_dir: &Path,
-        databases: &[String],
-    ) -> Result<Chain, PolicyError> {
-        if settings.is_empty() {
+    /// Compiles and initialises every plugin, in order; all or nothing.
+    pub async fn load(loadables: Vec<Loadable>, databases: &[String]) -> Result<Chain, PolicyError> {
+        if loadables.is_empty() {
             return Ok(Chain::default());
         }
         let engine = engine()?;
         let databases: Arc<[String]> = databases.into();
         let mut plugins = Vec::new();
-        for s in settings {
-            let path = config_dir.join(&s.path);
-            let wasm = std::fs::read(&path).map_err(|source| PolicyError::Read {
-                plugin: s.name.clone(),
-                path: path.clone(),
-                source,
-            })?;
-            plugins.push(Plugin::load(engine, s.clone(), &wasm, databases.clone()).await?);
+        for l in loadables {
+            plugins.push(Plugin::load(engine, l.settings, l.origin, &l.wasm, databases.clone()).await?);
         }
         Ok(Chain { plugins })
     }

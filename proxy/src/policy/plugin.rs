@@ -16,7 +16,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::pgvane::policy::host::{self, Level};
 use super::bindings::pgvane::policy::types as wit;
 use super::bindings::{Policy, PolicyPre};
-use super::{PluginError, PluginSettings, PolicyError, EPOCH_TICK};
+use super::{Origin, PluginError, PluginSettings, PolicyError, EPOCH_TICK};
 
 /// Instantiation and `init` get this many times a call's fuel…
 const INIT_FUEL_FACTOR: u64 = 50;
@@ -85,6 +85,8 @@ pub struct Plugin {
     pub settings: PluginSettings,
     /// Counters.
     pub stats: PluginStats,
+    /// Where its component came from.
+    pub origin: Origin,
     /// Its config as JSON, handed to `init`.
     config_json: String,
     engine: Engine,
@@ -105,21 +107,12 @@ impl Plugin {
     pub async fn load(
         engine: &Engine,
         settings: PluginSettings,
+        origin: Origin,
         wasm: &[u8],
         databases: Arc<[String]>,
     ) -> Result<Plugin, PolicyError> {
         let name = settings.name.clone();
-        let failed = |what: &str, e: wasmtime::Error| PolicyError::Load {
-            plugin: name.clone(),
-            reason: format!("{what}: {e:#}"),
-        };
-        let component = Component::from_binary(engine, wasm).map_err(|e| failed("not a valid component", e))?;
-        let mut linker: Linker<PluginState> = Linker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| failed("linking WASI", e))?;
-        Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state).map_err(|e| failed("linking", e))?;
-        let pre =
-            linker.instantiate_pre(&component).map_err(|e| failed("it does not fit the pgvane:policy world", e))?;
-        let pre = PolicyPre::new(pre).map_err(|e| failed("it does not export the pgvane:policy world", e))?;
+        let pre = link(engine, &name, wasm)?;
         let config_json = serde_json::to_string(&settings.config).map_err(|e| PolicyError::Load {
             plugin: name.clone(),
             reason: format!("config cannot be turned into JSON: {e}"),
@@ -127,6 +120,7 @@ impl Plugin {
         let plugin = Plugin {
             settings,
             stats: PluginStats::default(),
+            origin,
             config_json,
             engine: engine.clone(),
             pre,
@@ -213,6 +207,27 @@ impl Plugin {
             Err(e) => Err(PluginError::Trap(trap_reason(&e, fuel_left))),
         }
     }
+}
+
+/// Compiles `wasm` and links it against the host: it must be a component of the
+/// `pgvane:policy` world.
+fn link(engine: &Engine, name: &str, wasm: &[u8]) -> Result<PolicyPre<PluginState>, PolicyError> {
+    let failed = |what: &str, e: wasmtime::Error| PolicyError::Load {
+        plugin: name.to_owned(),
+        reason: format!("{what}: {e:#}"),
+    };
+    let component = Component::from_binary(engine, wasm).map_err(|e| failed("not a valid component", e))?;
+    let mut linker: Linker<PluginState> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| failed("linking WASI", e))?;
+    Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state).map_err(|e| failed("linking", e))?;
+    let pre = linker.instantiate_pre(&component).map_err(|e| failed("it does not fit the pgvane:policy world", e))?;
+    PolicyPre::new(pre).map_err(|e| failed("it does not export the pgvane:policy world", e))
+}
+
+/// Checks that `wasm` compiles and fits the `pgvane:policy` world, without running it
+/// (`pgvane plugin inspect`).
+pub fn check_component(wasm: &[u8]) -> Result<(), PolicyError> {
+    link(super::engine()?, "inspected", wasm).map(drop)
 }
 
 /// A trap's cause in words an operator can act on.
