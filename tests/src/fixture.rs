@@ -176,3 +176,52 @@ pub async fn login_error(port: u16, user: &str, password: &str, db: &str) -> any
         Err(e) => e,
     }
 }
+
+/// A row of a console result: column → value.
+pub type ConsoleRow = std::collections::BTreeMap<String, String>;
+
+impl Proxied {
+    /// Runs `sql` on the admin console with `psql --csv` as `app` (who must be in
+    /// `admin_users`): Ok(stdout) when it succeeded, Err(stderr) when psql reported an error.
+    pub async fn console(&self, sql: &str) -> Result<std::result::Result<String, String>> {
+        let (port, sql) = (self.port(), sql.to_owned());
+        let out = tokio::task::spawn_blocking(move || {
+            crate::psql(port, APP_USER, APP_PASSWORD, "pgvane", &["--csv", "-c", &sql])
+        })
+        .await??;
+        Ok(if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        })
+    }
+
+    /// `SHOW <what>` on the admin console, as rows.
+    pub async fn show(&self, what: &str) -> Result<Vec<ConsoleRow>> {
+        let out = self.console(&format!("SHOW {what}")).await?.map_err(anyhow::Error::msg)?;
+        let mut lines = out.lines();
+        let header = csv_fields(lines.next().unwrap_or_default());
+        Ok(lines.map(|line| header.iter().cloned().zip(csv_fields(line)).collect()).collect())
+    }
+}
+
+/// Splits one line of `psql --csv` output (fields holding `,` or `"` are quoted).
+pub fn csv_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        let field = fields.last_mut().map(|f| f as &mut String);
+        match (c, quoted, field) {
+            ('"', true, Some(field)) if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            ('"', _, _) => quoted = !quoted,
+            (',', false, _) => fields.push(String::new()),
+            (c, _, Some(field)) => field.push(c),
+            (_, _, None) => {}
+        }
+    }
+    fields
+}

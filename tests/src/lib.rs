@@ -24,6 +24,7 @@
 //!   process is ever left behind.
 
 pub mod fixture;
+pub mod registry;
 pub mod wire;
 
 use std::ffi::OsStr;
