@@ -421,6 +421,11 @@ impl PooledConn {
         &self.conn
     }
 
+    /// The pool it came from.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
     /// Returns a connection that is idle (nothing in flight, not in a transaction) to the
     /// pool as it is, for the next transaction (transaction and statement modes, where the
     /// session keeps track of the state it leaves behind). A connection of an older

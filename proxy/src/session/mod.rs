@@ -21,7 +21,7 @@ use tracing::Instrument;
 use crate::auth::scram::ScramKeys;
 use crate::config::{Config, DatabaseConfig, PoolMode};
 use crate::listener::Shared;
-use crate::pool::{self, PoolError, PoolSettings, PooledConn, ServerCredential, ServerError};
+use crate::pool::{self, Pool, PoolError, PoolSettings, PooledConn, ServerCredential, ServerError};
 use crate::protocol::messages::{self, Authentication, ErrorResponse, TransactionStatus};
 use crate::protocol::ProtocolError;
 
@@ -106,24 +106,10 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
         }
         return crate::admin::serve(client, &handle, shared, &user).await;
     }
-    let db = config.databases.get(&database).ok_or_else(|| {
+    let scram_keys = authenticated.scram_keys;
+    let pool = pool_for(shared, &database, &user, scram_keys.as_ref()).ok_or_else(|| {
         SessionError::Refused(ErrorResponse::fatal("3D000", format!("database \"{database}\" does not exist")))
     })?;
-    let credential = server_credential(&config, db, &user, authenticated.scram_keys);
-    let pool = shared.pools.get_or_create(&database, &user, || {
-        // A pool is built from the configuration in force now, not from this session's
-        // snapshot: a RELOAD may have come in meanwhile.
-        let current = shared.config();
-        let (config, db) = match current.databases.get(&database) {
-            Some(current_db) => (&*current, current_db),
-            None => (&*config, db),
-        };
-        let target = pool::server_target(config, &database, db, &user);
-        (target, PoolSettings::from_config(config, db), credential.clone())
-    });
-    if let ServerCredential::ScramKeys(_) = credential {
-        pool.set_credential(credential);
-    }
 
     let mode = settings.pool_mode;
     let client_settings = ClientSettings::new(&params);
@@ -192,6 +178,7 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
         reported_parameters: reported,
         max_packet_bytes: settings.max_packet_size_bytes,
         query_wait: settings.query_wait_timeout(),
+        scram_keys,
     };
     let end = Relay::new(client, &handle, shared, pool, start).run().await;
     match end {
@@ -218,6 +205,23 @@ fn welcome_parameters(
         }
     }
     welcome
+}
+
+/// The pool of `database` for `user`, created on first use from the configuration in force
+/// now (a RELOAD may have come in since the session started). `None` when the configuration
+/// has no such database. `keys` are the SCRAM keys the client's proof yielded, if any.
+pub(crate) fn pool_for(shared: &Shared, database: &str, user: &str, keys: Option<&ScramKeys>) -> Option<Arc<Pool>> {
+    let config = shared.config();
+    let db = config.databases.get(database)?;
+    let credential = server_credential(&config, db, user, keys.cloned());
+    let pool = shared.pools.get_or_create(database, user, || {
+        let target = pool::server_target(&config, database, db, user);
+        (target, PoolSettings::from_config(&config, db), credential.clone())
+    });
+    if let ServerCredential::ScramKeys(_) = credential {
+        pool.set_credential(credential);
+    }
+    Some(pool)
 }
 
 /// The credential pgvane logs in to the server with for this client: from the configuration,
