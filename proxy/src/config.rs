@@ -153,6 +153,23 @@ pub struct Settings {
     pub server_reset_query: String,
     /// Prepared statements kept per server connection in transaction and statement modes.
     pub max_prepared_statements: usize,
+    /// Clusters: how often the monitor checks every node's role, health and lag.
+    pub health_check_period_ms: u64,
+    /// Clusters: a node that failed a check is not checked (nor used) again for this long.
+    pub server_failed_delay_ms: u64,
+    /// Clusters: replicas further behind the primary than this get no reads.
+    pub max_replica_lag_ms: u64,
+    /// Clusters: replicas further behind the primary than this many bytes of WAL get no
+    /// reads; 0: no limit in bytes.
+    pub max_replica_lag_bytes: u64,
+    /// Clusters: how often every node is polled while the writer is unknown.
+    pub polling_frequency_ms: u64,
+    /// Clusters: how long statements for a primary wait for a writer before they fail.
+    pub switchover_timeout_ms: u64,
+    /// Clusters: the auth-file user the monitor logs in as when the database entry has no
+    /// `user` (its secret must be a plain password or an md5 hash).
+    #[serde(serialize_with = "none_as_empty")]
+    pub monitor_user: Option<String>,
 }
 
 /// Keys of `[pgvane]` that RELOAD cannot change: they take effect at the next start.
@@ -186,6 +203,13 @@ impl Default for Settings {
             server_connect_timeout_ms: 15_000,
             server_reset_query: "DISCARD ALL".into(),
             max_prepared_statements: 200,
+            health_check_period_ms: 1_000,
+            server_failed_delay_ms: 5_000,
+            max_replica_lag_ms: 5_000,
+            max_replica_lag_bytes: 0,
+            polling_frequency_ms: 100,
+            switchover_timeout_ms: 30_000,
+            monitor_user: None,
         }
     }
 }
@@ -221,7 +245,9 @@ impl Settings {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// Server host name or address.
+    /// Server host name or address. For a cluster given as `hosts`, validation sets it (and
+    /// `port`) to the first of them.
+    #[serde(default)]
     pub host: String,
     /// Server port.
     #[serde(default = "default_port")]
@@ -234,6 +260,88 @@ pub struct DatabaseConfig {
     pub password: Option<String>,
     /// Overrides `default_pool_size` for this database.
     pub pool_size: Option<usize>,
+    /// The servers of a cluster, `"host:port"` or `"host"` (port 5432); instead of `host`/`port`.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Where statements no policy routes run, in a cluster.
+    #[serde(default)]
+    pub default_route: DefaultRoute,
+    /// Run on a cluster's primary: rows of (host, port) of more nodes to use.
+    pub topology_query: Option<String>,
+    /// The cluster's configured nodes (`hosts`, or `host`/`port` with a `topology_query`);
+    /// empty for a plain database. Filled in by validation.
+    #[serde(skip)]
+    pub nodes: Vec<NodeAddr>,
+}
+
+impl DatabaseConfig {
+    /// True for a cluster: nodes whose roles pgvane discovers, health-checks and routes to.
+    pub fn is_cluster(&self) -> bool {
+        !self.nodes.is_empty()
+    }
+}
+
+/// Where a cluster's statements run when no policy routes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultRoute {
+    /// The current writer.
+    #[default]
+    Primary,
+    /// A healthy replica that is not lagging, else the writer.
+    Replica,
+}
+
+/// One server of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeAddr {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl NodeAddr {
+    /// Parses `host`, `host:port`, `[v6]` or `[v6]:port`; a missing port is `default_port`.
+    pub fn parse(text: &str, default_port: u16) -> Result<NodeAddr, String> {
+        let text = text.trim();
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (host, after) = rest.split_once(']').ok_or("an IPv6 address needs its closing `]`")?;
+            match after {
+                "" => (host, None),
+                _ => (host, Some(after.strip_prefix(':').ok_or("expected `:port` after `]`")?)),
+            }
+        } else {
+            match text.rsplit_once(':') {
+                Some((host, _)) if host.contains(':') => {
+                    return Err(format!("`{text}`: write an IPv6 address in brackets, `[{text}]`"))
+                }
+                Some((host, port)) => (host, Some(port)),
+                None => (text, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("`{text}`: the host is empty"));
+        }
+        let port = match port {
+            None => default_port,
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err(format!("`{text}`: the port must be between 1 and 65535")),
+            },
+        };
+        Ok(NodeAddr { host: host.to_owned(), port })
+    }
+}
+
+impl std::fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
 }
 
 fn default_port() -> u16 {
@@ -276,7 +384,7 @@ impl Config {
 
     /// Parses and validates `text` as if read from `path` (relative paths resolve against its folder).
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let file: File = toml::from_str(text)
+        let mut file: File = toml::from_str(text)
             .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })?;
         let invalid = |key: &str, message: &str| ConfigError::Invalid {
             path: path.to_owned(),
@@ -314,8 +422,25 @@ impl Config {
         if file.databases.is_empty() {
             return Err(invalid("databases", "define at least one [databases.<name>] table"));
         }
-        for (name, db) in &file.databases {
+        for (key, value) in [
+            ("pgvane.health_check_period_ms", s.health_check_period_ms),
+            ("pgvane.polling_frequency_ms", s.polling_frequency_ms),
+            ("pgvane.switchover_timeout_ms", s.switchover_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        // Which keys a `[databases]` table spells out (serde fills defaults in): `hosts`
+        // excludes `host` and `port`, even when they are written with their default value.
+        let written: toml::Table = toml::from_str(text).unwrap_or_default();
+        for (name, db) in file.databases.iter_mut() {
             let key = |field: &str| format!("databases.{name}.{field}");
+            let has = |field: &str| {
+                written.get("databases").and_then(|d| d.get(name.as_str())).is_some_and(|t| t.get(field).is_some())
+            };
+            cluster_nodes(name, db, has("host"), has("port"))
+                .map_err(|(field, message)| invalid(&key(field), &message))?;
             if db.host.is_empty() {
                 return Err(invalid(&key("host"), "must not be empty"));
             }
@@ -346,6 +471,16 @@ impl Config {
                 })?)
             }
         };
+        if let Some(user) = &file.pgvane.monitor_user {
+            use crate::auth::userlist::Secret;
+            match userlist.as_ref().and_then(|u| u.get(user)) {
+                Some(Secret::Plain(_) | Secret::Md5(_)) => {}
+                Some(Secret::Scram(_)) => {
+                    return Err(invalid("pgvane.monitor_user", &format!("the auth file holds only a SCRAM verifier for \"{user}\": the monitor needs a plain password or an md5 hash")));
+                }
+                None => return Err(invalid("pgvane.monitor_user", &format!("\"{user}\" is not in the auth file"))),
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, plugin) in file.plugins.iter().enumerate() {
             let key = |field: &str| format!("plugins[{i}].{field}");
@@ -391,6 +526,47 @@ impl Config {
     pub fn pool_size(&self, db: &DatabaseConfig) -> usize {
         db.pool_size.unwrap_or(self.settings.default_pool_size)
     }
+}
+
+/// Checks the cluster keys of database `name` and fills in `db.nodes` (and, for `hosts`,
+/// `host`/`port` with the first node). `has_host`/`has_port`: the table spells them out.
+/// The error names the offending key (without the `databases.<name>.` prefix).
+fn cluster_nodes(
+    name: &str,
+    db: &mut DatabaseConfig,
+    has_host: bool,
+    has_port: bool,
+) -> Result<(), (&'static str, String)> {
+    if !db.hosts.is_empty() {
+        if has_host || has_port {
+            let field = if has_host { "host" } else { "port" };
+            return Err((field, "cannot be combined with `hosts` (write each node as \"host:port\")".into()));
+        }
+        let mut nodes = Vec::new();
+        for text in &db.hosts {
+            let node = NodeAddr::parse(text, default_port()).map_err(|m| ("hosts", m))?;
+            if nodes.contains(&node) {
+                return Err(("hosts", format!("`{node}` is listed twice")));
+            }
+            nodes.push(node);
+        }
+        if let Some(first) = nodes.first() {
+            db.host.clone_from(&first.host);
+            db.port = first.port;
+        }
+        db.nodes = nodes;
+    } else if !has_host {
+        return Err(("host", format!("required (or `hosts` for a cluster) in [databases.{name}]")));
+    } else if db.topology_query.is_some() && !db.host.is_empty() {
+        db.nodes = vec![NodeAddr { host: db.host.clone(), port: db.port }];
+    }
+    if db.topology_query.as_deref().is_some_and(|q| q.trim().is_empty()) {
+        return Err(("topology_query", "must not be empty".into()));
+    }
+    if db.default_route != DefaultRoute::Primary && db.nodes.is_empty() {
+        return Err(("default_route", "only applies to a cluster (`hosts` or `topology_query`)".into()));
+    }
+    Ok(())
 }
 
 /// A path from the config file, relative to the file's folder.
@@ -455,6 +631,47 @@ mod tests {
         for key in RESTART_KEYS {
             assert!(table.contains_key(*key), "{key}");
         }
+    }
+
+    #[test]
+    fn clusters_are_lists_of_nodes_with_their_keys_checked() {
+        let cluster =
+            "[pgvane]\nauth_type = \"trust\"\n[databases.app]\nhosts = [\"10.0.0.1:5433\", \"db2\", \"[::1]:6000\"]\n";
+        let c = load(cluster).unwrap();
+        let db = &c.databases["app"];
+        let nodes: Vec<String> = db.nodes.iter().map(ToString::to_string).collect();
+        assert_eq!(nodes, ["10.0.0.1:5433", "db2:5432", "[::1]:6000"]);
+        assert_eq!((db.host.as_str(), db.port, db.default_route), ("10.0.0.1", 5433, DefaultRoute::Primary));
+        assert!(db.is_cluster() && !load(MINIMAL).unwrap().databases["app"].is_cluster());
+        let replica = load(&format!("{cluster}default_route = \"replica\"\n")).unwrap();
+        assert_eq!(replica.databases["app"].default_route, DefaultRoute::Replica);
+        // A single host with a topology query is a cluster seeded by that host.
+        let seeded = load(&format!("{MINIMAL}topology_query = \"select host, port from nodes\"\n")).unwrap();
+        assert_eq!(seeded.databases["app"].nodes, [NodeAddr { host: "127.0.0.1".into(), port: 5432 }]);
+        let s = &seeded.settings;
+        assert_eq!((s.polling_frequency_ms, s.health_check_period_ms, s.monitor_user.as_deref()), (100, 1000, None));
+
+        for (text, key, says) in [
+            (format!("{cluster}host = \"h\"\n"), "databases.app.host", "cannot be combined with `hosts`"),
+            (format!("{cluster}port = 5432\n"), "databases.app.port", "cannot be combined with `hosts`"),
+            (cluster.replace("db2", "db2:0"), "databases.app.hosts", "between 1 and 65535"),
+            (cluster.replace("db2", "10.0.0.1:5433"), "databases.app.hosts", "listed twice"),
+            (cluster.replace("db2", "::1"), "databases.app.hosts", "in brackets"),
+            (cluster.replace("hosts = ", "dbname = \"x\"\n#"), "databases.app.host", "required (or `hosts`"),
+            (format!("{MINIMAL}default_route = \"replica\"\n"), "databases.app.default_route", "only applies"),
+            (format!("{cluster}topology_query = \" \"\n"), "databases.app.topology_query", "must not be empty"),
+            (
+                cluster.replace("[databases", "polling_frequency_ms = 0\n[databases"),
+                "pgvane.polling_frequency_ms",
+                "greater than 0",
+            ),
+            (cluster.replace("[databases", "monitor_user = \"mon\"\n[databases"), "pgvane.monitor_user", "auth file"),
+        ] {
+            let err = load(&text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")) && err.contains(says), "{text}\n=> {err}");
+        }
+        let err = load(&format!("{cluster}default_route = \"anywhere\"\n")).unwrap_err().to_string();
+        assert!(err.contains("anywhere") && err.contains("default_route"), "{err}");
     }
 
     #[test]
