@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod listener;
 pub mod policy;

@@ -23,6 +23,8 @@ pub struct Shared {
     pub pools: Arc<Pools>,
     /// Connected clients: cancel keys, states, signals.
     pub clients: Arc<ClientRegistry>,
+    /// Cluster databases: topology, health, the writer (monitors start in [`Listener::run`]).
+    pub clusters: Arc<crate::cluster::Clusters>,
     /// Held while a reload runs, so two reloads cannot interleave.
     reloading: tokio::sync::Mutex<()>,
     shutdown: Notify,
@@ -61,6 +63,7 @@ impl Shared {
             policy: RwLock::new(Arc::new(policy)),
             pools: Arc::new(Pools::default()),
             clients: Arc::new(ClientRegistry::default()),
+            clusters: Arc::default(),
             reloading: tokio::sync::Mutex::new(()),
             shutdown: Notify::new(),
         }
@@ -109,6 +112,7 @@ impl Shared {
         self.set_config(new.clone());
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
         outcome.reconnecting = self.pools.apply_config(&new).moved;
+        self.clusters.apply_config(&new);
         Ok(outcome)
     }
 
@@ -151,6 +155,7 @@ impl Listener {
     /// Accepts clients forever, each in its own task.
     pub async fn run(self) {
         tokio::spawn(self.shared.pools.clone().sweep_forever());
+        self.shared.clusters.apply_config(&self.shared.config());
         loop {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
