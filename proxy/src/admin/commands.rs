@@ -43,6 +43,8 @@ pub enum Show {
     Config,
     /// pgvane's version.
     Version,
+    /// One row per node of every cluster database.
+    Backends,
 }
 
 /// The SHOW items, by name.
@@ -55,10 +57,11 @@ const SHOW_ITEMS: &[(&str, Show)] = &[
     ("STATS", Show::Stats),
     ("CONFIG", Show::Config),
     ("VERSION", Show::Version),
+    ("BACKENDS", Show::Backends),
 ];
 
 /// Every command, as the HINT of an unknown one lists them.
-pub const USAGE: &str = "SHOW HELP|POOLS|CLIENTS|SERVERS|DATABASES|STATS|CONFIG|VERSION; \
+pub const USAGE: &str = "SHOW HELP|POOLS|CLIENTS|SERVERS|DATABASES|STATS|CONFIG|VERSION|BACKENDS; \
                          PAUSE [db]; RESUME [db]; RELOAD; RECONNECT [db]; KILL [db]; SHUTDOWN";
 
 /// A word of a statement.

@@ -1,4 +1,4 @@
-//! Server connection pools, one per (database, user).
+//! Server connection pools, one per (database, user), and per node for a cluster database.
 //!
 //! A pool has `pool_size` slots. Checking out waits while the database is paused (admin
 //! PAUSE), takes a slot (the pause and the slot together waiting at most
@@ -35,7 +35,7 @@ pub use server::{
 pub use stats::{PoolStats, StatsSnapshot};
 
 use crate::auth::userlist::Secret;
-use crate::config::{Config, DatabaseConfig};
+use crate::config::{Config, DatabaseConfig, NodeAddr};
 use crate::protocol::messages::{self, ErrorResponse, TransactionStatus};
 use members::{Members, Ticket};
 use slots::{Slot, Slots};
@@ -93,6 +93,17 @@ pub fn server_target(config: &Config, database: &str, db: &DatabaseConfig, clien
     }
 }
 
+/// Where the pool of (`database`, `client_user`) on cluster node `node` connects.
+pub fn node_target(
+    config: &Config,
+    database: &str,
+    db: &DatabaseConfig,
+    client_user: &str,
+    node: &NodeAddr,
+) -> ServerTarget {
+    ServerTarget { host: node.host.clone(), port: node.port, ..server_target(config, database, db, client_user) }
+}
+
 /// The credential `config` gives the pool of `client_user` on entry `db`, when the
 /// configuration alone decides it: `None` when it comes from a client's SCRAM proof (or the
 /// user has no secret), which only a login can provide.
@@ -133,6 +144,8 @@ pub struct Pool {
     pub database: String,
     /// The client user name.
     pub user: String,
+    /// The cluster node it connects to, for a cluster database.
+    pub node: Option<NodeAddr>,
     /// Counters for SHOW STATS.
     pub stats: PoolStats,
     setup: Mutex<Setup>,
@@ -167,6 +180,7 @@ impl Pool {
     fn new(
         database: &str,
         user: &str,
+        node: Option<NodeAddr>,
         target: ServerTarget,
         settings: PoolSettings,
         credential: ServerCredential,
@@ -175,6 +189,7 @@ impl Pool {
         Pool {
             database: database.to_owned(),
             user: user.to_owned(),
+            node,
             stats: PoolStats::default(),
             slots: Slots::new(settings.size),
             setup: Mutex::new(Setup { target, settings, credential }),
@@ -495,10 +510,13 @@ pub struct ConfigApplied {
     pub removed: BTreeSet<String>,
 }
 
+/// What tells pools apart: database, client user, and the node of a cluster database.
+type PoolKey = (String, String, Option<NodeAddr>);
+
 /// All pools, created on first use, and the pause state they share.
 #[derive(Debug)]
 pub struct Pools {
-    pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     pause: watch::Sender<PauseState>,
 }
 
@@ -516,20 +534,33 @@ impl Pools {
         user: &str,
         make: impl FnOnce() -> (ServerTarget, PoolSettings, ServerCredential),
     ) -> Arc<Pool> {
+        self.get_or_create_on(database, user, None, make)
+    }
+
+    /// The pool for (database, client user) on cluster node `node` (`None`: the database's
+    /// own `host`), created with `make` if it does not exist yet.
+    pub fn get_or_create_on(
+        &self,
+        database: &str,
+        user: &str,
+        node: Option<&NodeAddr>,
+        make: impl FnOnce() -> (ServerTarget, PoolSettings, ServerCredential),
+    ) -> Arc<Pool> {
         let mut pools = lock(&self.pools);
         pools
-            .entry((database.to_owned(), user.to_owned()))
+            .entry((database.to_owned(), user.to_owned(), node.cloned()))
             .or_insert_with(|| {
                 let (target, settings, credential) = make();
-                Arc::new(Pool::new(database, user, target, settings, credential, self.pause.subscribe()))
+                let pause = self.pause.subscribe();
+                Arc::new(Pool::new(database, user, node.cloned(), target, settings, credential, pause))
             })
             .clone()
     }
 
-    /// Every pool, ordered by (database, user).
+    /// Every pool, ordered by (database, user, node).
     pub fn list(&self) -> Vec<Arc<Pool>> {
         let mut pools: Vec<Arc<Pool>> = lock(&self.pools).values().cloned().collect();
-        pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+        pools.sort_by(|a, b| (&a.database, &a.user, &a.node).cmp(&(&b.database, &b.user, &b.node)));
         pools
     }
 
@@ -545,14 +576,17 @@ impl Pools {
     /// databases no longer configured closed and forgotten.
     pub fn apply_config(&self, config: &Config) -> ConfigApplied {
         let mut applied = ConfigApplied::default();
-        lock(&self.pools).retain(|(database, user), pool| match config.databases.get(database) {
+        lock(&self.pools).retain(|(database, user, node), pool| match config.databases.get(database) {
             None => {
                 pool.remove();
                 applied.removed.insert(database.clone());
                 false
             }
             Some(db) => {
-                let target = server_target(config, database, db, user);
+                let target = match node {
+                    Some(node) => node_target(config, database, db, user, node),
+                    None => server_target(config, database, db, user),
+                };
                 let settings = PoolSettings::from_config(config, db);
                 if pool.reconfigure(target, settings, configured_credential(config, db, user)) {
                     applied.moved.insert(database.clone());

@@ -3,6 +3,7 @@
 
 mod auth;
 pub(crate) mod client;
+pub(crate) mod cluster_pool;
 pub mod registry;
 mod relay;
 mod settings;
@@ -107,9 +108,12 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
         return crate::admin::serve(client, &handle, shared, &user).await;
     }
     let scram_keys = authenticated.scram_keys;
-    let pool = pool_for(shared, &database, &user, scram_keys.as_ref()).ok_or_else(|| {
-        SessionError::Refused(ErrorResponse::fatal("3D000", format!("database \"{database}\" does not exist")))
-    })?;
+    let pool = match cluster_pool::home_pool(shared, &database, &user, scram_keys.as_ref()).await {
+        Some(home) => home.map_err(|e| SessionError::Refused(as_fatal(e)))?,
+        None => pool_for(shared, &database, &user, scram_keys.as_ref()).ok_or_else(|| {
+            SessionError::Refused(ErrorResponse::fatal("3D000", format!("database \"{database}\" does not exist")))
+        })?,
+    };
 
     let mode = settings.pool_mode;
     let client_settings = ClientSettings::new(&params);
@@ -216,6 +220,28 @@ pub(crate) fn pool_for(shared: &Shared, database: &str, user: &str, keys: Option
     let credential = server_credential(&config, db, user, keys.cloned());
     let pool = shared.pools.get_or_create(database, user, || {
         let target = pool::server_target(&config, database, db, user);
+        (target, PoolSettings::from_config(&config, db), credential.clone())
+    });
+    if let ServerCredential::ScramKeys(_) = credential {
+        pool.set_credential(credential);
+    }
+    Some(pool)
+}
+
+/// The pool of cluster node `node` of `database` for `user`, created on first use from the
+/// configuration in force now. `None` when the configuration has no such database.
+pub(crate) fn pool_on_node(
+    shared: &Shared,
+    database: &str,
+    user: &str,
+    keys: Option<&ScramKeys>,
+    node: &crate::config::NodeAddr,
+) -> Option<Arc<Pool>> {
+    let config = shared.config();
+    let db = config.databases.get(database)?;
+    let credential = server_credential(&config, db, user, keys.cloned());
+    let pool = shared.pools.get_or_create_on(database, user, Some(node), || {
+        let target = pool::node_target(&config, database, db, user, node);
         (target, PoolSettings::from_config(&config, db), credential.clone())
     });
     if let ServerCredential::ScramKeys(_) = credential {

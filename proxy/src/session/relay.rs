@@ -44,6 +44,9 @@ use super::settings::{sync_sql, ClientSettings};
 use super::sql::{calls_session_state_function, state_commands, StateCommand};
 use super::statements::{ClientStatements, Statement};
 
+mod cluster;
+use cluster::ClusterRoute;
+
 /// Run on a server connection a pooled client left session state on, whatever
 /// `server_reset_query` says: that state must not reach another client.
 const SESSION_STATE_RESET: &str = "DISCARD ALL";
@@ -699,7 +702,11 @@ impl<'a> Relay<'a> {
     async fn consult_policy(&mut self, kind: Kind, sql: &str, parse: Option<&str>) -> Option<Decided> {
         let chain = self.shared.policy();
         if chain.is_empty() {
-            return Some(Decided { pool: self.home.clone(), sql: None, routed: false });
+            return match self.cluster_route(kind, None).await {
+                ClusterRoute::Pool(pool) => Some(Decided { pool, sql: None, routed: false }),
+                ClusterRoute::Failed => None,
+                ClusterRoute::NotACluster => Some(Decided { pool: self.home.clone(), sql: None, routed: false }),
+            };
         }
         let request = Request {
             user: &self.identity.user,
@@ -712,7 +719,16 @@ impl<'a> Relay<'a> {
             parse,
         };
         let config = self.shared.config();
-        match chain.decide(&request, |db| config.databases.contains_key(db)).await {
+        let decision = chain.decide(&request, |db| config.databases.contains_key(db)).await;
+        // A cluster database (the client's own, or the one routed to) picks a node.
+        if let Decision::Run { route, sql } = &decision {
+            match self.cluster_route(kind, route.as_ref()).await {
+                ClusterRoute::Pool(pool) => return Some(Decided { pool, sql: sql.clone(), routed: route.is_some() }),
+                ClusterRoute::Failed => return None,
+                ClusterRoute::NotACluster => {}
+            }
+        }
+        match decision {
             Decision::Reject(error) => {
                 self.fail(kind, error);
                 None

@@ -1,0 +1,43 @@
+//! Pools of cluster databases: the node a client's statements go to, and its pool.
+
+use std::sync::Arc;
+
+use crate::auth::scram::ScramKeys;
+use crate::cluster::{Cluster, Want};
+use crate::listener::Shared;
+use crate::pool::Pool;
+use crate::protocol::messages::ErrorResponse;
+
+/// The pool a client of cluster database `database` starts on: its `default_route`'s node.
+/// `None` when the database is not a cluster. Gives the cluster's monitor the client's
+/// credential, in case it has no other way to log in (see [`Cluster::login`]).
+pub(crate) async fn home_pool(
+    shared: &Shared,
+    database: &str,
+    user: &str,
+    keys: Option<&ScramKeys>,
+) -> Option<Result<Arc<Pool>, ErrorResponse>> {
+    let cluster = shared.clusters.get(database)?;
+    let config = shared.config();
+    if let Some(db) = config.databases.get(database) {
+        let server_user = db.user.as_deref().unwrap_or(user);
+        cluster.offer_login(server_user, &super::server_credential(&config, db, user, keys.cloned()));
+    }
+    let want = cluster.default_route();
+    Some(pool_for_want(shared, &cluster, user, keys, want).await)
+}
+
+/// The pool of the node `cluster` picks for `want`, for the client `user`: waits while the
+/// cluster has no writer (up to `switchover_timeout_ms`).
+pub(crate) async fn pool_for_want(
+    shared: &Shared,
+    cluster: &Cluster,
+    user: &str,
+    keys: Option<&ScramKeys>,
+    want: Want,
+) -> Result<Arc<Pool>, ErrorResponse> {
+    let node = cluster.node_for(want).await.map_err(|e| e.to_response())?;
+    super::pool_on_node(shared, &cluster.database, user, keys, &node).ok_or_else(|| {
+        ErrorResponse::error("3D000", format!("database \"{}\" was removed from the configuration", cluster.database))
+    })
+}
