@@ -217,14 +217,19 @@ impl Cluster {
         configured.or_else(|| lock(&self.offered).clone().map(|(user, credential)| Login { user, credential, dbname }))
     }
 
-    /// The request path saw the writer `node` fail (step of a switchover): statements for
-    /// the primary wait from now on, and the monitor polls for the new writer at once.
-    pub fn writer_failed(&self, node: &NodeAddr, why: &str) {
-        if self.topology().writer_failed(node, Instant::now()) {
+    /// The request path could not reach `node` (connection refused or lost): it is marked
+    /// down at once rather than at the next check. If it was the writer, statements for the
+    /// primary wait from now on and the monitor polls for the new writer immediately.
+    pub fn node_failed(&self, node: &NodeAddr, why: &str) {
+        let delay = Duration::from_millis(self.config().settings.server_failed_delay_ms);
+        let was_writer = self.topology().node_failed(node, why, Instant::now(), delay);
+        if was_writer {
             tracing::warn!(database = %self.database, %node, why, "writer lost; looking for the new one");
             self.writer.send_replace(None);
-            self.wake.notify_one();
+        } else {
+            tracing::info!(database = %self.database, %node, why, "node unreachable; marked down");
         }
+        self.wake.notify_one();
     }
 
     /// Takes in a round of checks (see [`Topology::observe`]) and publishes the writer.

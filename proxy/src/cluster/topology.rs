@@ -260,9 +260,12 @@ impl Topology {
             .collect()
     }
 
-    /// The request path saw the writer `addr` fail (connection lost, or it refused a write
-    /// as read-only): it is no longer the writer. False if it was not the writer anyway.
-    pub fn writer_failed(&mut self, addr: &NodeAddr, now: Instant) -> bool {
+    /// The request path could not reach `addr`: it is down until `now + failed_delay` (or
+    /// the next poll while searching), and no longer the writer if it was. True if it was.
+    pub fn node_failed(&mut self, addr: &NodeAddr, error: &str, now: Instant, failed_delay: Duration) -> bool {
+        if let Some(node) = self.nodes.iter_mut().find(|n| &n.addr == addr) {
+            node.health = Health::Down { error: error.to_owned(), retry_at: now + failed_delay };
+        }
         if self.writer() != Some(addr) {
             return false;
         }
@@ -452,9 +455,10 @@ mod tests {
         assert_eq!(t.due(t0 + Duration::from_secs(1)), [addr(1)]);
         assert_eq!(t.due(t0 + DELAY), [addr(1), addr(2)]);
         assert!(t.readable_replicas(&LIMITS).is_empty());
-        assert!(t.writer_failed(&addr(1), t0));
+        assert!(t.node_failed(&addr(1), "connection lost", t0, DELAY));
+        assert!(matches!(t.nodes()[0].health, Health::Down { .. }));
         assert_eq!(t.due(t0), [addr(1), addr(2)], "every node is polled while searching");
-        assert!(!t.writer_failed(&addr(1), t0), "already lost");
+        assert!(!t.node_failed(&addr(1), "connection lost", t0, DELAY), "already lost");
     }
 
     #[test]

@@ -320,14 +320,20 @@ impl<'a> Relay<'a> {
                 return end;
             }
             if let Err(end) = self.handle_server_frames() {
-                return end;
+                if let Err(end) = self.survive_server_loss(end) {
+                    return end;
+                }
             }
             self.maybe_release();
             if self.deferred.is_some() && !self.in_flight() {
                 continue; // the waiting message can move now
             }
             if let Err(end) = self.wait_for_io().await {
-                return end;
+                // A cluster node lost under an autocommit statement: the client gets an
+                // error for what was in flight and goes on (see `survive_server_loss`).
+                if let Err(end) = self.survive_server_loss(end) {
+                    return end;
+                }
             }
         }
     }
@@ -966,6 +972,11 @@ impl<'a> Relay<'a> {
             () = signals.cancel.notified() => None,
             () = signals.kill.notified() => return Err(End::Killed),
         };
+        let checkout = match checkout {
+            // A cluster node that cannot be reached: the statement may move to the writer.
+            Some(Err(e)) => self.retry_checkout_elsewhere(e).await,
+            other => other,
+        };
         self.pool.stats.record_wait(started.elapsed());
         match checkout {
             Some(Ok(mut server)) => {
@@ -1081,6 +1092,9 @@ impl<'a> Relay<'a> {
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(End::Server(e.into())),
             };
+            if let Some(lost) = self.going_away(&frame) {
+                return Err(End::Server(lost));
+            }
             self.on_server_frame(&frame)?;
         }
     }

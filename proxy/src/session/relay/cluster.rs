@@ -2,13 +2,17 @@
 
 use std::sync::Arc;
 
+use bytes::BytesMut;
+
 use crate::cluster::Want;
 use crate::policy::Route;
-use crate::pool::Pool;
-use crate::protocol::messages::ErrorResponse;
+use crate::pool::{Pool, PoolError, PooledConn, ServerError};
+use crate::protocol::messages::{self, tag, ErrorResponse, TransactionStatus};
+use crate::protocol::Frame;
 use crate::session::cluster_pool::pool_for_want;
+use crate::session::registry::ClientState;
 
-use super::{Kind, Relay};
+use super::{End, Expect, Kind, Purpose, Relay};
 
 /// Where [`Relay::cluster_route`] sends a statement.
 pub(super) enum ClusterRoute {
@@ -56,5 +60,160 @@ impl Relay<'_> {
                 ClusterRoute::Failed
             }
         }
+    }
+
+    /// A checkout from a cluster node's pool failed with `error`. When the node is
+    /// unreachable (connection refused or lost, timed out, or the server refusing sessions
+    /// because it is shutting down or starting up) and the client is between transactions,
+    /// the statement moves on instead of failing: the node is reported down (if it was the
+    /// writer, statements for the primary wait for the new one), and the checkout is tried
+    /// again on the writer the cluster now has (a read whose replica went away included).
+    /// Returns `None` when a cancel request or KILL ended the wait.
+    pub(super) async fn retry_checkout_elsewhere(&mut self, error: PoolError) -> Option<Result<PooledConn, PoolError>> {
+        let failed = self.pool.clone();
+        let Some(node) = failed.node.clone() else { return Some(Err(error)) };
+        let Some(cluster) = self.shared.clusters.get(&failed.database) else { return Some(Err(error)) };
+        if !node_unreachable(&error) || self.in_transaction() {
+            return Some(Err(error));
+        }
+        cluster.node_failed(&node, &error.to_string());
+        let signals = self.handle.signals.clone();
+        let user = self.identity.user.clone();
+        let picked = tokio::select! {
+            picked = pool_for_want(self.shared, &cluster, &user, self.scram_keys.as_ref(), Want::Primary) => picked,
+            () = signals.cancel.notified() => return None,
+            () = signals.kill.notified() => {
+                signals.kill.notify_one(); // the query loop ends the session on it
+                return None;
+            }
+        };
+        let pool = match picked {
+            Ok(pool) => pool,
+            Err(no_writer) => {
+                tracing::warn!(message = no_writer.message(), "no writer to move the statement to");
+                return Some(Err(error));
+            }
+        };
+        tracing::info!(from = %node, to = ?pool.node.as_ref().map(ToString::to_string), "server unreachable; the statement moves to the writer");
+        if Arc::ptr_eq(&self.home, &failed) {
+            self.home = pool.clone();
+        }
+        self.pool = pool;
+        tokio::select! {
+            r = self.pool.checkout(self.query_wait) => Some(r),
+            () = signals.cancel.notified() => None,
+            () = signals.kill.notified() => {
+                signals.kill.notify_one();
+                None
+            }
+        }
+    }
+
+    /// The connection to a cluster node broke (`end`) while the client, in a pooled mode and
+    /// outside any transaction block, had statements in flight on it: the server rolled
+    /// them back, so the client gets `ERROR 08006` for each (an extended batch: one, up to
+    /// its Sync) and a ReadyForQuery, and the session goes on; the node is reported down.
+    /// Anything else (session mode, a transaction block, a plain database) ends the session
+    /// as before: a client inside a transaction must not mistake a lost one for a live one.
+    pub(super) fn survive_server_loss(&mut self, end: End) -> Result<(), End> {
+        let End::Server(error) = &end else { return Err(end) };
+        if !self.pooled() || self.status != TransactionStatus::Idle {
+            return Err(end);
+        }
+        let Some(pool) = self.server.as_ref().map(|s| s.pool().clone()) else { return Err(end) };
+        let Some(node) = pool.node.clone() else { return Err(end) };
+        let Some(cluster) = self.shared.clusters.get(&pool.database) else { return Err(end) };
+        cluster.node_failed(&node, &error.to_string());
+        tracing::warn!(%node, %error, "server connection lost during a statement; the client gets an error and goes on");
+        // The socket is dead: dropping the connection closes it and frees its slot.
+        drop(self.server.take());
+        self.server_out.clear();
+        let lost = ErrorResponse::error(
+            "08006",
+            format!("the connection to the server {node} was lost; the statement was rolled back: {error}"),
+        );
+        let mut failed_batch = false;
+        for expect in std::mem::take(&mut self.queue) {
+            match expect {
+                Expect::Own { message, undo } => {
+                    if failed_batch {
+                        self.undo(undo);
+                    } else {
+                        self.send_to_client(&message);
+                    }
+                }
+                Expect::Reply { kind, purpose: Purpose::Client, undo } => {
+                    self.undo(undo);
+                    match kind {
+                        Kind::Sync => {
+                            // Unanswered, the batch's implicit transaction may not have
+                            // committed: the client must not take it for a success.
+                            if !failed_batch {
+                                self.send_error(&lost);
+                            }
+                            self.send_ready_for_query();
+                            failed_batch = false;
+                        }
+                        k if k.is_extended() => {
+                            if !failed_batch {
+                                self.send_error(&lost);
+                                failed_batch = true;
+                            }
+                        }
+                        _ => {
+                            self.send_error(&lost);
+                            self.send_ready_for_query();
+                        }
+                    }
+                }
+                Expect::Reply { undo, .. } => self.undo(undo),
+            }
+        }
+        // A batch cut short before its Sync: the client's messages up to it are ignored.
+        self.skipping = failed_batch;
+        self.unsynced = false;
+        self.session_state = false;
+        self.server_tainted = false;
+        self.query_start = None;
+        self.xact_start = None;
+        self.handle.set_state(ClientState::Idle, None);
+        Ok(())
+    }
+
+    /// A FATAL error from a cluster node the client could survive losing (see
+    /// [`Relay::survive_server_loss`]): the server is ending the connection (shutdown,
+    /// administrator command). It is not forwarded: the connection counts as lost now, so
+    /// the client gets one error per statement in flight and nothing more is sent there.
+    pub(super) fn going_away(&self, frame: &Frame) -> Option<ServerError> {
+        if frame.tag() != tag::ERROR_RESPONSE || !self.pooled() || self.status != TransactionStatus::Idle {
+            return None;
+        }
+        self.server.as_ref().and_then(|s| s.pool().node.as_ref())?;
+        let error = ErrorResponse::parse(frame.body()).ok()?;
+        matches!(error.severity(), "FATAL" | "PANIC").then_some(ServerError::Server(error))
+    }
+
+    fn send_error(&mut self, error: &ErrorResponse) {
+        let mut message = BytesMut::new();
+        error.encode(&mut message);
+        self.send_to_client(&message);
+    }
+
+    fn send_ready_for_query(&mut self) {
+        let mut message = BytesMut::new();
+        messages::encode_ready_for_query(TransactionStatus::Idle, &mut message);
+        self.send_to_client(&message);
+    }
+}
+
+/// True when a checkout failed because the node cannot take sessions now (rather than, say,
+/// refusing the client's password): connection refused or lost, timeout, or the server
+/// saying it is shutting down or starting up.
+fn node_unreachable(error: &PoolError) -> bool {
+    match error {
+        PoolError::WaitTimeout(_) => false,
+        PoolError::Connect(ServerError::Server(refusal)) => matches!(refusal.code(), "57P01" | "57P02" | "57P03"),
+        PoolError::Connect(ServerError::Auth(_) | ServerError::Scram(_)) => false,
+        PoolError::Connect(_) => true,
     }
 }
