@@ -193,6 +193,11 @@ pub struct Settings {
     pub server_tls_key_file: Option<PathBuf>,
 }
 
+/// The largest `memory_limit_mb` of a plugin: a 32-bit WebAssembly memory cannot be larger.
+pub const MAX_PLUGIN_MEMORY_MB: usize = 4096;
+/// The largest `max_instances` of a plugin.
+pub const MAX_PLUGIN_INSTANCES: u32 = 256;
+
 /// Keys of `[pgvane]` that RELOAD cannot change: they take effect at the next start.
 pub const RESTART_KEYS: &[&str] = &["listen_addr", "listen_port"];
 
@@ -407,10 +412,19 @@ impl Config {
                 ("fuel", plugin.fuel),
                 ("memory_limit_mb", plugin.memory_limit_mb as u64),
                 ("timeout_ms", plugin.timeout_ms),
+                ("max_instances", u64::from(plugin.max_instances)),
             ] {
                 if value == 0 {
                     return Err(invalid(&key(field), "must be greater than 0"));
                 }
+            }
+            // Bounds that keep the pooling allocator's address-space reservation sane
+            // (docs/plugins.md): memory slots are reserved, per instance, for the largest limit.
+            if plugin.memory_limit_mb > MAX_PLUGIN_MEMORY_MB {
+                return Err(invalid(&key("memory_limit_mb"), &format!("must be at most {MAX_PLUGIN_MEMORY_MB}")));
+            }
+            if plugin.max_instances > MAX_PLUGIN_INSTANCES {
+                return Err(invalid(&key("max_instances"), &format!("must be at most {MAX_PLUGIN_INSTANCES}")));
             }
         }
         Ok(Config {
@@ -559,6 +573,22 @@ mod tests {
         assert!(err.contains("`databases`"), "{err}");
         let err = load(&MINIMAL.replace("trust", "kerberos")).unwrap_err().to_string();
         assert!(err.contains("kerberos"), "{err}");
+    }
+
+    #[test]
+    fn plugin_pool_bounds_are_checked() {
+        let plugin = |keys: &str| format!("{MINIMAL}\n[[plugins]]\nname = \"p\"\npath = \"p.wasm\"\n{keys}\n");
+        let config = load(&plugin("")).unwrap();
+        assert_eq!((config.plugins[0].max_instances, config.plugins[0].memory_limit_mb), (8, 16));
+        for (keys, key) in [
+            ("max_instances = 0", "`plugins[0].max_instances`"),
+            ("max_instances = 257", "`plugins[0].max_instances`"),
+            ("memory_limit_mb = 4097", "`plugins[0].memory_limit_mb`"),
+        ] {
+            let err = load(&plugin(keys)).unwrap_err().to_string();
+            assert!(err.contains(key), "{keys}: {err}");
+        }
+        load(&plugin("max_instances = 256\nmemory_limit_mb = 4096")).unwrap();
     }
 
     #[test]
