@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use crate::auth::userlist::{Userlist, UserlistError};
 use crate::policy::PluginSettings;
+use crate::tls::{ClientTls, ClientTlsMode, ServerTls, ServerTlsMode, TlsError, TlsFiles};
 
 /// A configuration problem, naming the file and, where there is one, the key.
 #[derive(Debug, Error)]
@@ -48,6 +49,17 @@ pub enum ConfigError {
     /// `init` refused its config).
     #[error(transparent)]
     Plugins(crate::policy::PolicyError),
+    /// A TLS certificate, key or CA file is unusable.
+    #[error("{path}: key `{key}`: {source}")]
+    Tls {
+        /// The config file.
+        path: PathBuf,
+        /// The `[pgvane]` key naming the file (or the side's mode).
+        key: String,
+        /// Why.
+        #[source]
+        source: TlsError,
+    },
     /// The auth file named by `pgvane.auth_file` is unreadable or malformed.
     #[error("{path}: key `pgvane.auth_file`: {auth_file}: {source}")]
     AuthFile {
@@ -113,6 +125,10 @@ pub enum AuthType {
     /// SCRAM-SHA-256.
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    /// A TLS client certificate whose CommonName is the user name (needs
+    /// `client_tls_sslmode = "verify-ca"` or `"verify-full"`).
+    #[serde(rename = "cert")]
+    Cert,
 }
 
 /// The `[pgvane]` table. It serializes back to TOML values for the admin console's SHOW
@@ -170,7 +186,34 @@ pub struct Settings {
     /// `user` (its secret must be a plain password or an md5 hash).
     #[serde(serialize_with = "none_as_empty")]
     pub monitor_user: Option<String>,
+    /// TLS between clients and pgvane.
+    pub client_tls_sslmode: ClientTlsMode,
+    /// pgvane's certificate chain for clients (PEM).
+    #[serde(serialize_with = "none_as_empty")]
+    pub client_tls_cert_file: Option<PathBuf>,
+    /// The private key of `client_tls_cert_file` (PEM).
+    #[serde(serialize_with = "none_as_empty")]
+    pub client_tls_key_file: Option<PathBuf>,
+    /// CA certificates client certificates must chain to (PEM).
+    #[serde(serialize_with = "none_as_empty")]
+    pub client_tls_ca_file: Option<PathBuf>,
+    /// TLS between pgvane and the servers.
+    pub server_tls_sslmode: ServerTlsMode,
+    /// CA certificates server certificates must chain to (PEM), for `verify-ca`/`verify-full`.
+    #[serde(serialize_with = "none_as_empty")]
+    pub server_tls_ca_file: Option<PathBuf>,
+    /// Client certificate pgvane presents to servers (PEM).
+    #[serde(serialize_with = "none_as_empty")]
+    pub server_tls_cert_file: Option<PathBuf>,
+    /// The private key of `server_tls_cert_file` (PEM).
+    #[serde(serialize_with = "none_as_empty")]
+    pub server_tls_key_file: Option<PathBuf>,
 }
+
+/// The largest `memory_limit_mb` of a plugin: a 32-bit WebAssembly memory cannot be larger.
+pub const MAX_PLUGIN_MEMORY_MB: usize = 4096;
+/// The largest `max_instances` of a plugin.
+pub const MAX_PLUGIN_INSTANCES: u32 = 256;
 
 /// Keys of `[pgvane]` that RELOAD cannot change: they take effect at the next start.
 pub const RESTART_KEYS: &[&str] = &["listen_addr", "listen_port"];
@@ -210,6 +253,14 @@ impl Default for Settings {
             polling_frequency_ms: 100,
             switchover_timeout_ms: 30_000,
             monitor_user: None,
+            client_tls_sslmode: ClientTlsMode::Disable,
+            client_tls_cert_file: None,
+            client_tls_key_file: None,
+            client_tls_ca_file: None,
+            server_tls_sslmode: ServerTlsMode::Prefer,
+            server_tls_ca_file: None,
+            server_tls_cert_file: None,
+            server_tls_key_file: None,
         }
     }
 }
@@ -372,6 +423,10 @@ pub struct Config {
     pub userlist: Option<Userlist>,
     /// `[[plugins]]`, in chain order (paths as written; resolve with [`Config::dir`]).
     pub plugins: Vec<PluginSettings>,
+    /// TLS towards clients, certificates loaded.
+    pub client_tls: ClientTls,
+    /// TLS towards servers, certificates loaded.
+    pub server_tls: ServerTls,
 }
 
 impl Config {
@@ -416,9 +471,10 @@ impl Config {
             };
             return Err(invalid(key, "must be greater than 0"));
         }
-        if s.auth_type != AuthType::Trust && s.auth_file.is_none() {
-            return Err(invalid("pgvane.auth_file", "required unless auth_type = \"trust\""));
+        if !matches!(s.auth_type, AuthType::Trust | AuthType::Cert) && s.auth_file.is_none() {
+            return Err(invalid("pgvane.auth_file", "required unless auth_type = \"trust\" or \"cert\""));
         }
+        let (client_tls, server_tls) = load_tls(path, s)?;
         if file.databases.is_empty() {
             return Err(invalid("databases", "define at least one [databases.<name>] table"));
         }
@@ -491,10 +547,19 @@ impl Config {
                 ("fuel", plugin.fuel),
                 ("memory_limit_mb", plugin.memory_limit_mb as u64),
                 ("timeout_ms", plugin.timeout_ms),
+                ("max_instances", u64::from(plugin.max_instances)),
             ] {
                 if value == 0 {
                     return Err(invalid(&key(field), "must be greater than 0"));
                 }
+            }
+            // Bounds that keep the pooling allocator's address-space reservation sane
+            // (docs/plugins.md): memory slots are reserved, per instance, for the largest limit.
+            if plugin.memory_limit_mb > MAX_PLUGIN_MEMORY_MB {
+                return Err(invalid(&key("memory_limit_mb"), &format!("must be at most {MAX_PLUGIN_MEMORY_MB}")));
+            }
+            if plugin.max_instances > MAX_PLUGIN_INSTANCES {
+                return Err(invalid(&key("max_instances"), &format!("must be at most {MAX_PLUGIN_INSTANCES}")));
             }
         }
         Ok(Config {
@@ -503,6 +568,8 @@ impl Config {
             databases: file.databases,
             userlist,
             plugins: file.plugins,
+            client_tls,
+            server_tls,
         })
     }
 
@@ -569,6 +636,69 @@ fn cluster_nodes(
     Ok(())
 }
 
+/// Checks the `client_tls_*` and `server_tls_*` keys and reads the files they name.
+fn load_tls(path: &Path, s: &Settings) -> Result<(ClientTls, ServerTls), ConfigError> {
+    let invalid = |key: &str, message: &str| ConfigError::Invalid {
+        path: path.to_owned(),
+        key: format!("pgvane.{key}"),
+        message: message.to_owned(),
+    };
+    let client_mode = s.client_tls_sslmode;
+    if client_mode != ClientTlsMode::Disable {
+        for (key, value) in
+            [("client_tls_cert_file", &s.client_tls_cert_file), ("client_tls_key_file", &s.client_tls_key_file)]
+        {
+            if value.is_none() {
+                return Err(invalid(key, "required unless client_tls_sslmode = \"disable\""));
+            }
+        }
+    }
+    if client_mode.verifies_client() && s.client_tls_ca_file.is_none() {
+        return Err(invalid(
+            "client_tls_ca_file",
+            "required with client_tls_sslmode = \"verify-ca\" or \"verify-full\"",
+        ));
+    }
+    if s.auth_type == AuthType::Cert && !client_mode.verifies_client() {
+        return Err(invalid(
+            "auth_type",
+            "\"cert\" needs client_tls_sslmode = \"verify-ca\" or \"verify-full\" (clients must present certificates)",
+        ));
+    }
+    if matches!(s.server_tls_sslmode, ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull)
+        && s.server_tls_ca_file.is_none()
+    {
+        return Err(invalid(
+            "server_tls_ca_file",
+            "required with server_tls_sslmode = \"verify-ca\" or \"verify-full\"",
+        ));
+    }
+    if s.server_tls_cert_file.is_some() != s.server_tls_key_file.is_some() {
+        return Err(invalid("server_tls_key_file", "server_tls_cert_file and server_tls_key_file go together"));
+    }
+    let files = |cert: &Option<PathBuf>, key: &Option<PathBuf>, ca: &Option<PathBuf>| TlsFiles {
+        cert: cert.as_deref().map(|p| resolve(path, p)),
+        key: key.as_deref().map(|p| resolve(path, p)),
+        ca: ca.as_deref().map(|p| resolve(path, p)),
+    };
+    // Names the key whose file failed, from the file named in the error.
+    let tls_error = |side: &str, files: &TlsFiles, source: TlsError| {
+        let key = match &source {
+            TlsError::File { path: failed, .. } if Some(failed) == files.ca.as_ref() => format!("{side}_tls_ca_file"),
+            TlsError::File { path: failed, .. } if Some(failed) == files.key.as_ref() => format!("{side}_tls_key_file"),
+            TlsError::File { .. } | TlsError::Rustls(_) => format!("{side}_tls_cert_file"),
+            _ => format!("{side}_tls_sslmode"),
+        };
+        ConfigError::Tls { path: path.to_owned(), key: format!("pgvane.{key}"), source }
+    };
+    let client_files = files(&s.client_tls_cert_file, &s.client_tls_key_file, &s.client_tls_ca_file);
+    let client = ClientTls::load(client_mode, &client_files).map_err(|e| tls_error("client", &client_files, e))?;
+    let server_files = files(&s.server_tls_cert_file, &s.server_tls_key_file, &s.server_tls_ca_file);
+    let server =
+        ServerTls::load(s.server_tls_sslmode, &server_files).map_err(|e| tls_error("server", &server_files, e))?;
+    Ok((client, server))
+}
+
 /// A path from the config file, relative to the file's folder.
 fn resolve(config_path: &Path, p: &Path) -> PathBuf {
     match config_path.parent() {
@@ -619,6 +749,22 @@ mod tests {
         assert!(err.contains("`databases`"), "{err}");
         let err = load(&MINIMAL.replace("trust", "kerberos")).unwrap_err().to_string();
         assert!(err.contains("kerberos"), "{err}");
+    }
+
+    #[test]
+    fn plugin_pool_bounds_are_checked() {
+        let plugin = |keys: &str| format!("{MINIMAL}\n[[plugins]]\nname = \"p\"\npath = \"p.wasm\"\n{keys}\n");
+        let config = load(&plugin("")).unwrap();
+        assert_eq!((config.plugins[0].max_instances, config.plugins[0].memory_limit_mb), (8, 16));
+        for (keys, key) in [
+            ("max_instances = 0", "`plugins[0].max_instances`"),
+            ("max_instances = 257", "`plugins[0].max_instances`"),
+            ("memory_limit_mb = 4097", "`plugins[0].memory_limit_mb`"),
+        ] {
+            let err = load(&plugin(keys)).unwrap_err().to_string();
+            assert!(err.contains(key), "{keys}: {err}");
+        }
+        load(&plugin("max_instances = 256\nmemory_limit_mb = 4096")).unwrap();
     }
 
     #[test]
@@ -679,5 +825,85 @@ mod tests {
         let text = "[pgvane]\nauth_file = \"users.txt\"\n[databases.app]\nhost = \"h\"\n";
         let err = load(text).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/users.txt") && err.contains("auth_file"), "{err}");
+    }
+
+    /// Writes a self-signed certificate and its key into a temp dir; returns (dir, cert, key).
+    fn cert_files() -> (tempfile_dir::Dir, String, String) {
+        let dir = tempfile_dir::Dir::new();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap();
+        let cert_path = dir.path.join("c.crt");
+        let key_path = dir.path.join("c.key");
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (dir, cert_path.display().to_string(), key_path.display().to_string())
+    }
+
+    /// A temp dir removed on drop (the proxy crate has no tempfile dependency).
+    mod tempfile_dir {
+        pub struct Dir {
+            pub path: std::path::PathBuf,
+        }
+        impl Dir {
+            pub fn new() -> Dir {
+                let path = std::env::temp_dir().join(format!("pgvane-config-test-{}", rand::random::<u64>()));
+                std::fs::create_dir_all(&path).unwrap();
+                Dir { path }
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.path);
+            }
+        }
+    }
+
+    #[test]
+    fn tls_defaults_are_pgbouncers() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.settings.client_tls_sslmode, ClientTlsMode::Disable);
+        assert_eq!(c.settings.server_tls_sslmode, ServerTlsMode::Prefer);
+        assert!(c.client_tls.acceptor().is_none());
+        assert!(c.server_tls.enabled());
+        let table = toml::Table::try_from(Settings::default()).unwrap();
+        assert_eq!(table["client_tls_sslmode"].as_str(), Some("disable"));
+        assert_eq!(table["server_tls_sslmode"].as_str(), Some("prefer"));
+        assert_eq!(table["client_tls_cert_file"].as_str(), Some(""));
+    }
+
+    #[test]
+    fn tls_keys_are_validated_and_files_read() {
+        let with = |lines: &str| MINIMAL.replace("[databases.app]", &format!("{lines}\n[databases.app]"));
+        let err = load(&with("client_tls_sslmode = \"require\"")).unwrap_err().to_string();
+        assert!(err.contains("`pgvane.client_tls_cert_file`"), "{err}");
+        let err = load(&with("client_tls_sslmode = \"sometimes\"")).unwrap_err().to_string();
+        assert!(err.contains("sometimes"), "{err}");
+        let err = load(&with("server_tls_sslmode = \"verify-full\"")).unwrap_err().to_string();
+        assert!(err.contains("`pgvane.server_tls_ca_file`"), "{err}");
+        let err = load(&with("auth_type = \"cert\"").replace("auth_type = \"trust\"\n", "")).unwrap_err().to_string();
+        assert!(err.contains("`pgvane.auth_type`"), "{err}");
+
+        let (_dir, cert, key) = cert_files();
+        let good = format!(
+            "client_tls_sslmode = \"require\"\nclient_tls_cert_file = \"{cert}\"\nclient_tls_key_file = \"{key}\""
+        );
+        let c = load(&with(&good)).unwrap();
+        assert!(c.client_tls.acceptor().is_some());
+        assert!(c.client_tls.channel_binding().is_some(), "rcgen signs with ECDSA-SHA256: binding defined");
+
+        // A key that is not one, and a missing certificate, name the key and the file.
+        let err = load(&with(&good.replace(&key, &cert))).unwrap_err().to_string();
+        assert!(err.contains("`pgvane.client_tls_key_file`") && err.contains(&cert), "{err}");
+        let err = load(&with(&good.replace(&cert, "/nonexistent/x.crt"))).unwrap_err().to_string();
+        assert!(err.contains("`pgvane.client_tls_cert_file`") && err.contains("/nonexistent/x.crt"), "{err}");
+        // A certificate that does not match the key.
+        let (_other_dir, other_cert, _) = cert_files();
+        let err = load(&with(&good.replace(&cert, &other_cert))).unwrap_err().to_string();
+        assert!(err.contains("`pgvane.client_tls_cert_file`"), "{err}");
+
+        let server = format!("server_tls_sslmode = \"verify-ca\"\nserver_tls_ca_file = \"{cert}\"");
+        assert!(load(&with(&server)).unwrap().server_tls.enabled());
+        let err = load(&with(&format!("{server}\nserver_tls_cert_file = \"{cert}\""))).unwrap_err().to_string();
+        assert!(err.contains("`pgvane.server_tls_key_file`"), "{err}");
     }
 }

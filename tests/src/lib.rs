@@ -24,6 +24,7 @@
 //!   process is ever left behind.
 
 pub mod fixture;
+pub mod tls;
 pub mod wire;
 
 use std::ffi::OsStr;
@@ -768,6 +769,40 @@ impl PgCluster {
         if let Some(mut child) = self.postmaster.take() {
             stop_child(&mut child, signal, grace);
         }
+    }
+
+    /// Turns on TLS (`ssl = on`) with this certificate and key (PEM), written into the data
+    /// directory as `server.crt`/`server.key`, owned by the PostgreSQL user, the key with mode
+    /// 0600 as PostgreSQL demands; takes effect with a configuration reload.
+    pub async fn enable_ssl(&self, cert_pem: &str, key_pem: &str) -> Result<()> {
+        let data = self.data_dir();
+        for (file, contents, mode) in [("server.crt", cert_pem, 0o644), ("server.key", key_pem, 0o600)] {
+            let path = data.join(file);
+            fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+            chmod(&path, mode)?;
+            give_to_pg(&path)?;
+        }
+        self.exec("alter system set ssl = on").await?;
+        self.exec("select pg_reload_conf()").await?;
+        // The reload is asynchronous: wait until the postmaster has TLS on.
+        let deadline = Instant::now() + PG_START_TIMEOUT;
+        loop {
+            let client = self.connect(SUPERUSER, SUPERUSER_PASSWORD, "postgres").await?;
+            let ssl: String = client.query_one("show ssl", &[]).await?.get(0);
+            if ssl == "on" {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("ssl did not turn on after a reload:\n{}", tail(&self.log(), 20));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Replaces `pg_hba.conf` with `contents` and reloads.
+    pub async fn set_hba(&self, contents: &str) -> Result<()> {
+        fs::write(self.data_dir().join("pg_hba.conf"), contents).context("writing pg_hba.conf")?;
+        self.exec("select pg_reload_conf()").await
     }
 
     /// Starts the server again after [`PgCluster::stop`] (or

@@ -66,6 +66,8 @@ pub struct PoolSettings {
     pub reset_query: String,
     /// Prepared statements kept per server connection (transaction and statement modes).
     pub max_prepared_statements: usize,
+    /// TLS towards the server (`server_tls_*`).
+    pub tls: crate::tls::ServerTls,
 }
 
 impl PoolSettings {
@@ -79,6 +81,7 @@ impl PoolSettings {
             lifetime: settings.server_lifetime(),
             reset_query: settings.server_reset_query.clone(),
             max_prepared_statements: settings.max_prepared_statements,
+            tls: config.server_tls.clone(),
         }
     }
 }
@@ -173,7 +176,8 @@ fn close(conn: ServerConn) {
     let mut terminate = BytesMut::new();
     messages::encode_terminate(&mut terminate);
     // Best effort: an idle socket's send buffer has room for 5 bytes; if not, just drop it.
-    let _ = conn.stream.try_write(&terminate);
+    let mut conn = conn;
+    conn.stream.try_write_now(&terminate);
 }
 
 impl Pool {
@@ -236,13 +240,19 @@ impl Pool {
             tracing::debug!(db = %self.database, user = %self.user, "discarding stale idle server connection");
             close(conn);
         }
-        let (target, credential, connect_timeout, max_prepared_statements) = {
+        let (target, credential, tls, connect_timeout, max_prepared_statements) = {
             let setup = self.setup();
             let s = &setup.settings;
-            (setup.target.clone(), setup.credential.clone(), s.connect_timeout, s.max_prepared_statements)
+            (
+                setup.target.clone(),
+                setup.credential.clone(),
+                s.tls.clone(),
+                s.connect_timeout,
+                s.max_prepared_statements,
+            )
         };
         let ticket = self.members.join(generation);
-        let conn = ServerConn::connect(&target, &credential, connect_timeout, max_prepared_statements).await?;
+        let conn = ServerConn::connect(&target, &credential, &tls, connect_timeout, max_prepared_statements).await?;
         ticket.connected(&conn);
         ticket.set_state(ServerState::Active);
         *lock(&self.welcome) = Some(conn.params.clone());

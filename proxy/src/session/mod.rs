@@ -26,7 +26,7 @@ use crate::pool::{self, Pool, PoolError, PoolSettings, PooledConn, ServerCredent
 use crate::protocol::messages::{self, Authentication, ErrorResponse, TransactionStatus};
 use crate::protocol::ProtocolError;
 
-pub use client::ClientConn;
+pub use client::{ClientConn, TlsStart};
 use registry::ClientState;
 use relay::{End, Identity, Relay, Start};
 use settings::{sync_sql, ClientSettings};
@@ -51,6 +51,9 @@ pub enum SessionError {
     /// The client did not finish logging in within `client_login_timeout_ms`.
     #[error("client did not log in within client_login_timeout_ms")]
     LoginTimeout,
+    /// The TLS handshake with the client failed (e.g. garbage instead of a ClientHello).
+    #[error("TLS handshake with the client failed: {0}")]
+    Tls(#[source] io::Error),
     /// pgvane refused the client with this error.
     #[error("{0}")]
     Refused(ErrorResponse),
@@ -78,6 +81,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 tracing::info!("client login timed out");
                 let _ = client.send_error(&ErrorResponse::fatal("08006", "client login timeout")).await;
             }
+            Err(e @ SessionError::Tls(_)) => tracing::info!(error = %e, "client refused"),
             Err(e) => tracing::debug!(error = %e, "session ended"),
         }
     }

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::auth::scram::ScramKeys;
 use crate::config::PoolMode;
@@ -37,6 +36,7 @@ use crate::policy::{Decision, Request, Route};
 use crate::pool::{Pool, PoolError, PooledConn, ServerError, MAX_SERVER_FRAME_BYTES};
 use crate::protocol::messages::{self, tag, ErrorResponse, Parse, Target, TransactionStatus};
 use crate::protocol::{decode_frame, Frame, ProtocolError};
+use crate::tls::Progress;
 
 use super::client::ClientConn;
 use super::registry::{ClientHandle, ClientState};
@@ -348,29 +348,33 @@ impl<'a> Relay<'a> {
             Killed,
         }
         reserve_for_partial(&mut self.client.read_buf);
-        let (mut client_rx, mut client_tx) = self.client.stream.split();
-        let client_buf = &mut self.client.read_buf;
         let client_out = &self.client.out;
         let server_out = &self.server_out;
         let kill = self.handle.signals.kill.notified();
         let can_read_client = server_out.len() < HIGH_WATER_BYTES;
+        let can_read_server = client_out.len() < HIGH_WATER_BYTES;
+        // Each stream reads and writes in one future (a TLS stream cannot be split without a lock).
+        let client_io = self.client.stream.progress(can_read_client.then_some(&mut self.client.read_buf), client_out);
+        let client = |p| match p {
+            Progress::Read(r) => Io::ClientRead(r),
+            Progress::Wrote(r) => Io::ClientWrote(r),
+        };
         let io = match self.server.as_mut() {
             Some(server) => {
                 let conn = server.conn();
                 reserve_for_partial(&mut conn.read_buf);
-                let (mut server_rx, mut server_tx) = conn.stream.split();
-                let server_buf = &mut conn.read_buf;
+                let server_io = conn.stream.progress(can_read_server.then_some(&mut conn.read_buf), server_out);
                 tokio::select! {
-                    r = client_rx.read_buf(client_buf), if can_read_client => Io::ClientRead(r),
-                    r = server_rx.read_buf(server_buf), if client_out.len() < HIGH_WATER_BYTES => Io::ServerRead(r),
-                    r = server_tx.write(server_out), if !server_out.is_empty() => Io::ServerWrote(r),
-                    r = client_tx.write(client_out), if !client_out.is_empty() => Io::ClientWrote(r),
+                    p = client_io => client(p),
+                    p = server_io => match p {
+                        Progress::Read(r) => Io::ServerRead(r),
+                        Progress::Wrote(r) => Io::ServerWrote(r),
+                    },
                     () = kill => Io::Killed,
                 }
             }
             None => tokio::select! {
-                r = client_rx.read_buf(client_buf), if can_read_client => Io::ClientRead(r),
-                r = client_tx.write(client_out), if !client_out.is_empty() => Io::ClientWrote(r),
+                p = client_io => client(p),
                 () = kill => Io::Killed,
             },
         };
