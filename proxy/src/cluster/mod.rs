@@ -212,9 +212,17 @@ impl Cluster {
                 user,
                 credential,
                 dbname: dbname.clone(),
+                tls: config.server_tls.clone(),
             })
         });
-        configured.or_else(|| lock(&self.offered).clone().map(|(user, credential)| Login { user, credential, dbname }))
+        configured.or_else(|| {
+            lock(&self.offered).clone().map(|(user, credential)| Login {
+                user,
+                credential,
+                dbname,
+                tls: config.server_tls.clone(),
+            })
+        })
     }
 
     /// The request path could not reach `node` (connection refused or lost): it is marked

@@ -10,6 +10,7 @@ use tokio::io::AsyncWriteExt;
 use crate::config::NodeAddr;
 use crate::pool::{ServerConn, ServerCredential, ServerError, ServerTarget};
 use crate::protocol::messages::{self, tag, ErrorResponse};
+use crate::tls::ServerTls;
 
 use super::topology::Observation;
 
@@ -44,6 +45,8 @@ pub struct Login {
     pub credential: ServerCredential,
     /// Database name on the server.
     pub dbname: String,
+    /// TLS towards the node (`server_tls_*`, as for the pools).
+    pub tls: ServerTls,
 }
 
 /// A monitor connection to one node, opened on first use and reopened after a failure.
@@ -113,7 +116,7 @@ impl Probe {
                     dbname: login.dbname.clone(),
                     user: login.user.clone(),
                 };
-                ServerConn::connect(&target, &login.credential, timeout, 1).await?
+                ServerConn::connect(&target, &login.credential, &login.tls, timeout, 1).await?
             }
         };
         let result = query_rows(&mut conn, sql).await;
