@@ -149,8 +149,10 @@ struct Deferred {
 
 #[derive(Debug)]
 enum Expect {
-    /// Answers to a message sent to the server.
-    Reply { kind: Kind, purpose: Purpose, undo: Undo },
+    /// Answers to a message sent to the server. `replay`: the client's Query as it came,
+    /// when it may run again elsewhere if the server goes away before answering it (see
+    /// `Relay::survive_server_loss`).
+    Reply { kind: Kind, purpose: Purpose, undo: Undo, replay: Option<Frame> },
     /// A response pgvane makes itself, sent once everything before it is answered.
     Own { message: Bytes, undo: Undo },
 }
@@ -208,6 +210,12 @@ pub struct Relay<'a> {
     statement_pools: HashMap<String, Arc<Pool>>,
     /// A message waiting to move to another server.
     deferred: Option<Deferred>,
+    /// Client messages to run again, before any new ones: statements a cluster node lost
+    /// before answering them (see `survive_server_loss`).
+    replay: VecDeque<Frame>,
+    /// Part of the answer to the client's current statement has reached the client (reset at
+    /// each ReadyForQuery): the statement can no longer be replayed.
+    answered: bool,
     mode: PoolMode,
     max_packet_bytes: usize,
     query_wait: Duration,
@@ -260,6 +268,8 @@ impl<'a> Relay<'a> {
             routes: HashMap::new(),
             statement_pools: HashMap::new(),
             deferred: None,
+            replay: VecDeque::new(),
+            answered: false,
             mode,
             max_packet_bytes,
             query_wait,
@@ -325,8 +335,12 @@ impl<'a> Relay<'a> {
                 }
             }
             self.maybe_release();
-            if self.deferred.is_some() && !self.in_flight() {
-                continue; // the waiting message can move now
+            let can_move = match self.deferred {
+                Some(_) => !self.in_flight(), // the waiting message can move now
+                None => !self.replay.is_empty(),
+            };
+            if can_move {
+                continue;
             }
             if let Err(end) = self.wait_for_io().await {
                 // A cluster node lost under an autocommit statement: the client gets an
@@ -402,7 +416,12 @@ impl<'a> Relay<'a> {
         if let Some(Deferred { frame, decided }) = self.deferred.take() {
             self.dispatch(frame, decided).await?;
         }
+        while self.deferred.is_none() {
+            let Some(frame) = self.replay.pop_front() else { break };
+            self.on_client_frame(frame).await?;
+        }
         while self.deferred.is_none()
+            && self.replay.is_empty()
             && self.server_out.len() < HIGH_WATER_BYTES
             && self.client.out.len() < HIGH_WATER_BYTES
         {
@@ -489,7 +508,7 @@ impl<'a> Relay<'a> {
             k if k.is_extended() => self.unsynced = true,
             _ => {}
         }
-        self.queue.push_back(Expect::Reply { kind, purpose, undo });
+        self.queue.push_back(Expect::Reply { kind, purpose, undo, replay: None });
     }
 
     fn started(&mut self, kind: Kind) {
@@ -694,17 +713,24 @@ impl<'a> Relay<'a> {
                 }
             }
         }
+        let replayable = self.replayable();
+        if !self.ensure_server(Kind::Query).await? {
+            return Ok(());
+        }
         match rewritten {
-            None => self.forward(frame, Kind::Query).await,
+            None => self.send(frame.raw(), Kind::Query),
             Some(sql) => {
                 let mut message = BytesMut::new();
                 messages::encode_query(&sql, &mut message);
-                if self.ensure_server(Kind::Query).await? {
-                    self.send(&message, Kind::Query);
-                }
-                Ok(())
+                self.send(&message, Kind::Query);
             }
         }
+        if replayable {
+            if let Some(Expect::Reply { replay, .. }) = self.queue.back_mut() {
+                *replay = Some(frame.clone());
+            }
+        }
+        Ok(())
     }
 
     /// Asks the plugin chain about a statement: where it runs and its SQL after rewrites.
@@ -994,6 +1020,7 @@ impl<'a> Relay<'a> {
                         kind: Kind::Query,
                         purpose: Purpose::ApplySettings,
                         undo: Undo::default(),
+                        replay: None,
                     });
                 }
                 self.server = Some(server);
@@ -1073,12 +1100,13 @@ impl<'a> Relay<'a> {
                 kind: Kind::Query,
                 purpose: Purpose::ApplySettings,
                 undo: Undo::default(),
+                replay: None,
             });
         }
         if let Some((sql, names)) = self.settings.capture_query() {
             messages::encode_query(&sql, &mut self.server_out);
             let purpose = Purpose::CaptureSettings(names, Vec::new());
-            self.queue.push_back(Expect::Reply { kind: Kind::Query, purpose, undo: Undo::default() });
+            self.queue.push_back(Expect::Reply { kind: Kind::Query, purpose, undo: Undo::default(), replay: None });
         }
     }
 
@@ -1130,6 +1158,7 @@ impl<'a> Relay<'a> {
             }
             tag::NOTICE_RESPONSE | tag::NOTIFICATION_RESPONSE => {
                 if for_client {
+                    self.answered = true;
                     self.send_to_client(frame.raw());
                 }
                 return Ok(());
@@ -1175,11 +1204,13 @@ impl<'a> Relay<'a> {
                 let status = messages::parse_ready_for_query(frame.body()).map_err(|e| End::Server(e.into()))?;
                 if from_client {
                     self.client_ready(status)?;
+                    self.answered = false;
                 }
             }
             _ => {}
         }
         if for_client {
+            self.answered |= response != tag::READY_FOR_QUERY;
             self.send_to_client(frame.raw());
         }
         if kind.ends_with(response) {

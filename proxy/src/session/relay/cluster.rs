@@ -1,5 +1,6 @@
 //! Statements of cluster databases: which node's pool runs them.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -109,12 +110,26 @@ impl Relay<'_> {
         }
     }
 
+    /// A Query sent now could run again on another node if this one goes away before
+    /// answering it: a pooled client, outside any transaction, on a cluster node.
+    pub(super) fn replayable(&self) -> bool {
+        self.pooled() && !self.in_transaction() && self.pool.node.is_some()
+    }
+
     /// The connection to a cluster node broke (`end`) while the client, in a pooled mode and
-    /// outside any transaction block, had statements in flight on it: the server rolled
-    /// them back, so the client gets `ERROR 08006` for each (an extended batch: one, up to
-    /// its Sync) and a ReadyForQuery, and the session goes on; the node is reported down.
-    /// Anything else (session mode, a transaction block, a plain database) ends the session
-    /// as before: a client inside a transaction must not mistake a lost one for a live one.
+    /// outside any transaction block, had statements in flight on it; the node is reported
+    /// down and the session goes on.
+    ///
+    /// When the server said it was terminating the session (FATAL 57P01 or 57P02, as in a
+    /// fast shutdown) before any part of an answer reached the client, and everything in
+    /// flight is simple Queries sent outside a transaction, nothing of them committed: they
+    /// run again, on the node the cluster now picks (waiting for the new writer during a
+    /// switchover), and the client does not notice. Otherwise the server rolled back what
+    /// it had not answered, but an answer may have been lost after a commit, so the client
+    /// gets `ERROR 08006` for each statement in flight (an extended batch: one, up to its
+    /// Sync) and a ReadyForQuery. Anything else (session mode, a transaction block, a plain
+    /// database) ends the session as before: a client inside a transaction must not mistake
+    /// a lost one for a live one.
     pub(super) fn survive_server_loss(&mut self, end: End) -> Result<(), End> {
         let End::Server(error) = &end else { return Err(end) };
         if !self.pooled() || self.status != TransactionStatus::Idle {
@@ -125,9 +140,21 @@ impl Relay<'_> {
         let Some(cluster) = self.shared.clusters.get(&pool.database) else { return Err(end) };
         cluster.node_failed(&node, &error.to_string());
         tracing::warn!(%node, %error, "server connection lost during a statement; the client gets an error and goes on");
+        let terminated = matches!(error, ServerError::Server(e) if matches!(e.code(), "57P01" | "57P02"));
+        let replay = terminated && !self.answered && self.queue_is_replayable();
         // The socket is dead: dropping the connection closes it and frees its slot.
         drop(self.server.take());
         self.server_out.clear();
+        self.unsynced = false;
+        self.session_state = false;
+        self.server_tainted = false;
+        self.query_start = None;
+        self.xact_start = None;
+        self.handle.set_state(ClientState::Idle, None);
+        if replay {
+            self.replay_in_flight();
+            return Ok(());
+        }
         let lost = ErrorResponse::error(
             "08006",
             format!("the connection to the server {node} was lost; the statement was rolled back: {error}"),
@@ -142,7 +169,7 @@ impl Relay<'_> {
                         self.send_to_client(&message);
                     }
                 }
-                Expect::Reply { kind, purpose: Purpose::Client, undo } => {
+                Expect::Reply { kind, purpose: Purpose::Client, undo, .. } => {
                     self.undo(undo);
                     match kind {
                         Kind::Sync => {
@@ -171,13 +198,42 @@ impl Relay<'_> {
         }
         // A batch cut short before its Sync: the client's messages up to it are ignored.
         self.skipping = failed_batch;
-        self.unsynced = false;
-        self.session_state = false;
-        self.server_tainted = false;
-        self.query_start = None;
-        self.xact_start = None;
-        self.handle.set_state(ClientState::Idle, None);
         Ok(())
+    }
+
+    /// Everything in flight can run again: the client's Queries, each recorded when sent
+    /// (see [`Relay::replayable`]), and pgvane's own messages, which are made again.
+    fn queue_is_replayable(&self) -> bool {
+        let mut queries = 0;
+        for expect in &self.queue {
+            match expect {
+                Expect::Reply { purpose: Purpose::Client, replay: Some(_), .. } => queries += 1,
+                Expect::Reply { purpose: Purpose::Client, replay: None, .. } | Expect::Own { .. } => return false,
+                Expect::Reply { .. } => {}
+            }
+        }
+        queries > 0
+    }
+
+    /// Queues the client's Queries that were in flight to run again, ahead of a message
+    /// waiting to move and of anything the client sent since.
+    fn replay_in_flight(&mut self) {
+        let mut frames = VecDeque::new();
+        for expect in std::mem::take(&mut self.queue) {
+            if let Expect::Reply { undo, replay, .. } = expect {
+                self.undo(undo);
+                frames.extend(replay);
+            }
+        }
+        tracing::info!(
+            statements = frames.len(),
+            "the server ended the session before answering; the statements run again"
+        );
+        if let Some(deferred) = self.deferred.take() {
+            frames.push_back(deferred.frame);
+        }
+        frames.append(&mut self.replay);
+        self.replay = frames;
     }
 
     /// A FATAL error from a cluster node the client could survive losing (see
