@@ -4,6 +4,8 @@
 //! statement), fallback to the primary when the replica is down or lagging.
 
 use std::collections::BTreeMap;
+
+use anyhow::Context;
 use std::time::{Duration, Instant};
 
 use pgvane_tests::fixture::{plugin_path, APP_DB, APP_PASSWORD, APP_USER};
@@ -353,11 +355,16 @@ async fn planned_switchover_under_write_load() -> anyhow::Result<()> {
         let client = r.client().await?;
         let (stop, outcomes) = (stop.clone(), outcomes.clone());
         load.push(tokio::spawn(async move {
-            let mut i = 0u64;
+            let mut i = 0;
             while !stop.load(Ordering::SeqCst) {
                 let start = t0.elapsed();
-                let result =
-                    client.simple_query(&format!("insert into t values ({})", client_id as u64 * 1_000_000 + i)).await;
+                let value = client_id as i32 * 1_000_000 + i;
+                // Half the clients use the simple protocol, half the extended one (a named
+                // statement prepared, bound, executed and closed each time).
+                let result = match client_id % 2 {
+                    0 => client.simple_query(&format!("insert into t values ({value})")).await.map(drop),
+                    _ => client.execute("insert into t values ($1)", &[&value]).await.map(drop),
+                };
                 let error = result.err().map(|e| match e.as_db_error() {
                     Some(d) => format!("{} {}", d.code().code(), d.message()),
                     None => format!("{e}"),
@@ -394,6 +401,9 @@ async fn planned_switchover_under_write_load() -> anyhow::Result<()> {
     // The write-unavailability window: the longest time without a successful write.
     let window = ok_ends.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
     let backend = r.backend(&r.replica).await?;
+    let log = r.pgvane.log();
+    let replays: Vec<&str> = log.lines().filter(|l| l.contains("run again")).collect();
+    println!("replays: {replays:#?}");
     println!(
         "switchover under load: {} clients, {} statements, {} failed {:?}; stop took {:?}, promote {:?}; \
          write-unavailability window {:?}; pgvane switchover_ms {}",
@@ -431,5 +441,63 @@ async fn planned_switchover_under_write_load() -> anyhow::Result<()> {
     // Every acknowledged write survived (a fast shutdown sends all WAL to the standby), and
     // none ran twice.
     assert_eq!(rows as usize, outcomes.len(), "rows on the new primary vs acknowledged inserts");
+    Ok(())
+}
+
+/// Statements running on the old writer when it shuts down: outside a transaction they run
+/// again on the new writer and the client gets their real result (the extended-protocol one
+/// after its BindComplete had already reached the client, so pgvane must not repeat it);
+/// inside a transaction block the client gets the server's error and its session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn statements_in_flight_at_a_switchover_run_again_unless_in_a_transaction() -> anyhow::Result<()> {
+    let mut r = Replicated::start(Setup::default()).await?;
+    r.wait_backend(&r.replica, "reads", "1").await?;
+    let (simple, extended, in_transaction) = (r.client().await?, r.client().await?, r.client().await?);
+    // A named statement prepared beforehand: the Bind/Execute/Sync in flight is answered
+    // BindComplete at once, then nothing until pg_sleep ends.
+    let statement = extended.prepare("select $1::int + 1, inet_server_port() from pg_sleep(1.5)").await?;
+    in_transaction.batch_execute("begin; insert into t values (1)").await?;
+
+    let simple_task =
+        tokio::spawn(
+            async move { (where_ran(&simple, "select pg_sleep(1.5), false, inet_server_port()").await, simple) },
+        );
+    let extended_task = tokio::spawn(async move {
+        let row = extended.query_one(&statement, &[&41i32]).await;
+        (row.map(|row| (row.get::<_, i32>(0), row.get::<_, i32>(1))), extended)
+    });
+    let transaction_task =
+        tokio::spawn(async move { (in_transaction.simple_query("select pg_sleep(1.5)").await, in_transaction) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut old_primary = r.primary;
+    let old_primary = tokio::task::spawn_blocking(move || {
+        old_primary.stop();
+        old_primary
+    })
+    .await?;
+    r.replica.promote().await?;
+    r.primary = old_primary;
+    let new_port = r.replica.port();
+
+    let (ran, simple) = simple_task.await?;
+    assert_eq!(ran.context("the simple Query")?, (false, new_port), "the simple Query ran again on the new writer");
+    let (row, extended) = extended_task.await?;
+    let row = row.context("the extended-protocol statement")?;
+    assert_eq!(row, (42, i32::from(new_port)), "the extended-protocol statement ran again on the new writer");
+    // The transaction cannot be replayed: the client hears what the server said, and its
+    // session ends, as with a direct connection (it must not take the lost transaction for
+    // a live one).
+    let (result, in_transaction) = transaction_task.await?;
+    let error = result.expect_err("a transaction in flight on the old writer cannot be replayed");
+    assert_eq!(error.code().map(|c| c.code()), Some("57P01"), "{error}");
+    assert!(in_transaction.simple_query("select 1").await.is_err(), "the transaction's session ended");
+    // The other sessions go on, on the new writer, as does a new one.
+    let again = r.client().await?;
+    for client in [&simple, &extended, &again] {
+        assert_eq!(where_ran(client, WHERE).await?, (false, new_port));
+    }
+    let rows: i64 = again.query_one("select count(*) from t", &[]).await?.get(0);
+    assert_eq!(rows, 0, "the transaction's insert was rolled back with the old writer");
     Ok(())
 }

@@ -149,7 +149,7 @@ struct Deferred {
 
 #[derive(Debug)]
 enum Expect {
-    /// Answers to a message sent to the server. `replay`: the client's Query as it came,
+    /// Answers to a message sent to the server. `replay`: the client's message as it came,
     /// when it may run again elsewhere if the server goes away before answering it (see
     /// `Relay::survive_server_loss`).
     Reply { kind: Kind, purpose: Purpose, undo: Undo, replay: Option<Frame> },
@@ -213,9 +213,19 @@ pub struct Relay<'a> {
     /// Client messages to run again, before any new ones: statements a cluster node lost
     /// before answering them (see `survive_server_loss`).
     replay: VecDeque<Frame>,
-    /// Part of the answer to the client's current statement has reached the client (reset at
-    /// each ReadyForQuery): the statement can no longer be replayed.
+    /// Part of an answer that is more than an echo (ParseComplete, BindComplete, a
+    /// description, ...) reached the client since the last ReadyForQuery, or it asked for a
+    /// Flush: what is in flight can no longer be replayed.
     answered: bool,
+    /// The client messages since the last ReadyForQuery that were answered with echoes only,
+    /// with what undoes them: a replay runs them again and skips the echoes.
+    echoed: Vec<(Frame, Undo)>,
+    /// Echoes the client got since the last ReadyForQuery.
+    echoes_sent: usize,
+    /// Echoes to leave out of what the client gets: it had them before a replay.
+    skip_echoes: usize,
+    /// The client message being run, for `expect` to keep for a replay.
+    current_frame: Option<Frame>,
     mode: PoolMode,
     max_packet_bytes: usize,
     query_wait: Duration,
@@ -270,6 +280,10 @@ impl<'a> Relay<'a> {
             deferred: None,
             replay: VecDeque::new(),
             answered: false,
+            echoed: Vec::new(),
+            echoes_sent: 0,
+            skip_echoes: 0,
+            current_frame: None,
             mode,
             max_packet_bytes,
             query_wait,
@@ -414,6 +428,7 @@ impl<'a> Relay<'a> {
 
     async fn handle_client_frames(&mut self) -> Result<(), End> {
         if let Some(Deferred { frame, decided }) = self.deferred.take() {
+            self.current_frame = Some(frame.clone());
             self.dispatch(frame, decided).await?;
         }
         while self.deferred.is_none() {
@@ -441,6 +456,7 @@ impl<'a> Relay<'a> {
     }
 
     async fn on_client_frame(&mut self, frame: Frame) -> Result<(), End> {
+        self.current_frame = Some(frame.clone());
         let message = frame.tag();
         tracing::trace!(message = %(message as char), len = frame.raw().len(), skipping = self.skipping, "from client");
         if self.skipping {
@@ -459,6 +475,7 @@ impl<'a> Relay<'a> {
             tag::FLUSH => {
                 if self.server.is_some() {
                     self.server_out.extend_from_slice(frame.raw());
+                    self.answered = true; // a replay without it could leave the client waiting
                 }
                 Ok(())
             }
@@ -508,7 +525,11 @@ impl<'a> Relay<'a> {
             k if k.is_extended() => self.unsynced = true,
             _ => {}
         }
-        self.queue.push_back(Expect::Reply { kind, purpose, undo, replay: None });
+        let replay = match purpose {
+            Purpose::Client if self.replayable() => self.current_frame.take(),
+            _ => None,
+        };
+        self.queue.push_back(Expect::Reply { kind, purpose, undo, replay });
     }
 
     fn started(&mut self, kind: Kind) {
@@ -522,8 +543,7 @@ impl<'a> Relay<'a> {
     /// Queues a response pgvane makes itself, in protocol order.
     fn own(&mut self, message: Bytes, undo: Undo) {
         if self.queue.is_empty() {
-            self.sent += message.len() as u64;
-            self.client.out.extend_from_slice(&message);
+            self.send_to_client(&message);
         } else {
             self.queue.push_back(Expect::Own { message, undo });
         }
@@ -713,24 +733,17 @@ impl<'a> Relay<'a> {
                 }
             }
         }
-        let replayable = self.replayable();
-        if !self.ensure_server(Kind::Query).await? {
-            return Ok(());
-        }
         match rewritten {
-            None => self.send(frame.raw(), Kind::Query),
+            None => self.forward(frame, Kind::Query).await,
             Some(sql) => {
                 let mut message = BytesMut::new();
                 messages::encode_query(&sql, &mut message);
-                self.send(&message, Kind::Query);
+                if self.ensure_server(Kind::Query).await? {
+                    self.send(&message, Kind::Query);
+                }
+                Ok(())
             }
         }
-        if replayable {
-            if let Some(Expect::Reply { replay, .. }) = self.queue.back_mut() {
-                *replay = Some(frame.clone());
-            }
-        }
-        Ok(())
     }
 
     /// Asks the plugin chain about a statement: where it runs and its SQL after rewrites.
@@ -1132,6 +1145,15 @@ impl<'a> Relay<'a> {
     }
 
     fn send_to_client(&mut self, raw: &[u8]) {
+        match raw.first() {
+            Some(&t) if self.skip_echoes > 0 && is_echo(t) => {
+                self.skip_echoes -= 1;
+                return;
+            }
+            // The echoes of a replay come before its first ReadyForQuery.
+            Some(&tag::READY_FOR_QUERY) => self.skip_echoes = 0,
+            _ => {}
+        }
         self.sent += raw.len() as u64;
         self.client.out.extend_from_slice(raw);
     }
@@ -1205,16 +1227,28 @@ impl<'a> Relay<'a> {
                 if from_client {
                     self.client_ready(status)?;
                     self.answered = false;
+                    self.echoes_sent = 0;
+                    self.echoed.clear();
                 }
             }
             _ => {}
         }
+        // A simple Query's RowDescription comes before the statement runs; after a
+        // CommandComplete it comes too late to matter.
+        let echo = from_client && is_echo(response) && (kind.is_extended() || response == tag::ROW_DESCRIPTION);
         if for_client {
-            self.answered |= response != tag::READY_FOR_QUERY;
+            match echo {
+                true => self.echoes_sent += 1,
+                false => self.answered |= response != tag::READY_FOR_QUERY,
+            }
             self.send_to_client(frame.raw());
         }
         if kind.ends_with(response) {
             match self.queue.pop_front() {
+                Some(Expect::Reply { purpose: Purpose::Client, undo, replay, .. }) if echo => match replay {
+                    Some(frame) => self.echoed.push((frame, undo)),
+                    None => self.answered = true, // a replay could not make this echo again
+                },
                 Some(Expect::Reply { purpose: Purpose::CaptureSettings(names, values), .. }) => {
                     if let Some(server) = self.server.as_mut() {
                         self.settings.captured(&names, &values, &mut server.conn().applied_settings);
@@ -1305,6 +1339,20 @@ impl<'a> Relay<'a> {
             }
         }
     }
+}
+
+/// A response that only confirms an extended message or describes a statement or portal:
+/// running the message again makes the same one.
+fn is_echo(response: u8) -> bool {
+    matches!(
+        response,
+        tag::PARSE_COMPLETE
+            | tag::BIND_COMPLETE
+            | tag::CLOSE_COMPLETE
+            | tag::PARAMETER_DESCRIPTION
+            | tag::ROW_DESCRIPTION
+            | tag::NO_DATA
+    )
 }
 
 /// Makes sure a read can make progress on the partial frame at the front of `buf`.

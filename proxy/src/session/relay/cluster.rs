@@ -110,10 +110,11 @@ impl Relay<'_> {
         }
     }
 
-    /// A Query sent now could run again on another node if this one goes away before
-    /// answering it: a pooled client, outside any transaction, on a cluster node.
+    /// A client message sent now could run again on another node if this one goes away
+    /// before answering it: a pooled client, outside any transaction block, on a cluster
+    /// node. (Within an extended batch not synced yet, the whole batch runs again.)
     pub(super) fn replayable(&self) -> bool {
-        self.pooled() && !self.in_transaction() && self.pool.node.is_some()
+        self.pooled() && self.status == TransactionStatus::Idle && self.pool.node.is_some()
     }
 
     /// The connection to a cluster node broke (`end`) while the client, in a pooled mode and
@@ -121,10 +122,12 @@ impl Relay<'_> {
     /// down and the session goes on.
     ///
     /// When the server said it was terminating the session (FATAL 57P01 or 57P02, as in a
-    /// fast shutdown) before any part of an answer reached the client, and everything in
-    /// flight is simple Queries sent outside a transaction, nothing of them committed: they
-    /// run again, on the node the cluster now picks (waiting for the new writer during a
-    /// switchover), and the client does not notice. Otherwise the server rolled back what
+    /// fast shutdown) before anything but echoes (ParseComplete, BindComplete, descriptions)
+    /// reached the client since its last ReadyForQuery, and everything in flight was sent
+    /// outside a transaction block, nothing of it committed: the client's messages since
+    /// that ReadyForQuery run again, on the node the cluster now picks (waiting for the new
+    /// writer during a switchover), the echoes it already has are left out, and the client
+    /// does not notice. Otherwise the server rolled back what
     /// it had not answered, but an answer may have been lost after a commit, so the client
     /// gets `ERROR 08006` for each statement in flight (an extended batch: one, up to its
     /// Sync) and a ReadyForQuery. Anything else (session mode, a transaction block, a plain
@@ -198,27 +201,36 @@ impl Relay<'_> {
         }
         // A batch cut short before its Sync: the client's messages up to it are ignored.
         self.skipping = failed_batch;
+        self.answered = false;
+        self.echoes_sent = 0;
+        self.echoed.clear();
         Ok(())
     }
 
-    /// Everything in flight can run again: the client's Queries, each recorded when sent
+    /// Everything in flight can run again: the client's messages, each recorded when sent
     /// (see [`Relay::replayable`]), and pgvane's own messages, which are made again.
     fn queue_is_replayable(&self) -> bool {
-        let mut queries = 0;
+        let mut messages = self.echoed.len();
         for expect in &self.queue {
             match expect {
-                Expect::Reply { purpose: Purpose::Client, replay: Some(_), .. } => queries += 1,
+                Expect::Reply { purpose: Purpose::Client, replay: Some(_), .. } => messages += 1,
                 Expect::Reply { purpose: Purpose::Client, replay: None, .. } | Expect::Own { .. } => return false,
                 Expect::Reply { .. } => {}
             }
         }
-        queries > 0
+        messages > 0
     }
 
-    /// Queues the client's Queries that were in flight to run again, ahead of a message
-    /// waiting to move and of anything the client sent since.
+    /// Queues the client's messages since its last ReadyForQuery to run again, ahead of a
+    /// message waiting to move and of anything the client sent since, and leaves out the
+    /// echoes the client already has.
     fn replay_in_flight(&mut self) {
         let mut frames = VecDeque::new();
+        self.skip_echoes = std::mem::take(&mut self.echoes_sent);
+        for (frame, undo) in std::mem::take(&mut self.echoed) {
+            self.undo(undo);
+            frames.push_back(frame);
+        }
         for expect in std::mem::take(&mut self.queue) {
             if let Expect::Reply { undo, replay, .. } = expect {
                 self.undo(undo);
@@ -226,8 +238,8 @@ impl Relay<'_> {
             }
         }
         tracing::info!(
-            statements = frames.len(),
-            "the server ended the session before answering; the statements run again"
+            messages = frames.len(),
+            "the server ended the session before answering; the messages run again"
         );
         if let Some(deferred) = self.deferred.take() {
             frames.push_back(deferred.frame);
