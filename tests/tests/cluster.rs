@@ -33,11 +33,20 @@ struct Setup {
     /// Let the monitor log in as `postgres` (`monitor_user`); otherwise it uses the first
     /// client's credential.
     monitor_user: bool,
+    /// `health_check_period_ms`.
+    check_period_ms: u64,
 }
 
 impl Default for Setup {
     fn default() -> Self {
-        Setup { mode: "transaction", settings: "", database: "", rw_split: false, monitor_user: true }
+        Setup {
+            mode: "transaction",
+            settings: "",
+            database: "",
+            rw_split: false,
+            monitor_user: true,
+            check_period_ms: 100,
+        }
     }
 }
 
@@ -56,9 +65,9 @@ impl Replicated {
         let verifier = primary.scram_verifier(APP_USER).await?;
         let mut userlist = format!("\"{APP_USER}\" \"{verifier}\"\n");
         let mut settings = format!(
-            "pool_mode = \"{}\"\nadmin_users = [\"{APP_USER}\"]\nhealth_check_period_ms = 100\n\
+            "pool_mode = \"{}\"\nadmin_users = [\"{APP_USER}\"]\nhealth_check_period_ms = {}\n\
              server_failed_delay_ms = 300\n{}\n",
-            setup.mode, setup.settings
+            setup.mode, setup.check_period_ms, setup.settings
         );
         if setup.monitor_user {
             userlist.push_str(&format!("\"{SUPERUSER}\" \"{SUPERUSER_PASSWORD}\"\n"));
@@ -499,5 +508,36 @@ async fn statements_in_flight_at_a_switchover_run_again_unless_in_a_transaction(
     }
     let rows: i64 = again.query_one("select count(*) from t", &[]).await?.get(0);
     assert_eq!(rows, 0, "the transaction's insert was rolled back with the old writer");
+    Ok(())
+}
+
+/// A writer that refuses writes (SQLSTATE 25006, as a demoted one does) is replaced at once,
+/// not at the next health check: the refused statement fails, the next one waits for the
+/// writer pgvane finds and runs there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_refusing_writes_is_replaced_at_once() -> anyhow::Result<()> {
+    // Health checks so rare that only the refused write can make pgvane look again.
+    let r = Replicated::start(Setup { check_period_ms: 600_000, ..Setup::default() }).await?;
+    r.wait_backend(&r.replica, "role", "replica").await?;
+    let client = r.client().await?;
+    let insert = "insert into t values (1) returning inet_server_port()";
+    assert_eq!(simple_row(&client, insert).await?, [r.primary.port().to_string()]);
+
+    // The old writer turns read-only (its sessions stay up) and the replica is promoted.
+    r.primary.exec("alter system set default_transaction_read_only = on").await?;
+    r.primary.exec("select pg_reload_conf()").await?;
+    r.replica.promote().await?;
+    let refused = client.simple_query(insert).await.expect_err("the old writer refuses the write");
+    assert_eq!(refused.code().map(|c| c.code()), Some("25006"), "{refused}");
+    assert_eq!(
+        simple_row(&client, insert).await?,
+        [r.replica.port().to_string()],
+        "the next write runs on the new writer"
+    );
+    let backend = r.backend(&r.replica).await?;
+    assert_eq!(
+        (backend["writer"].as_str(), backend["switchover_from"].clone()),
+        ("1", format!("127.0.0.1:{}", r.primary.port()))
+    );
     Ok(())
 }

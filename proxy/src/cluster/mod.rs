@@ -240,6 +240,17 @@ impl Cluster {
         self.wake.notify_one();
     }
 
+    /// A statement outside any transaction block failed on `node` with SQLSTATE 25006
+    /// (read-only transaction). If `node` is the writer it may have been demoted: statements
+    /// for the primary wait from now on, and the monitor checks every node at once.
+    pub fn writer_refused_write(&self, node: &NodeAddr) {
+        if self.topology().writer_refused(node, Instant::now()) {
+            tracing::warn!(database = %self.database, %node, "the writer refused a write (25006); looking for the writer");
+            self.writer.send_replace(None);
+            self.wake.notify_one();
+        }
+    }
+
     /// Takes in a round of checks (see [`Topology::observe`]) and publishes the writer.
     fn observe(&self, results: &[(NodeAddr, Observation)], failed_delay: Duration) -> Option<Switchover> {
         let mut topology = self.topology();

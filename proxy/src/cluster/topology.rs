@@ -273,6 +273,17 @@ impl Topology {
         true
     }
 
+    /// The writer `addr` refused a write (SQLSTATE 25006): it may have been demoted. It is
+    /// no longer the writer until a round of checks finds one (itself again, if it still
+    /// says it is a primary and no other node does). True if it was the writer.
+    pub fn writer_refused(&mut self, addr: &NodeAddr, now: Instant) -> bool {
+        if self.writer() != Some(addr) {
+            return false;
+        }
+        self.lose_writer(now);
+        true
+    }
+
     fn lose_writer(&mut self, now: Instant) {
         let previous = self.writer().cloned();
         self.writer = Writer::Searching { since: now, previous };
@@ -334,7 +345,7 @@ impl Topology {
                 tracing::warn!(nodes = ?primaries.iter().map(ToString::to_string).collect::<Vec<_>>(), "several nodes are primaries");
             }
             if let Some(chosen) = chosen {
-                if let Some(from) = previous.clone() {
+                if let Some(from) = previous.clone().filter(|from| from != &chosen) {
                     switchover =
                         Some(Switchover { from, to: chosen.clone(), at: wall, duration: now.duration_since(*since) });
                 }

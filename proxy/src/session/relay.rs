@@ -1191,6 +1191,9 @@ impl<'a> Relay<'a> {
             Some(Expect::Reply { kind, purpose, .. }) => (*kind, matches!(purpose, Purpose::Client)),
             _ => return Err(End::Server(ServerError::Unexpected(response as char))),
         };
+        if response == tag::ERROR_RESPONSE && from_client {
+            self.note_refused_write(frame);
+        }
         match response {
             tag::COMMAND_COMPLETE => {
                 if let Some(server) = self.server.as_mut() {

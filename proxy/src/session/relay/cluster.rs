@@ -261,6 +261,23 @@ impl Relay<'_> {
         matches!(error.severity(), "FATAL" | "PANIC").then_some(ServerError::Server(error))
     }
 
+    /// A client statement outside any transaction block failed on a cluster node with
+    /// SQLSTATE 25006 (read-only transaction): the writer may have been demoted, which the
+    /// cluster then checks at once (see [`crate::cluster::Cluster::writer_refused_write`]).
+    /// The statement's own error goes to the client.
+    pub(super) fn note_refused_write(&self, frame: &Frame) {
+        if self.status != TransactionStatus::Idle {
+            return; // e.g. BEGIN READ ONLY: the client's own doing
+        }
+        let Some(pool) = self.server.as_ref().map(PooledConn::pool) else { return };
+        let Some(node) = pool.node.as_ref() else { return };
+        if ErrorResponse::parse(frame.body()).is_ok_and(|e| e.code() == "25006") {
+            if let Some(cluster) = self.shared.clusters.get(&pool.database) {
+                cluster.writer_refused_write(node);
+            }
+        }
+    }
+
     fn send_error(&mut self, error: &ErrorResponse) {
         let mut message = BytesMut::new();
         error.encode(&mut message);
