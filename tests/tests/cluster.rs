@@ -104,6 +104,20 @@ impl Replicated {
         Ok(rows)
     }
 
+    /// The nodes SHOW POOLS lists pools of the database `app` on.
+    async fn pool_nodes(&self) -> anyhow::Result<std::collections::BTreeSet<String>> {
+        let (console, _task) = connect_via(self.pgvane.port(), APP_USER, APP_PASSWORD, "pgvane").await?;
+        let mut nodes = std::collections::BTreeSet::new();
+        for message in console.simple_query("SHOW POOLS").await? {
+            if let SimpleQueryMessage::Row(row) = message {
+                if row.get("database") == Some(APP_DB) {
+                    nodes.insert(row.get("node").unwrap_or("").to_owned());
+                }
+            }
+        }
+        Ok(nodes)
+    }
+
     /// The SHOW BACKENDS row of `node`.
     async fn backend(&self, node: &PgCluster) -> anyhow::Result<BTreeMap<String, String>> {
         let port = node.port().to_string();
@@ -291,6 +305,10 @@ async fn a_lagging_replica_gets_no_reads_until_it_catches_up() -> anyhow::Result
 async fn reads_are_balanced_round_robin_over_two_replicas() -> anyhow::Result<()> {
     let r = Replicated::start(Setup { database: "default_route = \"replica\"", ..Setup::default() }).await?;
     let second = PgCluster::start_replica_of(&r.primary).await?;
+    // A client's login creates its pools on every node; RELOAD adds them on new nodes.
+    let client = r.client().await?;
+    let node = |c: &PgCluster| format!("127.0.0.1:{}", c.port());
+    assert_eq!(r.pool_nodes().await?, [node(&r.primary), node(&r.replica)].into());
     // RELOAD with the second replica added to `hosts`.
     let path = r.pgvane.config_path();
     let text = std::fs::read_to_string(&path)?;
@@ -300,7 +318,7 @@ async fn reads_are_balanced_round_robin_over_two_replicas() -> anyhow::Result<()
     r.pgvane.signal("HUP")?;
     r.wait_backend(&second, "reads", "1").await?;
     r.wait_backend(&r.replica, "reads", "1").await?;
-    let client = r.client().await?;
+    assert_eq!(r.pool_nodes().await?, [node(&r.primary), node(&r.replica), node(&second)].into());
     let mut ports = BTreeMap::new();
     for _ in 0..10 {
         let (recovery, port) = where_ran(&client, WHERE).await?;

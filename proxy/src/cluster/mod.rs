@@ -133,6 +133,11 @@ impl Cluster {
         self.writer.borrow().clone()
     }
 
+    /// Every node known (configured or discovered).
+    pub fn node_addrs(&self) -> Vec<NodeAddr> {
+        self.topology().nodes().iter().map(|n| n.addr.clone()).collect()
+    }
+
     /// The lag limits in force.
     pub fn limits(&self) -> LagLimits {
         limits(&self.config())

@@ -220,6 +220,11 @@ impl Pool {
         lock(&self.welcome).clone()
     }
 
+    /// The credential new connections log in with.
+    pub fn credential(&self) -> ServerCredential {
+        self.setup().credential.clone()
+    }
+
     /// Replaces the credential used for new connections (e.g. fresher SCRAM keys).
     pub fn set_credential(&self, credential: ServerCredential) {
         self.setup().credential = credential;
