@@ -78,34 +78,88 @@ impl Config {
 /// Python's `re.search`: anchor with `^`/`$` when you mean the whole text.
 #[cfg(feature = "regex")]
 #[derive(Debug, Clone)]
-pub struct Pattern(regex::Regex);
+pub struct Pattern {
+    regex: regex::Regex,
+    search: Search,
+}
+
+/// How [`Pattern::is_match`] answers: a pattern's leading and trailing `X*` (such as the `.*`
+/// in pgbouncer-rr's `.*tablea.*`) cannot change whether it matches somewhere, only where, so
+/// `is_match` runs the pattern without them (the regex engine can then jump to the literal
+/// instead of scanning for the `.*`), and does not run a pattern that matches every text at all.
+#[cfg(feature = "regex")]
+#[derive(Debug, Clone)]
+enum Search {
+    /// Matches every text (`.*`, the empty pattern…).
+    Always,
+    /// The pattern itself.
+    Same,
+    /// The pattern without its leading and trailing `X*`.
+    Trimmed(regex::Regex),
+}
 
 #[cfg(feature = "regex")]
 impl Pattern {
     /// Compiles `pattern`.
     pub fn new(pattern: &str) -> Result<Self, String> {
+        let regex = Self::build(pattern)?;
+        let search = match regex_syntax::Parser::new().parse(pattern).map(trim_unbounded_ends) {
+            Ok(None) => Search::Always,
+            Ok(Some(hir)) => Self::build(&hir.to_string()).map_or(Search::Same, Search::Trimmed),
+            // The regex crate accepted what regex-syntax refused: not expected, and harmless.
+            Err(_) => Search::Same,
+        };
+        Ok(Pattern { regex, search })
+    }
+
+    fn build(pattern: &str) -> Result<regex::Regex, String> {
         // Bounded so a hostile or careless pattern cannot exhaust the instance's memory.
-        regex::RegexBuilder::new(pattern)
-            .size_limit(1 << 20)
-            .dfa_size_limit(1 << 20)
-            .build()
-            .map(Pattern)
-            .map_err(|e| e.to_string())
+        regex::RegexBuilder::new(pattern).size_limit(1 << 20).dfa_size_limit(1 << 20).build().map_err(|e| e.to_string())
     }
 
     /// True when the pattern matches anywhere in `text`.
     pub fn is_match(&self, text: &str) -> bool {
-        self.0.is_match(text)
+        match &self.search {
+            Search::Always => true,
+            Search::Same => self.regex.is_match(text),
+            Search::Trimmed(trimmed) => trimmed.is_match(text),
+        }
     }
 
     /// The compiled [`regex::Regex`].
     pub fn regex(&self) -> &regex::Regex {
-        &self.0
+        &self.regex
     }
 
     /// The pattern's source text.
     pub fn as_str(&self) -> &str {
-        self.0.as_str()
+        self.regex.as_str()
+    }
+}
+
+/// The pattern without the repetitions of minimum zero at the start and end of its top-level
+/// concatenation (they can always match empty); `None` when nothing but such a repetition is
+/// left, i.e. the pattern matches every text. Leaves any other pattern as it is.
+#[cfg(feature = "regex")]
+fn trim_unbounded_ends(hir: regex_syntax::hir::Hir) -> Option<regex_syntax::hir::Hir> {
+    use regex_syntax::hir::{Hir, HirKind};
+    let optional =
+        |h: &Hir| matches!(h.kind(), HirKind::Repetition(r) if r.min == 0) || matches!(h.kind(), HirKind::Empty);
+    if optional(&hir) {
+        return None;
+    }
+    let HirKind::Concat(_) = hir.kind() else { return Some(hir) };
+    let HirKind::Concat(mut parts) = hir.into_kind() else { return None };
+    while parts.first().is_some_and(optional) {
+        parts.remove(0);
+    }
+    while parts.last().is_some_and(optional) {
+        parts.pop();
+    }
+    if parts.is_empty() {
+        None
+    } else {
+        Some(Hir::concat(parts))
     }
 }
 
@@ -169,5 +223,39 @@ mod tests {
         assert!(!p.q.is_match("select * from tableab"));
         let e = Config::from_json(r#"{"q":"(unclosed"}"#).parse::<P>().err().unwrap();
         assert!(e.starts_with("invalid config: q: bad regular expression: "), "{e}");
+    }
+
+    #[cfg(feature = "regex")]
+    #[test]
+    fn trimmed_patterns_match_the_same_texts() {
+        let texts = ["", "x", "SELECT * FROM tablea", "tablea", "tableb\ntablea", "TABLEA", "atableab", "a\nb"];
+        for source in [
+            ".*",
+            "",
+            "^.*",
+            "(?s).*",
+            ".*tablea.*",
+            "(.*)tablea(.*)",
+            ".*?tablea",
+            ".*(?i)tablea.*",
+            "^.*tablea.*$",
+            "^tablea",
+            "tablea$",
+            ".*a|b.*",
+            "a*",
+            "a*b*",
+            ".+",
+            "a?tablea\\b.*",
+            "(?m)^.*$",
+        ] {
+            let pattern = Pattern::new(source).unwrap();
+            let plain = regex::Regex::new(source).unwrap();
+            for text in texts {
+                assert_eq!(pattern.is_match(text), plain.is_match(text), "{source:?} on {text:?}");
+            }
+            assert_eq!(pattern.as_str(), source);
+        }
+        assert!(matches!(Pattern::new(".*").unwrap().search, Search::Always));
+        assert!(matches!(Pattern::new(".*tablea.*").unwrap().search, Search::Trimmed(_)));
     }
 }

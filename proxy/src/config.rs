@@ -14,6 +14,7 @@ use thiserror::Error;
 use crate::auth::userlist::{Userlist, UserlistError};
 use crate::oci::OciSettings;
 use crate::policy::PluginSettings;
+use crate::tls::{ClientTls, ClientTlsMode, ServerTls, ServerTlsMode, TlsError, TlsFiles};
 
 /// A configuration problem, naming the file and, where there is one, the key.
 #[derive(Debug, Error)]
@@ -49,6 +50,17 @@ pub enum ConfigError {
     /// mismatch, not a pgvane:policy component, or its `init` refused its config).
     #[error(transparent)]
     Plugins(crate::lifecycle::LoadError),
+    /// A TLS certificate, key or CA file is unusable.
+    #[error("{path}: key `{key}`: {source}")]
+    Tls {
+        /// The config file.
+        path: PathBuf,
+        /// The `[pgvane]` key naming the file (or the side's mode).
+        key: String,
+        /// Why.
+        #[source]
+        source: TlsError,
+    },
     /// The auth file named by `pgvane.auth_file` is unreadable or malformed.
     #[error("{path}: key `pgvane.auth_file`: {auth_file}: {source}")]
     AuthFile {
@@ -114,6 +126,10 @@ pub enum AuthType {
     /// SCRAM-SHA-256.
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    /// A TLS client certificate whose CommonName is the user name (needs
+    /// `client_tls_sslmode = "verify-ca"` or `"verify-full"`).
+    #[serde(rename = "cert")]
+    Cert,
 }
 
 /// The `[pgvane]` table. It serializes back to TOML values for the admin console's SHOW
@@ -154,7 +170,51 @@ pub struct Settings {
     pub server_reset_query: String,
     /// Prepared statements kept per server connection in transaction and statement modes.
     pub max_prepared_statements: usize,
+    /// Clusters: how often the monitor checks every node's role, health and lag.
+    pub health_check_period_ms: u64,
+    /// Clusters: a node that failed a check is not checked (nor used) again for this long.
+    pub server_failed_delay_ms: u64,
+    /// Clusters: replicas further behind the primary than this get no reads.
+    pub max_replica_lag_ms: u64,
+    /// Clusters: replicas further behind the primary than this many bytes of WAL get no
+    /// reads; 0: no limit in bytes.
+    pub max_replica_lag_bytes: u64,
+    /// Clusters: how often every node is polled while the writer is unknown.
+    pub polling_frequency_ms: u64,
+    /// Clusters: how long statements for a primary wait for a writer before they fail.
+    pub switchover_timeout_ms: u64,
+    /// Clusters: the auth-file user the monitor logs in as when the database entry has no
+    /// `user` (its secret must be a plain password or an md5 hash).
+    #[serde(serialize_with = "none_as_empty")]
+    pub monitor_user: Option<String>,
+    /// TLS between clients and pgvane.
+    pub client_tls_sslmode: ClientTlsMode,
+    /// pgvane's certificate chain for clients (PEM).
+    #[serde(serialize_with = "none_as_empty")]
+    pub client_tls_cert_file: Option<PathBuf>,
+    /// The private key of `client_tls_cert_file` (PEM).
+    #[serde(serialize_with = "none_as_empty")]
+    pub client_tls_key_file: Option<PathBuf>,
+    /// CA certificates client certificates must chain to (PEM).
+    #[serde(serialize_with = "none_as_empty")]
+    pub client_tls_ca_file: Option<PathBuf>,
+    /// TLS between pgvane and the servers.
+    pub server_tls_sslmode: ServerTlsMode,
+    /// CA certificates server certificates must chain to (PEM), for `verify-ca`/`verify-full`.
+    #[serde(serialize_with = "none_as_empty")]
+    pub server_tls_ca_file: Option<PathBuf>,
+    /// Client certificate pgvane presents to servers (PEM).
+    #[serde(serialize_with = "none_as_empty")]
+    pub server_tls_cert_file: Option<PathBuf>,
+    /// The private key of `server_tls_cert_file` (PEM).
+    #[serde(serialize_with = "none_as_empty")]
+    pub server_tls_key_file: Option<PathBuf>,
 }
+
+/// The largest `memory_limit_mb` of a plugin: a 32-bit WebAssembly memory cannot be larger.
+pub const MAX_PLUGIN_MEMORY_MB: usize = 4096;
+/// The largest `max_instances` of a plugin.
+pub const MAX_PLUGIN_INSTANCES: u32 = 256;
 
 /// Keys of `[pgvane]` that RELOAD cannot change: they take effect at the next start.
 pub const RESTART_KEYS: &[&str] = &["listen_addr", "listen_port"];
@@ -187,6 +247,21 @@ impl Default for Settings {
             server_connect_timeout_ms: 15_000,
             server_reset_query: "DISCARD ALL".into(),
             max_prepared_statements: 200,
+            health_check_period_ms: 1_000,
+            server_failed_delay_ms: 5_000,
+            max_replica_lag_ms: 5_000,
+            max_replica_lag_bytes: 0,
+            polling_frequency_ms: 100,
+            switchover_timeout_ms: 30_000,
+            monitor_user: None,
+            client_tls_sslmode: ClientTlsMode::Disable,
+            client_tls_cert_file: None,
+            client_tls_key_file: None,
+            client_tls_ca_file: None,
+            server_tls_sslmode: ServerTlsMode::Prefer,
+            server_tls_ca_file: None,
+            server_tls_cert_file: None,
+            server_tls_key_file: None,
         }
     }
 }
@@ -222,7 +297,9 @@ impl Settings {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// Server host name or address.
+    /// Server host name or address. For a cluster given as `hosts`, validation sets it (and
+    /// `port`) to the first of them.
+    #[serde(default)]
     pub host: String,
     /// Server port.
     #[serde(default = "default_port")]
@@ -235,6 +312,88 @@ pub struct DatabaseConfig {
     pub password: Option<String>,
     /// Overrides `default_pool_size` for this database.
     pub pool_size: Option<usize>,
+    /// The servers of a cluster, `"host:port"` or `"host"` (port 5432); instead of `host`/`port`.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Where statements no policy routes run, in a cluster.
+    #[serde(default)]
+    pub default_route: DefaultRoute,
+    /// Run on a cluster's primary: rows of (host, port) of more nodes to use.
+    pub topology_query: Option<String>,
+    /// The cluster's configured nodes (`hosts`, or `host`/`port` with a `topology_query`);
+    /// empty for a plain database. Filled in by validation.
+    #[serde(skip)]
+    pub nodes: Vec<NodeAddr>,
+}
+
+impl DatabaseConfig {
+    /// True for a cluster: nodes whose roles pgvane discovers, health-checks and routes to.
+    pub fn is_cluster(&self) -> bool {
+        !self.nodes.is_empty()
+    }
+}
+
+/// Where a cluster's statements run when no policy routes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultRoute {
+    /// The current writer.
+    #[default]
+    Primary,
+    /// A healthy replica that is not lagging, else the writer.
+    Replica,
+}
+
+/// One server of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeAddr {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl NodeAddr {
+    /// Parses `host`, `host:port`, `[v6]` or `[v6]:port`; a missing port is `default_port`.
+    pub fn parse(text: &str, default_port: u16) -> Result<NodeAddr, String> {
+        let text = text.trim();
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (host, after) = rest.split_once(']').ok_or("an IPv6 address needs its closing `]`")?;
+            match after {
+                "" => (host, None),
+                _ => (host, Some(after.strip_prefix(':').ok_or("expected `:port` after `]`")?)),
+            }
+        } else {
+            match text.rsplit_once(':') {
+                Some((host, _)) if host.contains(':') => {
+                    return Err(format!("`{text}`: write an IPv6 address in brackets, `[{text}]`"))
+                }
+                Some((host, port)) => (host, Some(port)),
+                None => (text, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("`{text}`: the host is empty"));
+        }
+        let port = match port {
+            None => default_port,
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err(format!("`{text}`: the port must be between 1 and 65535")),
+            },
+        };
+        Ok(NodeAddr { host: host.to_owned(), port })
+    }
+}
+
+impl std::fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
 }
 
 fn default_port() -> u16 {
@@ -269,6 +428,10 @@ pub struct Config {
     pub plugins: Vec<PluginSettings>,
     /// `[oci]`: the cache of pulled plugins and registry settings.
     pub oci: OciSettings,
+    /// TLS towards clients, certificates loaded.
+    pub client_tls: ClientTls,
+    /// TLS towards servers, certificates loaded.
+    pub server_tls: ServerTls,
 }
 
 impl Config {
@@ -281,7 +444,7 @@ impl Config {
 
     /// Parses and validates `text` as if read from `path` (relative paths resolve against its folder).
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let file: File = toml::from_str(text)
+        let mut file: File = toml::from_str(text)
             .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })?;
         let invalid = |key: &str, message: &str| ConfigError::Invalid {
             path: path.to_owned(),
@@ -313,14 +476,32 @@ impl Config {
             };
             return Err(invalid(key, "must be greater than 0"));
         }
-        if s.auth_type != AuthType::Trust && s.auth_file.is_none() {
-            return Err(invalid("pgvane.auth_file", "required unless auth_type = \"trust\""));
+        if !matches!(s.auth_type, AuthType::Trust | AuthType::Cert) && s.auth_file.is_none() {
+            return Err(invalid("pgvane.auth_file", "required unless auth_type = \"trust\" or \"cert\""));
         }
+        let (client_tls, server_tls) = load_tls(path, s)?;
         if file.databases.is_empty() {
             return Err(invalid("databases", "define at least one [databases.<name>] table"));
         }
-        for (name, db) in &file.databases {
+        for (key, value) in [
+            ("pgvane.health_check_period_ms", s.health_check_period_ms),
+            ("pgvane.polling_frequency_ms", s.polling_frequency_ms),
+            ("pgvane.switchover_timeout_ms", s.switchover_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        // Which keys a `[databases]` table spells out (serde fills defaults in): `hosts`
+        // excludes `host` and `port`, even when they are written with their default value.
+        let written: toml::Table = toml::from_str(text).unwrap_or_default();
+        for (name, db) in file.databases.iter_mut() {
             let key = |field: &str| format!("databases.{name}.{field}");
+            let has = |field: &str| {
+                written.get("databases").and_then(|d| d.get(name.as_str())).is_some_and(|t| t.get(field).is_some())
+            };
+            cluster_nodes(name, db, has("host"), has("port"))
+                .map_err(|(field, message)| invalid(&key(field), &message))?;
             if db.host.is_empty() {
                 return Err(invalid(&key("host"), "must not be empty"));
             }
@@ -351,6 +532,16 @@ impl Config {
                 })?)
             }
         };
+        if let Some(user) = &file.pgvane.monitor_user {
+            use crate::auth::userlist::Secret;
+            match userlist.as_ref().and_then(|u| u.get(user)) {
+                Some(Secret::Plain(_) | Secret::Md5(_)) => {}
+                Some(Secret::Scram(_)) => {
+                    return Err(invalid("pgvane.monitor_user", &format!("the auth file holds only a SCRAM verifier for \"{user}\": the monitor needs a plain password or an md5 hash")));
+                }
+                None => return Err(invalid("pgvane.monitor_user", &format!("\"{user}\" is not in the auth file"))),
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, plugin) in file.plugins.iter().enumerate() {
             let key = |field: &str| format!("plugins[{i}].{field}");
@@ -361,10 +552,19 @@ impl Config {
                 ("fuel", plugin.fuel),
                 ("memory_limit_mb", plugin.memory_limit_mb as u64),
                 ("timeout_ms", plugin.timeout_ms),
+                ("max_instances", u64::from(plugin.max_instances)),
             ] {
                 if value == 0 {
                     return Err(invalid(&key(field), "must be greater than 0"));
                 }
+            }
+            // Bounds that keep the pooling allocator's address-space reservation sane
+            // (docs/plugins.md): memory slots are reserved, per instance, for the largest limit.
+            if plugin.memory_limit_mb > MAX_PLUGIN_MEMORY_MB {
+                return Err(invalid(&key("memory_limit_mb"), &format!("must be at most {MAX_PLUGIN_MEMORY_MB}")));
+            }
+            if plugin.max_instances > MAX_PLUGIN_INSTANCES {
+                return Err(invalid(&key("max_instances"), &format!("must be at most {MAX_PLUGIN_INSTANCES}")));
             }
             match (&plugin.path, &plugin.source) {
                 (Some(_), Some(_)) | (None, None) => {
@@ -403,6 +603,8 @@ impl Config {
             userlist,
             plugins: file.plugins,
             oci: file.oci,
+            client_tls,
+            server_tls,
         })
     }
 
@@ -426,6 +628,110 @@ impl Config {
     pub fn pool_size(&self, db: &DatabaseConfig) -> usize {
         db.pool_size.unwrap_or(self.settings.default_pool_size)
     }
+}
+
+/// Checks the cluster keys of database `name` and fills in `db.nodes` (and, for `hosts`,
+/// `host`/`port` with the first node). `has_host`/`has_port`: the table spells them out.
+/// The error names the offending key (without the `databases.<name>.` prefix).
+fn cluster_nodes(
+    name: &str,
+    db: &mut DatabaseConfig,
+    has_host: bool,
+    has_port: bool,
+) -> Result<(), (&'static str, String)> {
+    if !db.hosts.is_empty() {
+        if has_host || has_port {
+            let field = if has_host { "host" } else { "port" };
+            return Err((field, "cannot be combined with `hosts` (write each node as \"host:port\")".into()));
+        }
+        let mut nodes = Vec::new();
+        for text in &db.hosts {
+            let node = NodeAddr::parse(text, default_port()).map_err(|m| ("hosts", m))?;
+            if nodes.contains(&node) {
+                return Err(("hosts", format!("`{node}` is listed twice")));
+            }
+            nodes.push(node);
+        }
+        if let Some(first) = nodes.first() {
+            db.host.clone_from(&first.host);
+            db.port = first.port;
+        }
+        db.nodes = nodes;
+    } else if !has_host {
+        return Err(("host", format!("required (or `hosts` for a cluster) in [databases.{name}]")));
+    } else if db.topology_query.is_some() && !db.host.is_empty() {
+        db.nodes = vec![NodeAddr { host: db.host.clone(), port: db.port }];
+    }
+    if db.topology_query.as_deref().is_some_and(|q| q.trim().is_empty()) {
+        return Err(("topology_query", "must not be empty".into()));
+    }
+    if db.default_route != DefaultRoute::Primary && db.nodes.is_empty() {
+        return Err(("default_route", "only applies to a cluster (`hosts` or `topology_query`)".into()));
+    }
+    Ok(())
+}
+
+/// Checks the `client_tls_*` and `server_tls_*` keys and reads the files they name.
+fn load_tls(path: &Path, s: &Settings) -> Result<(ClientTls, ServerTls), ConfigError> {
+    let invalid = |key: &str, message: &str| ConfigError::Invalid {
+        path: path.to_owned(),
+        key: format!("pgvane.{key}"),
+        message: message.to_owned(),
+    };
+    let client_mode = s.client_tls_sslmode;
+    if client_mode != ClientTlsMode::Disable {
+        for (key, value) in
+            [("client_tls_cert_file", &s.client_tls_cert_file), ("client_tls_key_file", &s.client_tls_key_file)]
+        {
+            if value.is_none() {
+                return Err(invalid(key, "required unless client_tls_sslmode = \"disable\""));
+            }
+        }
+    }
+    if client_mode.verifies_client() && s.client_tls_ca_file.is_none() {
+        return Err(invalid(
+            "client_tls_ca_file",
+            "required with client_tls_sslmode = \"verify-ca\" or \"verify-full\"",
+        ));
+    }
+    if s.auth_type == AuthType::Cert && !client_mode.verifies_client() {
+        return Err(invalid(
+            "auth_type",
+            "\"cert\" needs client_tls_sslmode = \"verify-ca\" or \"verify-full\" (clients must present certificates)",
+        ));
+    }
+    if matches!(s.server_tls_sslmode, ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull)
+        && s.server_tls_ca_file.is_none()
+    {
+        return Err(invalid(
+            "server_tls_ca_file",
+            "required with server_tls_sslmode = \"verify-ca\" or \"verify-full\"",
+        ));
+    }
+    if s.server_tls_cert_file.is_some() != s.server_tls_key_file.is_some() {
+        return Err(invalid("server_tls_key_file", "server_tls_cert_file and server_tls_key_file go together"));
+    }
+    let files = |cert: &Option<PathBuf>, key: &Option<PathBuf>, ca: &Option<PathBuf>| TlsFiles {
+        cert: cert.as_deref().map(|p| resolve(path, p)),
+        key: key.as_deref().map(|p| resolve(path, p)),
+        ca: ca.as_deref().map(|p| resolve(path, p)),
+    };
+    // Names the key whose file failed, from the file named in the error.
+    let tls_error = |side: &str, files: &TlsFiles, source: TlsError| {
+        let key = match &source {
+            TlsError::File { path: failed, .. } if Some(failed) == files.ca.as_ref() => format!("{side}_tls_ca_file"),
+            TlsError::File { path: failed, .. } if Some(failed) == files.key.as_ref() => format!("{side}_tls_key_file"),
+            TlsError::File { .. } | TlsError::Rustls(_) => format!("{side}_tls_cert_file"),
+            _ => format!("{side}_tls_sslmode"),
+        };
+        ConfigError::Tls { path: path.to_owned(), key: format!("pgvane.{key}"), source }
+    };
+    let client_files = files(&s.client_tls_cert_file, &s.client_tls_key_file, &s.client_tls_ca_file);
+    let client = ClientTls::load(client_mode, &client_files).map_err(|e| tls_error("client", &client_files, e))?;
+    let server_files = files(&s.server_tls_cert_file, &s.server_tls_key_file, &s.server_tls_ca_file);
+    let server =
+        ServerTls::load(s.server_tls_sslmode, &server_files).map_err(|e| tls_error("server", &server_files, e))?;
+    Ok((client, server))
 }
 
 /// A path from the config file, relative to the file's folder.
@@ -481,6 +787,22 @@ mod tests {
     }
 
     #[test]
+    fn plugin_pool_bounds_are_checked() {
+        let plugin = |keys: &str| format!("{MINIMAL}\n[[plugins]]\nname = \"p\"\npath = \"p.wasm\"\n{keys}\n");
+        let config = load(&plugin("")).unwrap();
+        assert_eq!((config.plugins[0].max_instances, config.plugins[0].memory_limit_mb), (8, 16));
+        for (keys, key) in [
+            ("max_instances = 0", "`plugins[0].max_instances`"),
+            ("max_instances = 257", "`plugins[0].max_instances`"),
+            ("memory_limit_mb = 4097", "`plugins[0].memory_limit_mb`"),
+        ] {
+            let err = load(&plugin(keys)).unwrap_err().to_string();
+            assert!(err.contains(key), "{keys}: {err}");
+        }
+        load(&plugin("max_instances = 256\nmemory_limit_mb = 4096")).unwrap();
+    }
+
+    #[test]
     fn settings_serialize_every_key() {
         let table = toml::Table::try_from(Settings::default()).unwrap();
         assert_eq!(table["auth_file"].as_str(), Some(""));
@@ -490,6 +812,47 @@ mod tests {
         for key in RESTART_KEYS {
             assert!(table.contains_key(*key), "{key}");
         }
+    }
+
+    #[test]
+    fn clusters_are_lists_of_nodes_with_their_keys_checked() {
+        let cluster =
+            "[pgvane]\nauth_type = \"trust\"\n[databases.app]\nhosts = [\"10.0.0.1:5433\", \"db2\", \"[::1]:6000\"]\n";
+        let c = load(cluster).unwrap();
+        let db = &c.databases["app"];
+        let nodes: Vec<String> = db.nodes.iter().map(ToString::to_string).collect();
+        assert_eq!(nodes, ["10.0.0.1:5433", "db2:5432", "[::1]:6000"]);
+        assert_eq!((db.host.as_str(), db.port, db.default_route), ("10.0.0.1", 5433, DefaultRoute::Primary));
+        assert!(db.is_cluster() && !load(MINIMAL).unwrap().databases["app"].is_cluster());
+        let replica = load(&format!("{cluster}default_route = \"replica\"\n")).unwrap();
+        assert_eq!(replica.databases["app"].default_route, DefaultRoute::Replica);
+        // A single host with a topology query is a cluster seeded by that host.
+        let seeded = load(&format!("{MINIMAL}topology_query = \"select host, port from nodes\"\n")).unwrap();
+        assert_eq!(seeded.databases["app"].nodes, [NodeAddr { host: "127.0.0.1".into(), port: 5432 }]);
+        let s = &seeded.settings;
+        assert_eq!((s.polling_frequency_ms, s.health_check_period_ms, s.monitor_user.as_deref()), (100, 1000, None));
+
+        for (text, key, says) in [
+            (format!("{cluster}host = \"h\"\n"), "databases.app.host", "cannot be combined with `hosts`"),
+            (format!("{cluster}port = 5432\n"), "databases.app.port", "cannot be combined with `hosts`"),
+            (cluster.replace("db2", "db2:0"), "databases.app.hosts", "between 1 and 65535"),
+            (cluster.replace("db2", "10.0.0.1:5433"), "databases.app.hosts", "listed twice"),
+            (cluster.replace("db2", "::1"), "databases.app.hosts", "in brackets"),
+            (cluster.replace("hosts = ", "dbname = \"x\"\n#"), "databases.app.host", "required (or `hosts`"),
+            (format!("{MINIMAL}default_route = \"replica\"\n"), "databases.app.default_route", "only applies"),
+            (format!("{cluster}topology_query = \" \"\n"), "databases.app.topology_query", "must not be empty"),
+            (
+                cluster.replace("[databases", "polling_frequency_ms = 0\n[databases"),
+                "pgvane.polling_frequency_ms",
+                "greater than 0",
+            ),
+            (cluster.replace("[databases", "monitor_user = \"mon\"\n[databases"), "pgvane.monitor_user", "auth file"),
+        ] {
+            let err = load(&text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")) && err.contains(says), "{text}\n=> {err}");
+        }
+        let err = load(&format!("{cluster}default_route = \"anywhere\"\n")).unwrap_err().to_string();
+        assert!(err.contains("anywhere") && err.contains("default_route"), "{err}");
     }
 
     #[test]
@@ -521,5 +884,85 @@ mod tests {
             let err = load(&format!("{MINIMAL}[[plugins]]\nname = \"a\"\n{entry}\n")).unwrap_err().to_string();
             assert!(err.contains(key) && err.contains(why), "{entry}: {err}");
         }
+    }
+
+    /// Writes a self-signed certificate and its key into a temp dir; returns (dir, cert, key).
+    fn cert_files() -> (tempfile_dir::Dir, String, String) {
+        let dir = tempfile_dir::Dir::new();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap();
+        let cert_path = dir.path.join("c.crt");
+        let key_path = dir.path.join("c.key");
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (dir, cert_path.display().to_string(), key_path.display().to_string())
+    }
+
+    /// A temp dir removed on drop (the proxy crate has no tempfile dependency).
+    mod tempfile_dir {
+        pub struct Dir {
+            pub path: std::path::PathBuf,
+        }
+        impl Dir {
+            pub fn new() -> Dir {
+                let path = std::env::temp_dir().join(format!("pgvane-config-test-{}", rand::random::<u64>()));
+                std::fs::create_dir_all(&path).unwrap();
+                Dir { path }
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.path);
+            }
+        }
+    }
+
+    #[test]
+    fn tls_defaults_are_pgbouncers() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.settings.client_tls_sslmode, ClientTlsMode::Disable);
+        assert_eq!(c.settings.server_tls_sslmode, ServerTlsMode::Prefer);
+        assert!(c.client_tls.acceptor().is_none());
+        assert!(c.server_tls.enabled());
+        let table = toml::Table::try_from(Settings::default()).unwrap();
+        assert_eq!(table["client_tls_sslmode"].as_str(), Some("disable"));
+        assert_eq!(table["server_tls_sslmode"].as_str(), Some("prefer"));
+        assert_eq!(table["client_tls_cert_file"].as_str(), Some(""));
+    }
+
+    #[test]
+    fn tls_keys_are_validated_and_files_read() {
+        let with = |lines: &str| MINIMAL.replace("[databases.app]", &format!("{lines}\n[databases.app]"));
+        let err = load(&with("client_tls_sslmode = \"require\"")).unwrap_err().to_string();
+        assert!(err.contains("`pgvane.client_tls_cert_file`"), "{err}");
+        let err = load(&with("client_tls_sslmode = \"sometimes\"")).unwrap_err().to_string();
+        assert!(err.contains("sometimes"), "{err}");
+        let err = load(&with("server_tls_sslmode = \"verify-full\"")).unwrap_err().to_string();
+        assert!(err.contains("`pgvane.server_tls_ca_file`"), "{err}");
+        let err = load(&with("auth_type = \"cert\"").replace("auth_type = \"trust\"\n", "")).unwrap_err().to_string();
+        assert!(err.contains("`pgvane.auth_type`"), "{err}");
+
+        let (_dir, cert, key) = cert_files();
+        let good = format!(
+            "client_tls_sslmode = \"require\"\nclient_tls_cert_file = \"{cert}\"\nclient_tls_key_file = \"{key}\""
+        );
+        let c = load(&with(&good)).unwrap();
+        assert!(c.client_tls.acceptor().is_some());
+        assert!(c.client_tls.channel_binding().is_some(), "rcgen signs with ECDSA-SHA256: binding defined");
+
+        // A key that is not one, and a missing certificate, name the key and the file.
+        let err = load(&with(&good.replace(&key, &cert))).unwrap_err().to_string();
+        assert!(err.contains("`pgvane.client_tls_key_file`") && err.contains(&cert), "{err}");
+        let err = load(&with(&good.replace(&cert, "/nonexistent/x.crt"))).unwrap_err().to_string();
+        assert!(err.contains("`pgvane.client_tls_cert_file`") && err.contains("/nonexistent/x.crt"), "{err}");
+        // A certificate that does not match the key.
+        let (_other_dir, other_cert, _) = cert_files();
+        let err = load(&with(&good.replace(&cert, &other_cert))).unwrap_err().to_string();
+        assert!(err.contains("`pgvane.client_tls_cert_file`"), "{err}");
+
+        let server = format!("server_tls_sslmode = \"verify-ca\"\nserver_tls_ca_file = \"{cert}\"");
+        assert!(load(&with(&server)).unwrap().server_tls.enabled());
+        let err = load(&with(&format!("{server}\nserver_tls_cert_file = \"{cert}\""))).unwrap_err().to_string();
+        assert!(err.contains("`pgvane.server_tls_key_file`"), "{err}");
     }
 }

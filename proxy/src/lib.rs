@@ -3,11 +3,13 @@
 //!
 //! The path of a query: [`listener`] accepts a client, [`session`] runs its startup,
 //! authentication and query loop, [`pool`] provides server connections. [`protocol`] holds
-//! the wire format (no I/O), [`auth`] the password mechanisms, [`config`] the configuration.
+//! the wire format (no I/O), [`auth`] the password mechanisms, [`config`] the configuration, [`tls`]
+//! encryption on both legs.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod lifecycle;
 pub mod listener;
@@ -16,6 +18,7 @@ pub mod policy;
 pub mod pool;
 pub mod protocol;
 pub mod session;
+pub mod tls;
 
 /// The virtual database of the admin console; no `[databases]` entry may use it.
 pub const ADMIN_DATABASE: &str = "pgvane";

@@ -23,6 +23,8 @@ pub struct Shared {
     pub pools: Arc<Pools>,
     /// Connected clients: cancel keys, states, signals.
     pub clients: Arc<ClientRegistry>,
+    /// Cluster databases: topology, health, the writer (monitors start in [`Listener::run`]).
+    pub clusters: Arc<crate::cluster::Clusters>,
     /// Failed plugin loads since each plugin last loaded (SHOW PLUGINS).
     pub plugin_failures: crate::lifecycle::Failures,
     /// Held while a reload runs, so two reloads cannot interleave.
@@ -63,6 +65,7 @@ impl Shared {
             policy: RwLock::new(Arc::new(policy)),
             pools: Arc::new(Pools::default()),
             clients: Arc::new(ClientRegistry::default()),
+            clusters: Arc::default(),
             plugin_failures: crate::lifecycle::Failures::default(),
             reloading: tokio::sync::Mutex::new(()),
             shutdown: Notify::new(),
@@ -123,6 +126,8 @@ impl Shared {
         self.set_config(new.clone());
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
         outcome.reconnecting = self.pools.apply_config(&new).moved;
+        self.clusters.apply_config(&new);
+        crate::session::cluster_pool::pools_on_every_node(self);
         Ok(outcome)
     }
 
@@ -165,6 +170,7 @@ impl Listener {
     /// Accepts clients forever, each in its own task.
     pub async fn run(self) {
         tokio::spawn(self.shared.pools.clone().sweep_forever());
+        self.shared.clusters.apply_config(&self.shared.config());
         tokio::spawn(crate::lifecycle::watch(Arc::downgrade(&self.shared)));
         loop {
             match self.listener.accept().await {

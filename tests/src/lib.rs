@@ -25,6 +25,7 @@
 
 pub mod fixture;
 pub mod registry;
+pub mod tls;
 pub mod wire;
 
 use std::ffi::OsStr;
@@ -443,6 +444,117 @@ impl PgCluster {
         Ok(cluster)
     }
 
+    /// Starts a streaming replica of `primary`: `pg_basebackup -R` (run as the PostgreSQL
+    /// user, connecting as the superuser, which the template's `pg_hba.conf` lets use
+    /// replication connections from 127.0.0.1) into a fresh directory, then a postmaster on
+    /// its own free port, in hot standby, replicating from `primary` over a replication
+    /// connection. Waits until it accepts connections (up to 30 s). The base backup of a
+    /// fresh cluster is a few MB, so this costs about as much as a template copy plus one
+    /// checkpoint on the primary.
+    pub async fn start_replica_of(primary: &PgCluster) -> Result<PgCluster> {
+        let mut last = None;
+        for _attempt in 0..5 {
+            let port = free_port()?;
+            let dir = Self::prepare_replica_dir(primary)?;
+            let mut cluster = PgCluster { port, postmaster: None, reaper: None, dir };
+            cluster.launch()?;
+            match cluster.wait_ready().await {
+                Ok(()) => return Ok(cluster),
+                Err(StartFailure::PortInUse(e)) => last = Some(e),
+                Err(StartFailure::Fatal(e)) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no start attempt made")).context("the replica kept hitting ports in use"))
+    }
+
+    /// Creates a replica's temp dir: `data/` from `pg_basebackup -R` of `primary`, `sock/`.
+    fn prepare_replica_dir(primary: &PgCluster) -> Result<TempDir> {
+        let dir = tempfile::Builder::new()
+            .prefix("pgvane-pg-replica-")
+            .tempdir_in(scratch_dir())
+            .context("creating the replica temp dir")?;
+        chmod(dir.path(), 0o755)?;
+        let data = dir.path().join("data");
+        fs::create_dir(&data).context("creating the replica data dir")?;
+        chmod(&data, 0o700)?;
+        give_to_pg(&data)?;
+        // The password goes in the connection string, so `-R` writes it into
+        // primary_conninfo and the standby can log in to the primary by itself.
+        let conninfo = format!(
+            "host={HOST} port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} application_name=pgvane_replica",
+            primary.port
+        );
+        let out = pg_command("pg_basebackup", dir.path())?
+            .arg("-d")
+            .arg(&conninfo)
+            .arg("-D")
+            .arg(&data)
+            .args(["-R", "-X", "stream", "--checkpoint=fast", "--no-sync"])
+            .output()
+            .context("running pg_basebackup")?;
+        if !out.status.success() {
+            bail!("pg_basebackup from port {} failed: {}", primary.port, describe_output(&out));
+        }
+        let sock = dir.path().join("sock");
+        fs::create_dir(&sock).context("creating the socket dir")?;
+        give_to_pg(&sock)?;
+        Ok(dir)
+    }
+
+    /// True while the server is a standby (`pg_is_in_recovery()`).
+    pub async fn is_in_recovery(&self) -> Result<bool> {
+        let client = self.connect(SUPERUSER, SUPERUSER_PASSWORD, "postgres").await?;
+        Ok(client.query_one("select pg_is_in_recovery()", &[]).await?.get(0))
+    }
+
+    /// Promotes a replica to primary (`pg_promote`, waiting up to 30 s for it to finish).
+    pub async fn promote(&self) -> Result<()> {
+        let client = self.connect(SUPERUSER, SUPERUSER_PASSWORD, "postgres").await?;
+        let promoted: bool = client.query_one("select pg_promote(true, 30)", &[]).await?.get(0);
+        if !promoted {
+            bail!("pg_promote on port {} did not finish within 30 s; log:\n{}", self.port, tail(&self.log(), 30));
+        }
+        Ok(())
+    }
+
+    /// Pauses WAL replay on a replica (`pg_wal_replay_pause()`): it keeps receiving WAL but
+    /// applies none, so it falls behind the primary for as long as the primary writes.
+    pub async fn pause_replay(&self) -> Result<()> {
+        self.exec("select pg_wal_replay_pause()").await
+    }
+
+    /// Resumes WAL replay on a replica paused with [`PgCluster::pause_replay`].
+    pub async fn resume_replay(&self) -> Result<()> {
+        self.exec("select pg_wal_replay_resume()").await
+    }
+
+    /// Waits (up to `timeout`) until this replica has replayed everything `primary` had
+    /// written when called, so what was committed there is visible here.
+    pub async fn wait_caught_up(&self, primary: &PgCluster, timeout: Duration) -> Result<()> {
+        // The clusters run with synchronous_commit=off: a commit record may not even be
+        // written yet, let alone sent. A synchronously committed transaction that wrote WAL
+        // (a transactional logical message: no table needed) flushes the WAL up to its commit,
+        // so everything committed before; a replica replays up to what the primary flushed.
+        let on_primary = primary.connect(SUPERUSER, SUPERUSER_PASSWORD, "postgres").await?;
+        on_primary
+            .batch_execute("set synchronous_commit = on; select pg_logical_emit_message(true, 'pgvane', 'sync')")
+            .await?;
+        let target: String = on_primary.query_one("select pg_current_wal_flush_lsn()::text", &[]).await?.get(0);
+        let client = self.connect(SUPERUSER, SUPERUSER_PASSWORD, "postgres").await?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let done: Option<bool> =
+                client.query_one("select pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&target]).await?.get(0);
+            if done == Some(true) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the replica on port {} did not replay up to {target} within {timeout:?}", self.port);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Creates the cluster's temp dir: `data/` (copy of the template), `sock/`.
     fn prepare_dir(template: &Path) -> Result<TempDir> {
         let dir = tempfile::Builder::new()
@@ -658,6 +770,40 @@ impl PgCluster {
         if let Some(mut child) = self.postmaster.take() {
             stop_child(&mut child, signal, grace);
         }
+    }
+
+    /// Turns on TLS (`ssl = on`) with this certificate and key (PEM), written into the data
+    /// directory as `server.crt`/`server.key`, owned by the PostgreSQL user, the key with mode
+    /// 0600 as PostgreSQL demands; takes effect with a configuration reload.
+    pub async fn enable_ssl(&self, cert_pem: &str, key_pem: &str) -> Result<()> {
+        let data = self.data_dir();
+        for (file, contents, mode) in [("server.crt", cert_pem, 0o644), ("server.key", key_pem, 0o600)] {
+            let path = data.join(file);
+            fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+            chmod(&path, mode)?;
+            give_to_pg(&path)?;
+        }
+        self.exec("alter system set ssl = on").await?;
+        self.exec("select pg_reload_conf()").await?;
+        // The reload is asynchronous: wait until the postmaster has TLS on.
+        let deadline = Instant::now() + PG_START_TIMEOUT;
+        loop {
+            let client = self.connect(SUPERUSER, SUPERUSER_PASSWORD, "postgres").await?;
+            let ssl: String = client.query_one("show ssl", &[]).await?.get(0);
+            if ssl == "on" {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("ssl did not turn on after a reload:\n{}", tail(&self.log(), 20));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Replaces `pg_hba.conf` with `contents` and reloads.
+    pub async fn set_hba(&self, contents: &str) -> Result<()> {
+        fs::write(self.data_dir().join("pg_hba.conf"), contents).context("writing pg_hba.conf")?;
+        self.exec("select pg_reload_conf()").await
     }
 
     /// Starts the server again after [`PgCluster::stop`] (or

@@ -110,6 +110,7 @@ async fn show_commands_describe_pools_clients_servers_and_settings() -> anyhow::
             "database",
             "maxwait",
             "maxwait_us",
+            "node",
             "pool_mode",
             "sv_active",
             "sv_idle",

@@ -66,3 +66,50 @@ async fn clusters_start_in_parallel() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_replica_streams_pauses_and_is_promoted() -> anyhow::Result<()> {
+    use std::time::Duration;
+    let primary = PgCluster::start().await?;
+    primary.exec("create table t(x int); insert into t values (1)").await?;
+    let replica = PgCluster::start_replica_of(&primary).await?;
+    assert_ne!(primary.port(), replica.port());
+    assert!(!primary.is_in_recovery().await? && replica.is_in_recovery().await?);
+    // Real streaming replication: a walsender on the primary, the base backup's data and
+    // later commits on the replica, writes refused there.
+    let senders: i64 = primary
+        .connect("postgres", "postgres", "postgres")
+        .await?
+        .query_one("select count(*) from pg_stat_replication where state = 'streaming'", &[])
+        .await?
+        .get(0);
+    assert_eq!(senders, 1);
+    primary.exec("insert into t values (2)").await?;
+    replica.wait_caught_up(&primary, Duration::from_secs(10)).await?;
+    let on_replica = replica.connect("postgres", "postgres", "postgres").await?;
+    let n: i64 = on_replica.query_one("select count(*) from t", &[]).await?.get(0);
+    assert_eq!(n, 2);
+    let err = on_replica.batch_execute("insert into t values (3)").await.expect_err("a standby is read-only");
+    assert_eq!(err.code().map(|c| c.code()), Some("25006"));
+
+    // Paused replay: the replica falls behind and cannot catch up until resumed.
+    replica.pause_replay().await?;
+    primary.exec("insert into t values (3)").await?;
+    assert!(replica.wait_caught_up(&primary, Duration::from_millis(500)).await.is_err(), "replay is paused");
+    let n: i64 = on_replica.query_one("select count(*) from t", &[]).await?.get(0);
+    assert_eq!(n, 2, "paused replay must not apply the new row");
+    replica.resume_replay().await?;
+    replica.wait_caught_up(&primary, Duration::from_secs(10)).await?;
+    let n: i64 = on_replica.query_one("select count(*) from t", &[]).await?.get(0);
+    assert_eq!(n, 3, "resumed replay applies it");
+
+    // Promotion: the replica becomes a primary and takes writes.
+    let mut primary = primary;
+    primary.stop();
+    replica.promote().await?;
+    assert!(!replica.is_in_recovery().await?);
+    on_replica.batch_execute("insert into t values (4)").await?;
+    let n: i64 = on_replica.query_one("select count(*) from t", &[]).await?.get(0);
+    assert_eq!(n, 4);
+    Ok(())
+}

@@ -31,10 +31,14 @@ fn push(registry: &Registry, file: &std::path::Path, repo: &str, tag: &str) -> a
     Ok(digest)
 }
 
-/// A query_rewrite entry from `source` answering `SELECT 'probe'` with `SELECT '<answer>'`.
+/// A query_rewrite entry from `source` that answers `SELECT 'probe'` with `SELECT '<answer>'`.
+/// As in reload.rs: a plugin error fails the statement instead of letting the probe pass
+/// unanswered, and the deadline per call is generous (this tests loading, not speed, on a
+/// machine running several clusters and registries at once).
 fn probe_plugin(source: &str, answer: &str) -> String {
     format!(
-        "[[plugins]]\nname = \"probe\"\nsource = \"{source}\"\n[[plugins.config.rules]]\n\
+        "[[plugins]]\nname = \"probe\"\nsource = \"{source}\"\non_error = \"reject\"\ntimeout_ms = 2000\n\
+         [[plugins.config.rules]]\n\
          queryRegex = \"^SELECT 'probe'$\"\nreplace = \"SELECT '{answer}'\"\n"
     )
 }

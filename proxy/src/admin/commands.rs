@@ -45,6 +45,8 @@ pub enum Show {
     Version,
     /// One row per policy plugin.
     Plugins,
+    /// One row per node of every cluster database.
+    Backends,
 }
 
 /// The SHOW items, by name.
@@ -57,11 +59,12 @@ const SHOW_ITEMS: &[(&str, Show)] = &[
     ("STATS", Show::Stats),
     ("CONFIG", Show::Config),
     ("VERSION", Show::Version),
+    ("BACKENDS", Show::Backends),
     ("PLUGINS", Show::Plugins),
 ];
 
 /// Every command, as the HINT of an unknown one lists them.
-pub const USAGE: &str = "SHOW HELP|POOLS|CLIENTS|SERVERS|DATABASES|STATS|CONFIG|VERSION|PLUGINS; \
+pub const USAGE: &str = "SHOW HELP|POOLS|CLIENTS|SERVERS|DATABASES|STATS|CONFIG|VERSION|BACKENDS|PLUGINS; \
                          PAUSE [db]; RESUME [db]; RELOAD; RECONNECT [db]; KILL [db]; SHUTDOWN";
 
 /// A word of a statement.

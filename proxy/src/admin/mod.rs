@@ -85,7 +85,7 @@ impl AdminError {
         match self {
             AdminError::UnknownCommand(_) => error.with_hint(format!("commands: {}", commands::USAGE)),
             AdminError::UnknownShow(_) => {
-                error.with_hint("SHOW HELP|POOLS|CLIENTS|SERVERS|DATABASES|STATS|CONFIG|VERSION|PLUGINS")
+                error.with_hint("SHOW HELP|POOLS|CLIENTS|SERVERS|DATABASES|STATS|CONFIG|VERSION|BACKENDS|PLUGINS")
             }
             AdminError::StateHint(_, hint) => error.with_hint(*hint),
             AdminError::ExtendedProtocol => error.with_hint("use a client that sends simple queries, e.g. psql"),
@@ -249,6 +249,7 @@ async fn execute(
         Command::Show(Show::Stats) => show::stats(shared).encode(out),
         Command::Show(Show::Config) => show::config(shared)?.encode(out),
         Command::Show(Show::Version) => show::version().encode(out),
+        Command::Show(Show::Backends) => show::backends(shared).encode(out),
         Command::Show(Show::Plugins) => show::plugins(shared).encode(out),
         Command::Pause(db) => {
             control::pause(shared, handle, db.as_deref()).await?;

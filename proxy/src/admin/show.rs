@@ -14,6 +14,9 @@ use crate::session::registry::{ClientInfo, ClientState};
 
 use super::AdminError;
 
+mod backends;
+pub use backends::backends;
+
 /// Rows of text values under named columns.
 #[derive(Debug)]
 pub struct ResultSet {
@@ -86,6 +89,7 @@ pub fn pools(shared: &Shared) -> ResultSet {
         "maxwait",
         "maxwait_us",
         "pool_mode",
+        "node",
     ]);
     let config = shared.config();
     let clients = shared.clients.snapshot();
@@ -109,6 +113,7 @@ pub fn pools(shared: &Shared) -> ResultSet {
             text(maxwait.as_secs()),
             text(maxwait.subsec_micros()),
             text(config.settings.pool_mode.as_str()),
+            pool.node.as_ref().map(ToString::to_string),
         ]);
     }
     set

@@ -1,4 +1,5 @@
-//! SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL speaks it, without channel binding.
+//! SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL speaks it, and SCRAM-SHA-256-PLUS with
+//! the tls-server-end-point channel binding (RFC 5929) over TLS.
 //!
 //! [`ServerExchange`] is pgvane acting as the server, checking a client against a stored
 //! [`ScramVerifier`]. [`ClientExchange`] is pgvane acting as the client, logging in to a
@@ -29,6 +30,12 @@ use super::constant_time_eq;
 
 /// The SASL mechanism name, as listed in AuthenticationSASL.
 pub const MECHANISM: &str = "SCRAM-SHA-256";
+
+/// The SASL mechanism with channel binding, offered over TLS.
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
+/// The only channel-binding type PostgreSQL (and pgvane) supports.
+pub const CHANNEL_BINDING_TYPE: &str = "tls-server-end-point";
 
 /// The most PBKDF2 iterations [`ClientExchange`] will compute for a server, so that a
 /// hostile server cannot make pgvane spin.
@@ -70,9 +77,26 @@ pub enum ScramError {
     /// The other side requires a SCRAM extension (`m=...`), none of which are supported.
     #[error("peer requires an unsupported SCRAM extension")]
     ExtensionNotSupported,
-    /// The client-final-message's channel-binding attribute does not repeat its gs2 header.
-    #[error("unexpected SCRAM channel-binding attribute in client-final-message")]
+    /// The client-final-message's channel-binding attribute does not repeat its gs2 header
+    /// (and, with channel binding, the binding data of this TLS connection).
+    #[error("SCRAM channel binding check failed")]
     ChannelBindingMismatch,
+    /// The client chose a mechanism that is not offered.
+    #[error("client selected an invalid SASL authentication mechanism")]
+    InvalidMechanism,
+    /// The client chose SCRAM-SHA-256-PLUS but sent no channel binding, or chose
+    /// SCRAM-SHA-256 and sent some.
+    #[error("the SCRAM gs2 header does not match the selected mechanism")]
+    MechanismMismatch,
+    /// The client asked for a channel-binding type other than tls-server-end-point.
+    #[error("unsupported SCRAM channel-binding type")]
+    UnsupportedChannelBindingType,
+    /// The client said it supports channel binding but thinks the server does not, while it
+    /// does: someone between them removed SCRAM-SHA-256-PLUS from the offer.
+    #[error(
+        "client supports SCRAM channel binding but thinks the server does not; it does (possible downgrade attack)"
+    )]
+    ChannelBindingDowngrade,
     /// The nonce does not extend, or repeat, the one sent earlier.
     #[error("invalid SCRAM response (nonce mismatch)")]
     NonceMismatch,
@@ -184,23 +208,35 @@ impl fmt::Debug for ScramKeys {
     }
 }
 
-/// The gs2 channel-binding flag a client sent without binding.
+/// The gs2 channel-binding flag of a client-first-message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Gs2Flag {
     /// `n`: the client does not support channel binding.
     NotSupported,
     /// `y`: the client supports it but thinks the server does not.
     ServerLacks,
+    /// `p=tls-server-end-point`: the client binds to the TLS connection.
+    Binding,
 }
 
-impl Gs2Flag {
-    /// The `c=` value the client-final-message must carry: base64 of the gs2 header.
-    fn channel_binding(self) -> &'static str {
-        match self {
-            Gs2Flag::NotSupported => "biws", // base64("n,,")
-            Gs2Flag::ServerLacks => "eSws",  // base64("y,,")
-        }
-    }
+/// What the server side knows of channel binding.
+#[derive(Clone)]
+enum ServerBinding {
+    /// Not over TLS (or no binding data): only SCRAM-SHA-256.
+    Unsupported,
+    /// Over TLS: SCRAM-SHA-256-PLUS is offered with this tls-server-end-point data.
+    Offered(Vec<u8>),
+    /// The client chose SCRAM-SHA-256-PLUS.
+    Selected(Vec<u8>),
+}
+
+/// The `c=` value a client-final-message must carry: base64 of the gs2 header followed by
+/// the binding data (none without binding: "biws" for "n,,", "eSws" for "y,,").
+fn channel_binding_attribute(gs2_header: &str, data: &[u8]) -> String {
+    let mut input = Vec::with_capacity(gs2_header.len() + data.len());
+    input.extend_from_slice(gs2_header.as_bytes());
+    input.extend_from_slice(data);
+    BASE64.encode(input)
 }
 
 /// Where a [`ServerExchange`] stands.
@@ -215,7 +251,8 @@ enum ServerState {
 
 /// What the server remembers between its two steps.
 struct ServerFirstSent {
-    gs2_flag: Gs2Flag,
+    /// The `c=` value the client-final-message must carry.
+    channel_binding: String,
     client_first_bare: String,
     server_first: String,
     /// Client nonce followed by server nonce.
@@ -229,6 +266,7 @@ pub struct ServerExchange {
     /// Whether `verifier` is a mock, so that the exchange must fail.
     mock: bool,
     state: ServerState,
+    binding: ServerBinding,
 }
 
 impl ServerExchange {
@@ -244,7 +282,38 @@ impl ServerExchange {
             Some(verifier) => (verifier, false),
             None => (mock_verifier(user), true),
         };
-        ServerExchange { verifier, mock, state: ServerState::AwaitingClientFirst }
+        ServerExchange { verifier, mock, state: ServerState::AwaitingClientFirst, binding: ServerBinding::Unsupported }
+    }
+
+    /// Offers SCRAM-SHA-256-PLUS too, binding to a TLS connection whose tls-server-end-point
+    /// data is `data`. A client that then claims the server lacks channel binding (`y`) is
+    /// refused: the offer was stripped on the way.
+    pub fn with_channel_binding(mut self, data: Vec<u8>) -> ServerExchange {
+        self.binding = ServerBinding::Offered(data);
+        self
+    }
+
+    /// The mechanisms to list in AuthenticationSASL, preferred first.
+    pub fn mechanisms(&self) -> Vec<String> {
+        match self.binding {
+            ServerBinding::Unsupported => vec![MECHANISM.into()],
+            _ => vec![MECHANISM_PLUS.into(), MECHANISM.into()],
+        }
+    }
+
+    /// Takes the mechanism the client chose in its SASLInitialResponse.
+    pub fn select_mechanism(&mut self, mechanism: &str) -> Result<(), ScramError> {
+        match (mechanism, &self.binding) {
+            (MECHANISM, _) => Ok(()),
+            (MECHANISM_PLUS, ServerBinding::Offered(data)) => {
+                self.binding = ServerBinding::Selected(data.clone());
+                Ok(())
+            }
+            _ => {
+                self.state = ServerState::Done;
+                Err(ScramError::InvalidMechanism)
+            }
+        }
     }
 
     /// Takes the client-first-message (the data of SASLInitialResponse), returns the
@@ -262,13 +331,22 @@ impl ServerExchange {
 
         let message = message_text(data)?;
         let (gs2_flag, client_first_bare) = parse_gs2_header(message)?;
+        let gs2_header = message.get(..message.len() - client_first_bare.len()).unwrap_or_default();
+        let channel_binding = match (gs2_flag, &self.binding) {
+            (Gs2Flag::Binding, ServerBinding::Selected(data)) => channel_binding_attribute(gs2_header, data),
+            (Gs2Flag::Binding, ServerBinding::Unsupported) => return Err(ScramError::ChannelBindingRequired),
+            (Gs2Flag::Binding, ServerBinding::Offered(_)) => return Err(ScramError::MechanismMismatch),
+            (_, ServerBinding::Selected(_)) => return Err(ScramError::MechanismMismatch),
+            (Gs2Flag::ServerLacks, ServerBinding::Offered(_)) => return Err(ScramError::ChannelBindingDowngrade),
+            (Gs2Flag::NotSupported | Gs2Flag::ServerLacks, _) => channel_binding_attribute(gs2_header, &[]),
+        };
         let client_nonce = parse_client_first_bare(client_first_bare)?;
 
         let nonce = format!("{client_nonce}{}", random_nonce());
         let server_first = format!("r={nonce},s={},i={}", BASE64.encode(&self.verifier.salt), self.verifier.iterations);
         let reply = server_first.clone().into_bytes();
         self.state = ServerState::AwaitingClientFinal(ServerFirstSent {
-            gs2_flag,
+            channel_binding,
             client_first_bare: client_first_bare.to_owned(),
             server_first,
             nonce,
@@ -290,7 +368,7 @@ impl ServerExchange {
 
         let message = message_text(data)?;
         let client_final = parse_client_final(message)?;
-        if client_final.channel_binding != sent.gs2_flag.channel_binding() {
+        if !constant_time_eq(client_final.channel_binding.as_bytes(), sent.channel_binding.as_bytes()) {
             return Err(ScramError::ChannelBindingMismatch);
         }
         if client_final.nonce != sent.nonce {
@@ -344,26 +422,62 @@ enum ClientState {
     Done,
 }
 
+/// Channel binding as pgvane the client uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientBinding {
+    /// Not over TLS: gs2 header "n,,".
+    None,
+    /// Over TLS, but the server did not offer SCRAM-SHA-256-PLUS: "y,,".
+    NotOffered,
+    /// SCRAM-SHA-256-PLUS with this tls-server-end-point data of the server's certificate.
+    TlsServerEndPoint(Vec<u8>),
+}
+
+impl ClientBinding {
+    fn gs2_header(&self) -> &'static str {
+        match self {
+            ClientBinding::None => "n,,",
+            ClientBinding::NotOffered => "y,,",
+            ClientBinding::TlsServerEndPoint(_) => "p=tls-server-end-point,,",
+        }
+    }
+
+    /// The mechanism to choose.
+    pub fn mechanism(&self) -> &'static str {
+        match self {
+            ClientBinding::TlsServerEndPoint(_) => MECHANISM_PLUS,
+            _ => MECHANISM,
+        }
+    }
+}
+
 /// pgvane as the SCRAM client, logging in to a PostgreSQL server.
 pub struct ClientExchange {
     credential: ClientCredential,
     state: ClientState,
+    binding: ClientBinding,
 }
 
 impl ClientExchange {
-    /// Starts an exchange that will prove `credential`.
+    /// Starts an exchange that will prove `credential`, without channel binding.
     pub fn new(credential: ClientCredential) -> ClientExchange {
-        ClientExchange { credential, state: ClientState::Start }
+        ClientExchange { credential, state: ClientState::Start, binding: ClientBinding::None }
     }
 
-    /// The client-first-message: gs2 header "n,,", empty username "n=," as libpq sends,
-    /// and a fresh random nonce (base64 of 18 bytes).
+    /// Uses `binding` (set before [`ClientExchange::client_first`]).
+    pub fn with_channel_binding(mut self, binding: ClientBinding) -> ClientExchange {
+        self.binding = binding;
+        self
+    }
+
+    /// The client-first-message: the gs2 header ("n,," without channel binding), empty
+    /// username "n=," as libpq sends, and a fresh random nonce (base64 of 18 bytes).
     ///
     /// Calling it again starts the exchange over with a new nonce.
     pub fn client_first(&mut self) -> Vec<u8> {
         let client_nonce = random_nonce();
         let client_first_bare = format!("n=,r={client_nonce}");
-        let message = format!("n,,{client_first_bare}");
+        let message = format!("{}{client_first_bare}", self.binding.gs2_header());
         self.state = ClientState::FirstSent { client_nonce, client_first_bare };
         message.into_bytes()
     }
@@ -394,7 +508,11 @@ impl ClientExchange {
             ClientCredential::Keys(keys) => keys.clone(),
         };
 
-        let without_proof = format!("c=biws,r={nonce}");
+        let data = match &self.binding {
+            ClientBinding::TlsServerEndPoint(data) => data.as_slice(),
+            _ => &[],
+        };
+        let without_proof = format!("c={},r={nonce}", channel_binding_attribute(self.binding.gs2_header(), data));
         let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
         let stored_key = sha256(&keys.client_key);
         let client_signature = hmac_sha256(&stored_key, auth_message.as_bytes());
@@ -458,7 +576,8 @@ fn parse_gs2_header(message: &str) -> Result<(Gs2Flag, &str), ScramError> {
     let gs2_flag = match flag {
         "n" => Gs2Flag::NotSupported,
         "y" => Gs2Flag::ServerLacks,
-        _ if flag.starts_with("p=") => return Err(ScramError::ChannelBindingRequired),
+        _ if flag == "p=tls-server-end-point" => Gs2Flag::Binding,
+        _ if flag.starts_with("p=") => return Err(ScramError::UnsupportedChannelBindingType),
         _ => return Err(malformed("unexpected channel-binding flag")),
     };
     let (authzid, bare) = rest.split_once(',').ok_or_else(|| malformed("missing gs2 header"))?;
@@ -761,6 +880,7 @@ mod tests {
     #[test]
     fn client_matches_rfc_7677_example() {
         let mut client = ClientExchange {
+            binding: ClientBinding::None,
             credential: ClientCredential::Password("pencil".into()),
             state: ClientState::FirstSent {
                 client_nonce: RFC_CLIENT_NONCE.into(),
@@ -785,7 +905,7 @@ mod tests {
         assert_eq!(nonce_of(server_first).len(), RFC_CLIENT_NONCE.len() + 24);
 
         server.state = ServerState::AwaitingClientFinal(ServerFirstSent {
-            gs2_flag: Gs2Flag::NotSupported,
+            channel_binding: "biws".into(),
             client_first_bare: "n=user,r=rOprNGfwEbeRWgbNEkqO".into(),
             server_first: RFC_SERVER_FIRST.into(),
             nonce: nonce_of(RFC_SERVER_FIRST).into(),
@@ -883,8 +1003,12 @@ mod tests {
 
         // A mock exchange fails even when the proof would be right: here the mock flag is
         // paired with a real verifier and the right password.
-        let mut server =
-            ServerExchange { verifier: verifier("pw"), mock: true, state: ServerState::AwaitingClientFirst };
+        let mut server = ServerExchange {
+            verifier: verifier("pw"),
+            mock: true,
+            state: ServerState::AwaitingClientFirst,
+            binding: ServerBinding::Unsupported,
+        };
         let mut client = ClientExchange::new(ClientCredential::Password("pw".into()));
         assert_eq!(run(&mut server, &mut client).err(), Some(ScramError::InvalidProof));
     }
@@ -1082,5 +1206,79 @@ mod tests {
         assert!(
             ScramVerifier::from_password("a\u{0007}b", salt, 4096) != ScramVerifier::from_password("ab", salt, 4096)
         );
+    }
+
+    fn plus_pair(server_data: &[u8], client_binding: ClientBinding) -> (ServerExchange, ClientExchange) {
+        let server = ServerExchange::new("user", Some(verifier("pencil"))).with_channel_binding(server_data.to_vec());
+        let client =
+            ClientExchange::new(ClientCredential::Password("pencil".into())).with_channel_binding(client_binding);
+        (server, client)
+    }
+
+    #[test]
+    fn channel_binding_round_trip_succeeds() {
+        let (mut server, mut client) = plus_pair(b"cert hash", ClientBinding::TlsServerEndPoint(b"cert hash".to_vec()));
+        assert_eq!(server.mechanisms(), vec![MECHANISM_PLUS.to_string(), MECHANISM.to_string()]);
+        server.select_mechanism(MECHANISM_PLUS).unwrap();
+        let client_first = client.client_first();
+        assert!(text(&client_first).starts_with("p=tls-server-end-point,,n=,r="));
+        let server_first = server.client_first(&client_first).unwrap();
+        let client_final = client.server_first(&server_first).unwrap();
+        let expected_c = BASE64.encode(b"p=tls-server-end-point,,cert hash");
+        assert!(text(&client_final).starts_with(&format!("c={expected_c},")));
+        let (server_final, _) = server.client_final(&client_final).unwrap();
+        client.server_final(&server_final).unwrap();
+    }
+
+    #[test]
+    fn channel_binding_to_another_certificate_fails() {
+        // A man in the middle terminates TLS with its own certificate: the hashes differ.
+        let (mut server, mut client) = plus_pair(b"real cert", ClientBinding::TlsServerEndPoint(b"mitm cert".to_vec()));
+        server.select_mechanism(MECHANISM_PLUS).unwrap();
+        assert_eq!(run(&mut server, &mut client).err(), Some(ScramError::ChannelBindingMismatch));
+    }
+
+    #[test]
+    fn channel_binding_downgrades_are_refused() {
+        // The offer of -PLUS was stripped: the client says "y", the server knows better.
+        let (mut server, mut client) = plus_pair(b"cert", ClientBinding::NotOffered);
+        server.select_mechanism(MECHANISM).unwrap();
+        assert_eq!(server.client_first(&client.client_first()).err(), Some(ScramError::ChannelBindingDowngrade));
+        // -PLUS chosen, but the message carries no binding.
+        let (mut server, mut client) = plus_pair(b"cert", ClientBinding::None);
+        server.select_mechanism(MECHANISM_PLUS).unwrap();
+        assert_eq!(server.client_first(&client.client_first()).err(), Some(ScramError::MechanismMismatch));
+        // Binding data without -PLUS.
+        let (mut server, mut client) = plus_pair(b"cert", ClientBinding::TlsServerEndPoint(b"cert".to_vec()));
+        server.select_mechanism(MECHANISM).unwrap();
+        assert_eq!(server.client_first(&client.client_first()).err(), Some(ScramError::MechanismMismatch));
+        // -PLUS when it was never offered (no TLS).
+        let mut server = ServerExchange::new("user", Some(verifier("pencil")));
+        assert_eq!(server.mechanisms(), vec![MECHANISM.to_string()]);
+        assert_eq!(server.select_mechanism(MECHANISM_PLUS).err(), Some(ScramError::InvalidMechanism));
+        // Other binding types.
+        let (mut server, _) = plus_pair(b"cert", ClientBinding::None);
+        server.select_mechanism(MECHANISM_PLUS).unwrap();
+        assert_eq!(
+            server.client_first(b"p=tls-unique,,n=,r=abc").err(),
+            Some(ScramError::UnsupportedChannelBindingType)
+        );
+    }
+
+    #[test]
+    fn plain_scram_still_works_when_plus_is_offered() {
+        // A client without channel binding support ("n") may use SCRAM-SHA-256 over TLS.
+        let (mut server, mut client) = plus_pair(b"cert", ClientBinding::None);
+        server.select_mechanism(MECHANISM).unwrap();
+        run(&mut server, &mut client).unwrap();
+    }
+
+    #[test]
+    fn client_says_y_when_the_server_offers_no_plus() {
+        let mut server = ServerExchange::new("user", Some(verifier("pencil")));
+        let mut client = ClientExchange::new(ClientCredential::Password("pencil".into()))
+            .with_channel_binding(ClientBinding::NotOffered);
+        assert!(text(&client.client_first()).starts_with("y,,"));
+        run(&mut server, &mut client).unwrap();
     }
 }

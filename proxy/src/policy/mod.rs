@@ -10,7 +10,7 @@
 mod plugin;
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -70,6 +70,10 @@ pub struct PluginSettings {
     /// What a plugin error means for the statement.
     #[serde(default = "default_on_error")]
     pub on_error: OnError,
+    /// Instances kept at most (warm plus busy): calls beyond it wait for a free one. Each
+    /// reserves a slot of the chain's pooling allocator.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: u32,
     /// Handed to the plugin's `init` as JSON.
     #[serde(default)]
     pub config: toml::Table,
@@ -86,6 +90,9 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_on_error() -> OnError {
     OnError::Pass
+}
+fn default_max_instances() -> u32 {
+    8
 }
 
 /// Why a plugin could not be compiled or initialised.
@@ -118,29 +125,74 @@ pub enum PluginError {
     InvalidVerdict(String),
 }
 
-/// The shared engine, with its epoch ticker.
-fn engine() -> Result<&'static wasmtime::Engine, PolicyError> {
-    static ENGINE: OnceLock<Result<wasmtime::Engine, String>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| {
-            let mut config = wasmtime::Config::new();
-            config.wasm_component_model(true).consume_fuel(true).epoch_interruption(true);
-            let engine = wasmtime::Engine::new(&config).map_err(|e| format!("{e:#}"))?;
-            let ticker = engine.weak();
-            std::thread::Builder::new()
-                .name("pgvane-epoch".into())
-                .spawn(move || {
-                    while let Some(engine) = ticker.upgrade() {
-                        engine.increment_epoch();
-                        drop(engine);
-                        std::thread::sleep(EPOCH_TICK);
-                    }
-                })
-                .map_err(|e| e.to_string())?;
-            Ok(engine)
+/// What one plugin instance may take from the pool: a Rust component built for wasm32-wasip2 has
+/// 3 core instances, 1 memory and 2 tables (the module, and wit-bindgen's two shims); the limits
+/// leave room for other toolchains (e.g. a WASI preview1 adapter brings a memory of its own).
+const CORE_INSTANCES_PER_INSTANCE: u32 = 16;
+const MEMORIES_PER_INSTANCE: u32 = 2;
+const TABLES_PER_INSTANCE: u32 = 4;
+/// Unmapped bytes after each linear memory: accesses up to this offset past the bounds-checked
+/// index fault instead of needing a check of their own.
+const MEMORY_GUARD_BYTES: u64 = 2 << 20;
+/// The stack of an async call (guest frames plus the host functions it calls), and how much of it
+/// the guest may use: wasmtime's defaults.
+const ASYNC_STACK_BYTES: usize = 2 << 20;
+const MAX_WASM_STACK_BYTES: usize = 512 << 10;
+
+/// An engine for one chain, with its epoch ticker, sized from the chain's settings.
+///
+/// Instances come from wasmtime's pooling allocator: slots reserved once, when the engine is
+/// built, and reused, so (re)instantiating is a few page-table updates rather than mmaps, and a
+/// warm instance keeps its fiber stack between calls. The pool holds `max_instances` instances
+/// per plugin. Each linear-memory slot reserves (not commits) the largest `memory_limit_mb` of
+/// the chain plus a guard of [`MEMORY_GUARD_BYTES`]: with the defaults (four plugins, 8 instances,
+/// 16 MiB) that is 64 memory slots of 18 MiB = 1.1 GiB of address space, plus 32 fiber stacks of
+/// 2 MiB; docs/plugins.md has the formula. The price of slots smaller than wasmtime's default
+/// 4 GiB is an explicit bounds check on each memory access of the guest (measured: see
+/// docs/plugins.md).
+fn engine(settings: &[PluginSettings]) -> Result<wasmtime::Engine, PolicyError> {
+    const MIB: usize = 1024 * 1024;
+    // No settings: `pgvane plugin inspect` compiling a component with no chain around it
+    // (one slot, the largest memory a plugin may have; nothing is instantiated).
+    let instances = settings.iter().map(|s| s.max_instances).fold(0u32, u32::saturating_add).max(1);
+    let max_memory_mb = settings.iter().map(|s| s.memory_limit_mb).max().unwrap_or(crate::config::MAX_PLUGIN_MEMORY_MB);
+    let max_memory_bytes = max_memory_mb.saturating_mul(MIB);
+    let mut pool = wasmtime::PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_INSTANCE)
+        .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_INSTANCE))
+        .max_memories_per_component(MEMORIES_PER_INSTANCE)
+        .total_memories(instances.saturating_mul(MEMORIES_PER_INSTANCE))
+        .max_tables_per_component(TABLES_PER_INSTANCE)
+        .total_tables(instances.saturating_mul(TABLES_PER_INSTANCE))
+        // One per instance: a store keeps the stack of its last call for the next one.
+        .total_stacks(instances)
+        .max_memory_size(max_memory_bytes);
+    let mut config = wasmtime::Config::new();
+    config
+        .wasm_component_model(true)
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool))
+        .memory_reservation(max_memory_bytes as u64)
+        .memory_reservation_for_growth(0)
+        .memory_guard_size(MEMORY_GUARD_BYTES)
+        .async_stack_size(ASYNC_STACK_BYTES)
+        .max_wasm_stack(MAX_WASM_STACK_BYTES);
+    let engine = wasmtime::Engine::new(&config).map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
+    // The ticker ends when the chain (and with it every user of the engine) is gone.
+    let ticker = engine.weak();
+    std::thread::Builder::new()
+        .name("pgvane-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = ticker.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
         })
-        .as_ref()
-        .map_err(|e| PolicyError::Engine(e.clone()))
+        .map_err(|e| PolicyError::Engine(e.to_string()))?;
+    Ok(engine)
 }
 
 /// Where a statement should run.
@@ -223,11 +275,12 @@ impl Chain {
         if loadables.is_empty() {
             return Ok(Chain::default());
         }
-        let engine = engine()?;
+        let settings: Vec<PluginSettings> = loadables.iter().map(|l| l.settings.clone()).collect();
+        let engine = engine(&settings)?;
         let databases: Arc<[String]> = databases.into();
         let mut plugins = Vec::new();
         for l in loadables {
-            plugins.push(Plugin::load(engine, l.settings, l.origin, &l.wasm, databases.clone()).await?);
+            plugins.push(Plugin::load(&engine, l.settings, l.origin, &l.wasm, databases.clone()).await?);
         }
         Ok(Chain { plugins })
     }
@@ -246,21 +299,22 @@ impl Chain {
     /// exists (a route to an unknown one is a plugin error).
     pub async fn decide(&self, request: &Request<'_>, known_database: impl Fn(&str) -> bool) -> Decision {
         let mut route = None;
-        let mut sql: Option<String> = None;
+        // Built once per statement; only `sql` changes along the chain.
+        let mut ctx = wit::Context {
+            user: request.user.to_owned(),
+            database: request.database.to_owned(),
+            application_name: request.application_name.to_owned(),
+            client_addr: request.client_addr.clone(),
+            session_id: request.session_id,
+            sql: request.sql.to_owned(),
+            in_transaction: request.in_transaction,
+            message: match request.parse {
+                None => wit::Message::SimpleQuery,
+                Some(name) => wit::Message::Parse(name.to_owned()),
+            },
+        };
+        let mut rewritten = false;
         for plugin in &self.plugins {
-            let ctx = wit::Context {
-                user: request.user.to_owned(),
-                database: request.database.to_owned(),
-                application_name: request.application_name.to_owned(),
-                client_addr: request.client_addr.clone(),
-                session_id: request.session_id,
-                sql: sql.clone().unwrap_or_else(|| request.sql.to_owned()),
-                in_transaction: request.in_transaction,
-                message: match request.parse {
-                    None => wit::Message::SimpleQuery,
-                    Some(name) => wit::Message::Parse(name.to_owned()),
-                },
-            };
             let verdict = plugin.decide(&ctx).await.and_then(|v| validate(v, &known_database));
             let (new_route, new_sql) = match verdict {
                 Ok(Checked::Run(r, s)) => (r, s),
@@ -287,11 +341,12 @@ impl Chain {
             if route.is_none() {
                 route = new_route;
             }
-            if new_sql.is_some() {
-                sql = new_sql;
+            if let Some(sql) = new_sql {
+                ctx.sql = sql;
+                rewritten = true;
             }
         }
-        Decision::Run { route, sql }
+        Decision::Run { route, sql: rewritten.then_some(ctx.sql) }
     }
 }
 

@@ -1,9 +1,10 @@
 //! One loaded plugin: its compiled component, its warm instances and its limits.
 //!
 //! The component is compiled once at load; instances come from a pre-instantiated
-//! `PolicyPre` and are reused between calls. Every call gets fresh fuel, a wall-clock
-//! deadline (epochs) and runs under the store's memory cap; an instance that trapped is thrown
-//! away, never reused.
+//! `PolicyPre`, live in the chain's pooling allocator (at most `max_instances` of them, see
+//! `super::engine`) and are reused between calls, each keeping its fiber stack. Every call gets
+//! fresh fuel, a wall-clock deadline (epochs) and runs under the store's memory cap; an instance
+//! that trapped is thrown away, never reused.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -93,6 +94,9 @@ pub struct Plugin {
     pre: PolicyPre<PluginState>,
     databases: Arc<[String]>,
     warm: Mutex<Vec<Warm>>,
+    /// One permit per instance the plugin may have (`max_instances`): a call holds one, so
+    /// warm plus busy instances never outnumber the pool slots reserved for the plugin.
+    permits: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -117,6 +121,7 @@ impl Plugin {
             plugin: name.clone(),
             reason: format!("config cannot be turned into JSON: {e}"),
         })?;
+        let settings_instances = usize::try_from(settings.max_instances).unwrap_or(usize::MAX).max(1);
         let plugin = Plugin {
             settings,
             stats: PluginStats::default(),
@@ -126,6 +131,7 @@ impl Plugin {
             pre,
             databases,
             warm: Mutex::new(Vec::new()),
+            permits: tokio::sync::Semaphore::new(settings_instances),
         };
         let first = plugin
             .instantiate()
@@ -187,6 +193,9 @@ impl Plugin {
     }
 
     async fn decide_inner(&self, ctx: &wit::Context) -> Result<wit::Verdict, PluginError> {
+        // Never closed; the error cannot happen but is not a reason to panic.
+        let _permit =
+            self.permits.acquire().await.map_err(|_| PluginError::Trap("the plugin is shutting down".to_owned()))?;
         let warm = self.warm().pop();
         let mut warm = match warm {
             Some(warm) => warm,
@@ -227,7 +236,7 @@ fn link(engine: &Engine, name: &str, wasm: &[u8]) -> Result<PolicyPre<PluginStat
 /// Checks that `wasm` compiles and fits the `pgvane:policy` world, without running it
 /// (`pgvane plugin inspect`).
 pub fn check_component(wasm: &[u8]) -> Result<(), PolicyError> {
-    link(super::engine()?, "inspected", wasm).map(drop)
+    link(&super::engine(&[])?, "inspected", wasm).map(drop)
 }
 
 /// A trap's cause in words an operator can act on.

@@ -1,4 +1,4 @@
-//! Server connection pools, one per (database, user).
+//! Server connection pools, one per (database, user), and per node for a cluster database.
 //!
 //! A pool has `pool_size` slots. Checking out waits while the database is paused (admin
 //! PAUSE), takes a slot (the pause and the slot together waiting at most
@@ -35,7 +35,7 @@ pub use server::{
 pub use stats::{PoolStats, StatsSnapshot};
 
 use crate::auth::userlist::Secret;
-use crate::config::{Config, DatabaseConfig};
+use crate::config::{Config, DatabaseConfig, NodeAddr};
 use crate::protocol::messages::{self, ErrorResponse, TransactionStatus};
 use members::{Members, Ticket};
 use slots::{Slot, Slots};
@@ -66,6 +66,8 @@ pub struct PoolSettings {
     pub reset_query: String,
     /// Prepared statements kept per server connection (transaction and statement modes).
     pub max_prepared_statements: usize,
+    /// TLS towards the server (`server_tls_*`).
+    pub tls: crate::tls::ServerTls,
 }
 
 impl PoolSettings {
@@ -79,6 +81,7 @@ impl PoolSettings {
             lifetime: settings.server_lifetime(),
             reset_query: settings.server_reset_query.clone(),
             max_prepared_statements: settings.max_prepared_statements,
+            tls: config.server_tls.clone(),
         }
     }
 }
@@ -91,6 +94,17 @@ pub fn server_target(config: &Config, database: &str, db: &DatabaseConfig, clien
         dbname: config.server_dbname(database, db).to_owned(),
         user: db.user.clone().unwrap_or_else(|| client_user.to_owned()),
     }
+}
+
+/// Where the pool of (`database`, `client_user`) on cluster node `node` connects.
+pub fn node_target(
+    config: &Config,
+    database: &str,
+    db: &DatabaseConfig,
+    client_user: &str,
+    node: &NodeAddr,
+) -> ServerTarget {
+    ServerTarget { host: node.host.clone(), port: node.port, ..server_target(config, database, db, client_user) }
 }
 
 /// The credential `config` gives the pool of `client_user` on entry `db`, when the
@@ -133,6 +147,8 @@ pub struct Pool {
     pub database: String,
     /// The client user name.
     pub user: String,
+    /// The cluster node it connects to, for a cluster database.
+    pub node: Option<NodeAddr>,
     /// Counters for SHOW STATS.
     pub stats: PoolStats,
     setup: Mutex<Setup>,
@@ -160,13 +176,15 @@ fn close(conn: ServerConn) {
     let mut terminate = BytesMut::new();
     messages::encode_terminate(&mut terminate);
     // Best effort: an idle socket's send buffer has room for 5 bytes; if not, just drop it.
-    let _ = conn.stream.try_write(&terminate);
+    let mut conn = conn;
+    conn.stream.try_write_now(&terminate);
 }
 
 impl Pool {
     fn new(
         database: &str,
         user: &str,
+        node: Option<NodeAddr>,
         target: ServerTarget,
         settings: PoolSettings,
         credential: ServerCredential,
@@ -175,6 +193,7 @@ impl Pool {
         Pool {
             database: database.to_owned(),
             user: user.to_owned(),
+            node,
             stats: PoolStats::default(),
             slots: Slots::new(settings.size),
             setup: Mutex::new(Setup { target, settings, credential }),
@@ -201,6 +220,11 @@ impl Pool {
         lock(&self.welcome).clone()
     }
 
+    /// The credential new connections log in with.
+    pub fn credential(&self) -> ServerCredential {
+        self.setup().credential.clone()
+    }
+
     /// Replaces the credential used for new connections (e.g. fresher SCRAM keys).
     pub fn set_credential(&self, credential: ServerCredential) {
         self.setup().credential = credential;
@@ -221,13 +245,19 @@ impl Pool {
             tracing::debug!(db = %self.database, user = %self.user, "discarding stale idle server connection");
             close(conn);
         }
-        let (target, credential, connect_timeout, max_prepared_statements) = {
+        let (target, credential, tls, connect_timeout, max_prepared_statements) = {
             let setup = self.setup();
             let s = &setup.settings;
-            (setup.target.clone(), setup.credential.clone(), s.connect_timeout, s.max_prepared_statements)
+            (
+                setup.target.clone(),
+                setup.credential.clone(),
+                s.tls.clone(),
+                s.connect_timeout,
+                s.max_prepared_statements,
+            )
         };
         let ticket = self.members.join(generation);
-        let conn = ServerConn::connect(&target, &credential, connect_timeout, max_prepared_statements).await?;
+        let conn = ServerConn::connect(&target, &credential, &tls, connect_timeout, max_prepared_statements).await?;
         ticket.connected(&conn);
         ticket.set_state(ServerState::Active);
         *lock(&self.welcome) = Some(conn.params.clone());
@@ -421,6 +451,11 @@ impl PooledConn {
         &self.conn
     }
 
+    /// The pool it came from.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
     /// Returns a connection that is idle (nothing in flight, not in a transaction) to the
     /// pool as it is, for the next transaction (transaction and statement modes, where the
     /// session keeps track of the state it leaves behind). A connection of an older
@@ -490,10 +525,13 @@ pub struct ConfigApplied {
     pub removed: BTreeSet<String>,
 }
 
+/// What tells pools apart: database, client user, and the node of a cluster database.
+type PoolKey = (String, String, Option<NodeAddr>);
+
 /// All pools, created on first use, and the pause state they share.
 #[derive(Debug)]
 pub struct Pools {
-    pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     pause: watch::Sender<PauseState>,
 }
 
@@ -511,20 +549,33 @@ impl Pools {
         user: &str,
         make: impl FnOnce() -> (ServerTarget, PoolSettings, ServerCredential),
     ) -> Arc<Pool> {
+        self.get_or_create_on(database, user, None, make)
+    }
+
+    /// The pool for (database, client user) on cluster node `node` (`None`: the database's
+    /// own `host`), created with `make` if it does not exist yet.
+    pub fn get_or_create_on(
+        &self,
+        database: &str,
+        user: &str,
+        node: Option<&NodeAddr>,
+        make: impl FnOnce() -> (ServerTarget, PoolSettings, ServerCredential),
+    ) -> Arc<Pool> {
         let mut pools = lock(&self.pools);
         pools
-            .entry((database.to_owned(), user.to_owned()))
+            .entry((database.to_owned(), user.to_owned(), node.cloned()))
             .or_insert_with(|| {
                 let (target, settings, credential) = make();
-                Arc::new(Pool::new(database, user, target, settings, credential, self.pause.subscribe()))
+                let pause = self.pause.subscribe();
+                Arc::new(Pool::new(database, user, node.cloned(), target, settings, credential, pause))
             })
             .clone()
     }
 
-    /// Every pool, ordered by (database, user).
+    /// Every pool, ordered by (database, user, node).
     pub fn list(&self) -> Vec<Arc<Pool>> {
         let mut pools: Vec<Arc<Pool>> = lock(&self.pools).values().cloned().collect();
-        pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+        pools.sort_by(|a, b| (&a.database, &a.user, &a.node).cmp(&(&b.database, &b.user, &b.node)));
         pools
     }
 
@@ -540,14 +591,17 @@ impl Pools {
     /// databases no longer configured closed and forgotten.
     pub fn apply_config(&self, config: &Config) -> ConfigApplied {
         let mut applied = ConfigApplied::default();
-        lock(&self.pools).retain(|(database, user), pool| match config.databases.get(database) {
+        lock(&self.pools).retain(|(database, user, node), pool| match config.databases.get(database) {
             None => {
                 pool.remove();
                 applied.removed.insert(database.clone());
                 false
             }
             Some(db) => {
-                let target = server_target(config, database, db, user);
+                let target = match node {
+                    Some(node) => node_target(config, database, db, user, node),
+                    None => server_target(config, database, db, user),
+                };
                 let settings = PoolSettings::from_config(config, db);
                 if pool.reconfigure(target, settings, configured_credential(config, db, user)) {
                     applied.moved.insert(database.clone());

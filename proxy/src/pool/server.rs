@@ -1,4 +1,5 @@
-//! One connection to a PostgreSQL server: connect, log in, run pgvane's own simple queries.
+//! One connection to a PostgreSQL server: connect (with TLS as `server_tls_sslmode` says), log
+//! in, run pgvane's own simple queries.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -10,9 +11,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::auth::md5;
-use crate::auth::scram::{ClientCredential, ClientExchange, ScramError, ScramKeys};
+use crate::auth::scram::{ClientBinding, ClientCredential, ClientExchange, ScramError, ScramKeys, MECHANISM_PLUS};
 use crate::protocol::messages::{self, tag, Authentication, ErrorResponse, TransactionStatus};
 use crate::protocol::{decode_frame, Frame, ProtocolError};
+use crate::tls::{ServerTls, ServerTlsMode, Stream, TlsConnectError};
 
 /// Servers are trusted peers, but a frame still may not claim more than this.
 pub const MAX_SERVER_FRAME_BYTES: usize = i32::MAX as usize;
@@ -81,13 +83,19 @@ pub enum ServerError {
     /// SCRAM exchange with the server failed.
     #[error("SCRAM authentication with the server failed: {0}")]
     Scram(#[from] ScramError),
+    /// The server does not offer TLS and `server_tls_sslmode` requires it.
+    #[error("the server does not support TLS, and server_tls_sslmode = \"{0}\" requires it")]
+    TlsRefused(&'static str),
+    /// The TLS handshake failed (the certificate did not verify, for one).
+    #[error(transparent)]
+    Tls(#[from] TlsConnectError),
 }
 
 /// A logged-in server connection, idle (ReadyForQuery seen) whenever it is outside a session.
 #[derive(Debug)]
 pub struct ServerConn {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The connection.
+    pub stream: Stream,
     /// Bytes read from the server and not yet handled.
     pub read_buf: BytesMut,
     /// Current values of the parameters the server reports (ParameterStatus).
@@ -190,10 +198,11 @@ impl ServerConn {
     pub async fn connect(
         target: &ServerTarget,
         credential: &ServerCredential,
+        tls: &ServerTls,
         timeout: Duration,
         max_prepared_statements: usize,
     ) -> Result<ServerConn, ServerError> {
-        tokio::time::timeout(timeout, Self::connect_inner(target, credential, max_prepared_statements))
+        tokio::time::timeout(timeout, Self::connect_inner(target, credential, tls, max_prepared_statements))
             .await
             .map_err(|_| ServerError::ConnectTimeout)?
     }
@@ -201,11 +210,13 @@ impl ServerConn {
     async fn connect_inner(
         target: &ServerTarget,
         credential: &ServerCredential,
+        tls: &ServerTls,
         max_prepared_statements: usize,
     ) -> Result<ServerConn, ServerError> {
-        let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
-        stream.set_nodelay(true)?;
-        let peer = stream.peer_addr()?;
+        let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        tcp.set_nodelay(true)?;
+        let peer = tcp.peer_addr()?;
+        let stream = start_tls(tcp, &target.host, tls).await?;
         let now = Instant::now();
         let mut conn = ServerConn {
             stream,
@@ -220,7 +231,7 @@ impl ServerConn {
         };
         let mut out = BytesMut::new();
         messages::encode_startup([("user", target.user.as_str()), ("database", target.dbname.as_str())], &mut out);
-        conn.stream.write_all(&out).await?;
+        conn.send(&out).await?;
         conn.login(&target.user, credential).await?;
         Ok(conn)
     }
@@ -254,13 +265,23 @@ impl ServerConn {
                                     "the server offers SASL mechanisms {mechanisms:?}, not SCRAM-SHA-256"
                                 )));
                             }
+                            // Over TLS, bind to the server's certificate when it offers -PLUS
+                            // (libpq's channel_binding=prefer); "y" otherwise tells it we could.
+                            let binding = match crate::tls::peer_channel_binding(&self.stream) {
+                                Some(data) if mechanisms.iter().any(|m| m == MECHANISM_PLUS) => {
+                                    ClientBinding::TlsServerEndPoint(data)
+                                }
+                                _ if self.stream.is_tls() => ClientBinding::NotOffered,
+                                _ => ClientBinding::None,
+                            };
                             let client_credential = match credential {
                                 ServerCredential::Password(p) => ClientCredential::Password(p.clone()),
                                 ServerCredential::ScramKeys(k) => ClientCredential::Keys(k.clone()),
                                 _ => return Err(no_secret("SCRAM-SHA-256", credential)),
                             };
-                            let mut exchange = ClientExchange::new(client_credential);
-                            messages::encode_sasl_initial_response("SCRAM-SHA-256", &exchange.client_first(), &mut out);
+                            let mechanism = binding.mechanism();
+                            let mut exchange = ClientExchange::new(client_credential).with_channel_binding(binding);
+                            messages::encode_sasl_initial_response(mechanism, &exchange.client_first(), &mut out);
                             scram = Some(exchange);
                         }
                         Authentication::SaslContinue(data) => {
@@ -276,7 +297,7 @@ impl ServerConn {
                             return Err(ServerError::Auth(format!("unsupported authentication method {code}")))
                         }
                     }
-                    self.stream.write_all(&out).await?;
+                    self.send(&out).await?;
                 }
                 tag::PARAMETER_STATUS => self.note_parameter(&frame)?,
                 tag::BACKEND_KEY_DATA => self.backend_key = messages::parse_backend_key_data(frame.body())?,
@@ -286,6 +307,12 @@ impl ServerConn {
                 other => return Err(ServerError::Unexpected(other as char)),
             }
         }
+    }
+
+    /// Writes `bytes` and flushes them (TLS buffers).
+    async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
     }
 
     /// Records a ParameterStatus the server sent.
@@ -314,7 +341,7 @@ impl ServerConn {
     pub async fn simple_query(&mut self, sql: &str) -> Result<Result<TransactionStatus, ErrorResponse>, ServerError> {
         let mut out = BytesMut::new();
         messages::encode_query(sql, &mut out);
-        self.stream.write_all(&out).await?;
+        self.send(&out).await?;
         let mut error = None;
         loop {
             let frame = self.read_frame().await?;
@@ -367,11 +394,38 @@ impl ServerConn {
     /// An idle server sends nothing; bytes waiting mean it is shutting us down (a FATAL) or
     /// is confused, and either way the connection must not be handed out.
     pub fn is_healthy(&mut self) -> bool {
-        if !self.read_buf.is_empty() {
-            return false;
-        }
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        self.read_buf.is_empty() && self.stream.is_idle_and_open()
+    }
+}
+
+/// Asks the server for TLS (SSLRequest) unless `server_tls_sslmode = "disable"`, and runs the
+/// handshake when it agrees. A server that declines gets a plain connection under `prefer`
+/// only.
+async fn start_tls(mut tcp: TcpStream, host: &str, tls: &ServerTls) -> Result<Stream, ServerError> {
+    if !tls.enabled() {
+        return Ok(Stream::Plain(tcp));
+    }
+    let mut out = BytesMut::new();
+    messages::encode_ssl_request(&mut out);
+    tcp.write_all(&out).await?;
+    // Exactly one byte: anything after it belongs to the TLS handshake.
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    match (answer[0], tls.mode) {
+        (b'S', _) => Ok(tls.connect(host, tcp).await?),
+        (b'N', ServerTlsMode::Prefer) => Ok(Stream::Plain(tcp)),
+        (b'N', mode) => Err(ServerError::TlsRefused(server_mode_name(mode))),
+        (other, _) => Err(ServerError::Unexpected(other as char)),
+    }
+}
+
+fn server_mode_name(mode: ServerTlsMode) -> &'static str {
+    match mode {
+        ServerTlsMode::Disable => "disable",
+        ServerTlsMode::Prefer => "prefer",
+        ServerTlsMode::Require => "require",
+        ServerTlsMode::VerifyCa => "verify-ca",
+        ServerTlsMode::VerifyFull => "verify-full",
     }
 }
 

@@ -5,7 +5,7 @@ use bytes::{BufMut, BytesMut};
 
 use super::ProtocolError;
 
-pub use super::startup::{encode_cancel, encode_startup};
+pub use super::startup::{encode_cancel, encode_ssl_request, encode_startup};
 
 /// Message tags pgvane acts on. Anything else is forwarded untouched.
 pub mod tag {

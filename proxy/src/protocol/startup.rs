@@ -142,6 +142,12 @@ pub fn encode_cancel(pid: u32, secret: u32, dst: &mut BytesMut) {
     dst.put_u32(secret);
 }
 
+/// Encodes an SSLRequest (what pgvane sends to a server before TLS).
+pub fn encode_ssl_request(dst: &mut BytesMut) {
+    dst.put_u32(8);
+    dst.put_u32(SSL_REQUEST_CODE);
+}
+
 fn put_cstr(dst: &mut BytesMut, s: &str) {
     dst.put_slice(s.as_bytes());
     dst.put_u8(0);
@@ -167,6 +173,14 @@ mod tests {
         assert_eq!(params.get("user"), Some("alice"));
         assert_eq!(params.get("options"), Some("-c a=b"));
         assert_eq!(params.iter().count(), 3);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn ssl_request_round_trips() {
+        let mut buf = BytesMut::new();
+        encode_ssl_request(&mut buf);
+        assert_eq!(decode_startup(&mut buf).unwrap(), Some(Startup::SslRequest));
         assert!(buf.is_empty());
     }
 

@@ -1,4 +1,5 @@
-//! Client authentication against the auth file: trust, MD5 and SCRAM-SHA-256.
+//! Client authentication: trust, MD5 and SCRAM-SHA-256 (with -PLUS channel binding over TLS)
+//! against the auth file, or a TLS client certificate (`cert`).
 //!
 //! An unknown user and a wrong password look the same to the client: the same exchange (a
 //! mock SCRAM exchange for unknown users) and the same 28P01 error.
@@ -36,6 +37,24 @@ pub async fn authenticate(
     let secret = userlist.and_then(|u| u.get(user));
     match (auth_type, secret) {
         (AuthType::Trust, _) => Ok(Authenticated::default()),
+        (AuthType::Cert, _) => {
+            // The certificate was verified against client_tls_ca_file in the handshake
+            // (config validation ensures verify-ca/verify-full); its CommonName names the user.
+            match crate::tls::peer_common_name(&client.stream) {
+                Some(cn) if cn == user => Ok(Authenticated::default()),
+                cn => {
+                    tracing::info!(
+                        user,
+                        certificate_cn = cn.as_deref().unwrap_or(""),
+                        "certificate does not name the user"
+                    );
+                    Err(SessionError::Refused(ErrorResponse::fatal(
+                        "28000",
+                        format!("certificate authentication failed for user \"{user}\""),
+                    )))
+                }
+            }
+        }
         (AuthType::Md5, Some(Secret::Scram(verifier))) => scram(client, user, Some(verifier.clone())).await,
         (AuthType::Md5, Some(Secret::Plain(password))) => {
             md5_exchange(client, user, |salt| Some(md5::md5_response_from_password(user, password, salt))).await
@@ -97,21 +116,25 @@ async fn scram(
     user: &str,
     verifier: Option<ScramVerifier>,
 ) -> Result<Authenticated, SessionError> {
-    let malformed = |e: crate::auth::scram::ScramError| {
-        SessionError::Refused(ErrorResponse::fatal("08P01", format!("malformed SCRAM message: {e}")))
+    let protocol_error =
+        |e: crate::auth::scram::ScramError| SessionError::Refused(ErrorResponse::fatal("08P01", e.to_string()));
+    let malformed = |e: crate::auth::scram::ScramError| match e {
+        crate::auth::scram::ScramError::Malformed(_) => protocol_error(e),
+        e => {
+            tracing::info!(user, error = %e, "SCRAM channel binding refused");
+            protocol_error(e)
+        }
     };
     let mut exchange = ServerExchange::new(user, verifier);
-    Authentication::Sasl { mechanisms: vec!["SCRAM-SHA-256".into()] }.encode(&mut client.out);
+    if let Some(data) = &client.channel_binding {
+        exchange = exchange.with_channel_binding(data.to_vec());
+    }
+    Authentication::Sasl { mechanisms: exchange.mechanisms() }.encode(&mut client.out);
     client.flush().await?;
 
     let body = read_password_message(client).await?;
     let (mechanism, data) = messages::parse_sasl_initial_response(&body)?;
-    if mechanism != "SCRAM-SHA-256" {
-        return Err(SessionError::Refused(ErrorResponse::fatal(
-            "08P01",
-            "client selected an invalid SASL authentication mechanism",
-        )));
-    }
+    exchange.select_mechanism(mechanism).map_err(protocol_error)?;
     let server_first = exchange.client_first(data).map_err(malformed)?;
     Authentication::SaslContinue(server_first).encode(&mut client.out);
     client.flush().await?;

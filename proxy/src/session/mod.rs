@@ -3,6 +3,7 @@
 
 mod auth;
 pub(crate) mod client;
+pub(crate) mod cluster_pool;
 pub mod registry;
 mod relay;
 mod settings;
@@ -21,11 +22,11 @@ use tracing::Instrument;
 use crate::auth::scram::ScramKeys;
 use crate::config::{Config, DatabaseConfig, PoolMode};
 use crate::listener::Shared;
-use crate::pool::{self, PoolError, PoolSettings, PooledConn, ServerCredential, ServerError};
+use crate::pool::{self, Pool, PoolError, PoolSettings, PooledConn, ServerCredential, ServerError};
 use crate::protocol::messages::{self, Authentication, ErrorResponse, TransactionStatus};
 use crate::protocol::ProtocolError;
 
-pub use client::ClientConn;
+pub use client::{ClientConn, TlsStart};
 use registry::ClientState;
 use relay::{End, Identity, Relay, Start};
 use settings::{sync_sql, ClientSettings};
@@ -50,6 +51,9 @@ pub enum SessionError {
     /// The client did not finish logging in within `client_login_timeout_ms`.
     #[error("client did not log in within client_login_timeout_ms")]
     LoginTimeout,
+    /// The TLS handshake with the client failed (e.g. garbage instead of a ClientHello).
+    #[error("TLS handshake with the client failed: {0}")]
+    Tls(#[source] io::Error),
     /// pgvane refused the client with this error.
     #[error("{0}")]
     Refused(ErrorResponse),
@@ -77,6 +81,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 tracing::info!("client login timed out");
                 let _ = client.send_error(&ErrorResponse::fatal("08006", "client login timeout")).await;
             }
+            Err(e @ SessionError::Tls(_)) => tracing::info!(error = %e, "client refused"),
             Err(e) => tracing::debug!(error = %e, "session ended"),
         }
     }
@@ -106,24 +111,13 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
         }
         return crate::admin::serve(client, &handle, shared, &user).await;
     }
-    let db = config.databases.get(&database).ok_or_else(|| {
-        SessionError::Refused(ErrorResponse::fatal("3D000", format!("database \"{database}\" does not exist")))
-    })?;
-    let credential = server_credential(&config, db, &user, authenticated.scram_keys);
-    let pool = shared.pools.get_or_create(&database, &user, || {
-        // A pool is built from the configuration in force now, not from this session's
-        // snapshot: a RELOAD may have come in meanwhile.
-        let current = shared.config();
-        let (config, db) = match current.databases.get(&database) {
-            Some(current_db) => (&*current, current_db),
-            None => (&*config, db),
-        };
-        let target = pool::server_target(config, &database, db, &user);
-        (target, PoolSettings::from_config(config, db), credential.clone())
-    });
-    if let ServerCredential::ScramKeys(_) = credential {
-        pool.set_credential(credential);
-    }
+    let scram_keys = authenticated.scram_keys;
+    let pool = match cluster_pool::home_pool(shared, &database, &user, scram_keys.as_ref()).await {
+        Some(home) => home.map_err(|e| SessionError::Refused(as_fatal(e)))?,
+        None => pool_for(shared, &database, &user, scram_keys.as_ref()).ok_or_else(|| {
+            SessionError::Refused(ErrorResponse::fatal("3D000", format!("database \"{database}\" does not exist")))
+        })?,
+    };
 
     let mode = settings.pool_mode;
     let client_settings = ClientSettings::new(&params);
@@ -192,6 +186,7 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
         reported_parameters: reported,
         max_packet_bytes: settings.max_packet_size_bytes,
         query_wait: settings.query_wait_timeout(),
+        scram_keys,
     };
     let end = Relay::new(client, &handle, shared, pool, start).run().await;
     match end {
@@ -218,6 +213,45 @@ fn welcome_parameters(
         }
     }
     welcome
+}
+
+/// The pool of `database` for `user`, created on first use from the configuration in force
+/// now (a RELOAD may have come in since the session started). `None` when the configuration
+/// has no such database. `keys` are the SCRAM keys the client's proof yielded, if any.
+pub(crate) fn pool_for(shared: &Shared, database: &str, user: &str, keys: Option<&ScramKeys>) -> Option<Arc<Pool>> {
+    let config = shared.config();
+    let db = config.databases.get(database)?;
+    let credential = server_credential(&config, db, user, keys.cloned());
+    let pool = shared.pools.get_or_create(database, user, || {
+        let target = pool::server_target(&config, database, db, user);
+        (target, PoolSettings::from_config(&config, db), credential.clone())
+    });
+    if let ServerCredential::ScramKeys(_) = credential {
+        pool.set_credential(credential);
+    }
+    Some(pool)
+}
+
+/// The pool of cluster node `node` of `database` for `user`, created on first use from the
+/// configuration in force now. `None` when the configuration has no such database.
+pub(crate) fn pool_on_node(
+    shared: &Shared,
+    database: &str,
+    user: &str,
+    keys: Option<&ScramKeys>,
+    node: &crate::config::NodeAddr,
+) -> Option<Arc<Pool>> {
+    let config = shared.config();
+    let db = config.databases.get(database)?;
+    let credential = server_credential(&config, db, user, keys.cloned());
+    let pool = shared.pools.get_or_create_on(database, user, Some(node), || {
+        let target = pool::node_target(&config, database, db, user, node);
+        (target, PoolSettings::from_config(&config, db), credential.clone())
+    });
+    if let ServerCredential::ScramKeys(_) = credential {
+        pool.set_credential(credential);
+    }
+    Some(pool)
 }
 
 /// The credential pgvane logs in to the server with for this client: from the configuration,

@@ -14,26 +14,38 @@
 //!
 //! Reading and writing both sockets happen in one `select!`, with bounded output buffers, so
 //! neither direction can block the other.
+//!
+//! Routing: each Query and Parse runs where the policy chain says (another `[databases]`
+//! entry) or else on the client's own database; Bind, Describe and Close of a named statement
+//! follow its Parse, everything else the current server. Inside a transaction (or an unsynced
+//! extended batch) the client stays on its transaction's server. Moving to another server
+//! waits until the current one has answered everything in flight, so answers never
+//! interleave. In session mode the client keeps one server connection per database it used
+//! until it leaves; in the pooled modes it simply takes its next one from the other pool.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::auth::scram::ScramKeys;
 use crate::config::PoolMode;
 use crate::listener::Shared;
 use crate::policy::{Decision, Request, Route};
 use crate::pool::{Pool, PoolError, PooledConn, ServerError, MAX_SERVER_FRAME_BYTES};
 use crate::protocol::messages::{self, tag, ErrorResponse, Parse, Target, TransactionStatus};
 use crate::protocol::{decode_frame, Frame, ProtocolError};
+use crate::tls::Progress;
 
 use super::client::ClientConn;
 use super::registry::{ClientHandle, ClientState};
 use super::settings::{sync_sql, ClientSettings};
 use super::sql::{calls_session_state_function, state_commands, StateCommand};
 use super::statements::{ClientStatements, Statement};
+
+mod cluster;
+use cluster::ClusterRoute;
 
 /// Run on a server connection a pooled client left session state on, whatever
 /// `server_reset_query` says: that state must not reach another client.
@@ -119,10 +131,28 @@ enum Purpose {
     CaptureSettings(Vec<String>, Vec<Option<String>>),
 }
 
+/// Where a client message runs, as decided when it arrived.
+struct Decided {
+    /// The pool of the server it runs on.
+    pool: Arc<Pool>,
+    /// The SQL after the policy's rewrites (Query and Parse), if any.
+    sql: Option<String>,
+    /// A policy routed it (rather than it following the client's database or statement).
+    routed: bool,
+}
+
+/// A client message waiting for the current server to finish before it moves to another.
+struct Deferred {
+    frame: Frame,
+    decided: Decided,
+}
+
 #[derive(Debug)]
 enum Expect {
-    /// Answers to a message sent to the server.
-    Reply { kind: Kind, purpose: Purpose, undo: Undo },
+    /// Answers to a message sent to the server. `replay`: the client's message as it came,
+    /// when it may run again elsewhere if the server goes away before answering it (see
+    /// `Relay::survive_server_loss`).
+    Reply { kind: Kind, purpose: Purpose, undo: Undo, replay: Option<Frame> },
     /// A response pgvane makes itself, sent once everything before it is answered.
     Own { message: Bytes, undo: Undo },
 }
@@ -156,6 +186,9 @@ pub struct Start {
     pub max_packet_bytes: usize,
     /// `query_wait_timeout_ms`.
     pub query_wait: Duration,
+    /// The SCRAM keys the client's proof yielded: pgvane logs in with them to the servers of
+    /// other databases the policy routes to, when the configuration gives no password.
+    pub scram_keys: Option<ScramKeys>,
 }
 
 /// The per-client state of the query loop.
@@ -164,7 +197,35 @@ pub struct Relay<'a> {
     handle: &'a ClientHandle,
     shared: &'a Shared,
     identity: Identity,
+    scram_keys: Option<ScramKeys>,
+    /// The pool of the client's own database.
+    home: Arc<Pool>,
+    /// The pool of the current server connection, or of the next one taken.
     pool: Arc<Pool>,
+    /// Session mode: server connections of other databases the client used, kept for it.
+    parked: Vec<PooledConn>,
+    /// Pools of the other databases the policy routed to, by name.
+    routes: HashMap<String, Arc<Pool>>,
+    /// Named statements prepared away from the client's own database, and where.
+    statement_pools: HashMap<String, Arc<Pool>>,
+    /// A message waiting to move to another server.
+    deferred: Option<Deferred>,
+    /// Client messages to run again, before any new ones: statements a cluster node lost
+    /// before answering them (see `survive_server_loss`).
+    replay: VecDeque<Frame>,
+    /// Part of an answer that is more than an echo (ParseComplete, BindComplete, a
+    /// description, ...) reached the client since the last ReadyForQuery, or it asked for a
+    /// Flush: what is in flight can no longer be replayed.
+    answered: bool,
+    /// The client messages since the last ReadyForQuery that were answered with echoes only,
+    /// with what undoes them: a replay runs them again and skips the echoes.
+    echoed: Vec<(Frame, Undo)>,
+    /// Echoes the client got since the last ReadyForQuery.
+    echoes_sent: usize,
+    /// Echoes to leave out of what the client gets: it had them before a replay.
+    skip_echoes: usize,
+    /// The client message being run, for `expect` to keep for a replay.
+    current_frame: Option<Frame>,
     mode: PoolMode,
     max_packet_bytes: usize,
     query_wait: Duration,
@@ -203,13 +264,26 @@ impl<'a> Relay<'a> {
         pool: Arc<Pool>,
         start: Start,
     ) -> Self {
-        let Start { identity, mode, server, settings, reported_parameters, max_packet_bytes, query_wait } = start;
+        let Start { identity, mode, server, settings, reported_parameters, max_packet_bytes, query_wait, scram_keys } =
+            start;
         Relay {
             client,
             handle,
             shared,
             identity,
+            scram_keys,
+            home: pool.clone(),
             pool,
+            parked: Vec::new(),
+            routes: HashMap::new(),
+            statement_pools: HashMap::new(),
+            deferred: None,
+            replay: VecDeque::new(),
+            answered: false,
+            echoed: Vec::new(),
+            echoes_sent: 0,
+            skip_echoes: 0,
+            current_frame: None,
             mode,
             max_packet_bytes,
             query_wait,
@@ -236,6 +310,9 @@ impl<'a> Relay<'a> {
     pub async fn run(mut self) -> End {
         let end = self.run_loop().await;
         self.flush_stats();
+        for server in std::mem::take(&mut self.parked) {
+            server.release_after_session();
+        }
         if let Some(server) = self.server.take() {
             let idle = self.server_is_idle(&server) && !self.server_tainted;
             self.handle.set_state(ClientState::Idle, None);
@@ -267,11 +344,24 @@ impl<'a> Relay<'a> {
                 return end;
             }
             if let Err(end) = self.handle_server_frames() {
-                return end;
+                if let Err(end) = self.survive_server_loss(end) {
+                    return end;
+                }
             }
             self.maybe_release();
+            let can_move = match self.deferred {
+                Some(_) => !self.in_flight(), // the waiting message can move now
+                None => !self.replay.is_empty(),
+            };
+            if can_move {
+                continue;
+            }
             if let Err(end) = self.wait_for_io().await {
-                return end;
+                // A cluster node lost under an autocommit statement: the client gets an
+                // error for what was in flight and goes on (see `survive_server_loss`).
+                if let Err(end) = self.survive_server_loss(end) {
+                    return end;
+                }
             }
         }
     }
@@ -286,29 +376,33 @@ impl<'a> Relay<'a> {
             Killed,
         }
         reserve_for_partial(&mut self.client.read_buf);
-        let (mut client_rx, mut client_tx) = self.client.stream.split();
-        let client_buf = &mut self.client.read_buf;
         let client_out = &self.client.out;
         let server_out = &self.server_out;
         let kill = self.handle.signals.kill.notified();
         let can_read_client = server_out.len() < HIGH_WATER_BYTES;
+        let can_read_server = client_out.len() < HIGH_WATER_BYTES;
+        // Each stream reads and writes in one future (a TLS stream cannot be split without a lock).
+        let client_io = self.client.stream.progress(can_read_client.then_some(&mut self.client.read_buf), client_out);
+        let client = |p| match p {
+            Progress::Read(r) => Io::ClientRead(r),
+            Progress::Wrote(r) => Io::ClientWrote(r),
+        };
         let io = match self.server.as_mut() {
             Some(server) => {
                 let conn = server.conn();
                 reserve_for_partial(&mut conn.read_buf);
-                let (mut server_rx, mut server_tx) = conn.stream.split();
-                let server_buf = &mut conn.read_buf;
+                let server_io = conn.stream.progress(can_read_server.then_some(&mut conn.read_buf), server_out);
                 tokio::select! {
-                    r = client_rx.read_buf(client_buf), if can_read_client => Io::ClientRead(r),
-                    r = server_rx.read_buf(server_buf), if client_out.len() < HIGH_WATER_BYTES => Io::ServerRead(r),
-                    r = server_tx.write(server_out), if !server_out.is_empty() => Io::ServerWrote(r),
-                    r = client_tx.write(client_out), if !client_out.is_empty() => Io::ClientWrote(r),
+                    p = client_io => client(p),
+                    p = server_io => match p {
+                        Progress::Read(r) => Io::ServerRead(r),
+                        Progress::Wrote(r) => Io::ServerWrote(r),
+                    },
                     () = kill => Io::Killed,
                 }
             }
             None => tokio::select! {
-                r = client_rx.read_buf(client_buf), if can_read_client => Io::ClientRead(r),
-                r = client_tx.write(client_out), if !client_out.is_empty() => Io::ClientWrote(r),
+                p = client_io => client(p),
                 () = kill => Io::Killed,
             },
         };
@@ -333,7 +427,19 @@ impl<'a> Relay<'a> {
     // ----- client → server -----
 
     async fn handle_client_frames(&mut self) -> Result<(), End> {
-        while self.server_out.len() < HIGH_WATER_BYTES && self.client.out.len() < HIGH_WATER_BYTES {
+        if let Some(Deferred { frame, decided }) = self.deferred.take() {
+            self.current_frame = Some(frame.clone());
+            self.dispatch(frame, decided).await?;
+        }
+        while self.deferred.is_none() {
+            let Some(frame) = self.replay.pop_front() else { break };
+            self.on_client_frame(frame).await?;
+        }
+        while self.deferred.is_none()
+            && self.replay.is_empty()
+            && self.server_out.len() < HIGH_WATER_BYTES
+            && self.client.out.len() < HIGH_WATER_BYTES
+        {
             let frame = match decode_frame(&mut self.client.read_buf, self.max_packet_bytes) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
@@ -350,6 +456,7 @@ impl<'a> Relay<'a> {
     }
 
     async fn on_client_frame(&mut self, frame: Frame) -> Result<(), End> {
+        self.current_frame = Some(frame.clone());
         let message = frame.tag();
         tracing::trace!(message = %(message as char), len = frame.raw().len(), skipping = self.skipping, "from client");
         if self.skipping {
@@ -368,6 +475,7 @@ impl<'a> Relay<'a> {
             tag::FLUSH => {
                 if self.server.is_some() {
                     self.server_out.extend_from_slice(frame.raw());
+                    self.answered = true; // a replay without it could leave the client waiting
                 }
                 Ok(())
             }
@@ -378,11 +486,10 @@ impl<'a> Relay<'a> {
                 }
                 Ok(())
             }
-            tag::QUERY => self.on_query(&frame).await,
-            tag::PARSE => self.on_parse(&frame).await,
-            tag::BIND => self.on_bind(&frame).await,
-            tag::DESCRIBE => self.on_describe(&frame).await,
-            tag::CLOSE => self.on_close(&frame).await,
+            tag::QUERY | tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE => match self.decide(&frame).await? {
+                Some(decided) => self.dispatch(frame, decided).await,
+                None => Ok(()), // refused by the policy; the client has its error
+            },
             tag::EXECUTE => self.forward(&frame, Kind::Execute).await,
             tag::FUNCTION_CALL => self.forward(&frame, Kind::FunctionCall).await,
             // Anything else: the server answers it as it would directly (typically FATAL).
@@ -418,7 +525,11 @@ impl<'a> Relay<'a> {
             k if k.is_extended() => self.unsynced = true,
             _ => {}
         }
-        self.queue.push_back(Expect::Reply { kind, purpose, undo });
+        let replay = match purpose {
+            Purpose::Client if self.replayable() => self.current_frame.take(),
+            _ => None,
+        };
+        self.queue.push_back(Expect::Reply { kind, purpose, undo, replay });
     }
 
     fn started(&mut self, kind: Kind) {
@@ -432,8 +543,7 @@ impl<'a> Relay<'a> {
     /// Queues a response pgvane makes itself, in protocol order.
     fn own(&mut self, message: Bytes, undo: Undo) {
         if self.queue.is_empty() {
-            self.sent += message.len() as u64;
-            self.client.out.extend_from_slice(&message);
+            self.send_to_client(&message);
         } else {
             self.queue.push_back(Expect::Own { message, undo });
         }
@@ -466,11 +576,141 @@ impl<'a> Relay<'a> {
         self.forward(frame, Kind::Sync).await
     }
 
-    async fn on_query(&mut self, frame: &Frame) -> Result<(), End> {
-        let original = messages::parse_query(frame.body()).map_err(End::ClientProtocol)?;
-        let Some(rewritten) = self.consult_policy(Kind::Query, original, None).await else {
+    // ----- where a message runs -----
+
+    /// Where a Query, Parse, Bind, Describe or Close runs. `None`: the policy refused it and
+    /// the client has been answered.
+    async fn decide(&mut self, frame: &Frame) -> Result<Option<Decided>, End> {
+        let here = |pool: &Arc<Pool>| Some(Decided { pool: pool.clone(), sql: None, routed: false });
+        Ok(match frame.tag() {
+            tag::QUERY => {
+                let sql = messages::parse_query(frame.body()).map_err(End::ClientProtocol)?;
+                self.consult_policy(Kind::Query, sql, None).await
+            }
+            tag::PARSE => {
+                let parse = Parse::decode(frame.body()).map_err(End::ClientProtocol)?;
+                self.consult_policy(Kind::Parse, parse.query, Some(parse.name)).await
+            }
+            tag::BIND => {
+                let (_, name, _) = messages::parse_bind_names(frame.body()).map_err(End::ClientProtocol)?;
+                here(&self.statement_pool(name))
+            }
+            _ => match messages::parse_describe_or_close(frame.body()).map_err(End::ClientProtocol)? {
+                // pgvane answers a pooled client's Close of a statement itself.
+                (Target::Statement, name) if !(self.pooled() && frame.tag() == tag::CLOSE) => {
+                    here(&self.statement_pool(name))
+                }
+                _ => here(&self.pool),
+            },
+        })
+    }
+
+    /// Where the client's statement `name` lives: the unnamed one on the current server, a
+    /// named one where its Parse ran.
+    fn statement_pool(&self, name: &str) -> Arc<Pool> {
+        if name.is_empty() {
+            return self.pool.clone();
+        }
+        self.statement_pools.get(name).unwrap_or(&self.home).clone()
+    }
+
+    /// Records where the client's named statement `name` was prepared.
+    fn note_statement_pool(&mut self, name: &str) {
+        if name.is_empty() {
+            return;
+        }
+        if Arc::ptr_eq(&self.pool, &self.home) {
+            self.statement_pools.remove(name);
+        } else {
+            self.statement_pools.insert(name.to_owned(), self.pool.clone());
+        }
+    }
+
+    /// Runs a decided message, once it can run on its server.
+    async fn dispatch(&mut self, frame: Frame, decided: Decided) -> Result<(), End> {
+        if !self.switch_to(&decided) {
+            self.deferred = Some(Deferred { frame, decided });
             return Ok(());
-        };
+        }
+        match frame.tag() {
+            tag::QUERY => self.on_query(&frame, decided.sql).await,
+            tag::PARSE => self.on_parse(&frame, decided.sql).await,
+            tag::BIND => self.on_bind(&frame).await,
+            tag::DESCRIBE => self.on_describe(&frame).await,
+            _ => self.on_close(&frame).await,
+        }
+    }
+
+    /// Inside a transaction block, or an extended batch not synced yet (an implicit one).
+    fn in_transaction(&self) -> bool {
+        self.status != TransactionStatus::Idle || self.unsynced
+    }
+
+    /// Messages are on their way to the server or answers on their way back.
+    fn in_flight(&self) -> bool {
+        !self.queue.is_empty() || !self.server_out.is_empty()
+    }
+
+    /// Makes `decided.pool` the client's current one. False when the move must wait for the
+    /// current server to answer what is in flight first.
+    fn switch_to(&mut self, decided: &Decided) -> bool {
+        let target = &decided.pool;
+        if Arc::ptr_eq(target, &self.pool) {
+            return true;
+        }
+        if self.in_transaction() {
+            // The transaction's server keeps the statement (pgbouncer-rr's rule).
+            if decided.routed {
+                tracing::info!(route = %target.database, transaction_on = %self.pool.database, "route ignored inside a transaction");
+            }
+            return true;
+        }
+        if self.in_flight() {
+            return false;
+        }
+        if let Some(server) = self.server.take() {
+            if !self.pooled() {
+                self.parked.push(server);
+            } else if self.settings.needs_work() {
+                self.server = Some(server);
+                self.carry_settings();
+                if self.in_flight() {
+                    return false;
+                }
+                if let Some(server) = self.server.take() {
+                    self.give_back(server);
+                }
+            } else {
+                self.give_back(server);
+            }
+        }
+        tracing::debug!(from = %self.pool.database, to = %target.database, "client moves to another database");
+        self.pool = target.clone();
+        if let Some(i) = self.parked.iter().position(|s| Arc::ptr_eq(s.pool(), target)) {
+            let server = self.parked.swap_remove(i);
+            self.handle.set_state(ClientState::Active, Some(server.conn_ref().cancel_target()));
+            self.server = Some(server);
+        }
+        true
+    }
+
+    /// The pool of `[databases]` entry `database` for this client's user.
+    fn pool_of(&mut self, database: &str) -> Option<Arc<Pool>> {
+        if database == self.identity.database {
+            return Some(self.home.clone());
+        }
+        if let Some(pool) = self.routes.get(database).filter(|p| !p.is_removed()) {
+            return Some(pool.clone());
+        }
+        let pool = super::pool_for(self.shared, database, &self.identity.user, self.scram_keys.as_ref())?;
+        self.routes.insert(database.to_owned(), pool.clone());
+        Some(pool)
+    }
+
+    // ----- statements -----
+
+    async fn on_query(&mut self, frame: &Frame, rewritten: Option<String>) -> Result<(), End> {
+        let original = messages::parse_query(frame.body()).map_err(End::ClientProtocol)?;
         let sql = rewritten.as_deref().unwrap_or(original);
         if self.pooled() {
             let commands = state_commands(sql);
@@ -481,9 +721,13 @@ impl<'a> Relay<'a> {
             for command in &commands {
                 self.settings.observe(command);
                 match command {
-                    StateCommand::DeallocateAll | StateCommand::DiscardAll => self.statements.clear(),
+                    StateCommand::DeallocateAll | StateCommand::DiscardAll => {
+                        self.statements.clear();
+                        self.statement_pools.clear();
+                    }
                     StateCommand::Deallocate(name) => {
                         self.statements.remove(name);
+                        self.statement_pools.remove(name);
                     }
                     _ => {}
                 }
@@ -502,12 +746,16 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Asks the plugin chain about a statement. `None`: the statement was refused and the
-    /// client answered; `Some(rewritten SQL, if any)`: go on.
-    async fn consult_policy(&mut self, kind: Kind, sql: &str, parse: Option<&str>) -> Option<Option<String>> {
+    /// Asks the plugin chain about a statement: where it runs and its SQL after rewrites.
+    /// `None`: the statement was refused and the client answered.
+    async fn consult_policy(&mut self, kind: Kind, sql: &str, parse: Option<&str>) -> Option<Decided> {
         let chain = self.shared.policy();
         if chain.is_empty() {
-            return Some(None);
+            return match self.cluster_route(kind, None).await {
+                ClusterRoute::Pool(pool) => Some(Decided { pool, sql: None, routed: false }),
+                ClusterRoute::Failed => None,
+                ClusterRoute::NotACluster => Some(Decided { pool: self.home.clone(), sql: None, routed: false }),
+            };
         }
         let request = Request {
             user: &self.identity.user,
@@ -516,38 +764,34 @@ impl<'a> Relay<'a> {
             client_addr: self.identity.client_addr.clone(),
             session_id: self.handle.pid,
             sql,
-            in_transaction: self.status != TransactionStatus::Idle,
+            in_transaction: self.in_transaction(),
             parse,
         };
         let config = self.shared.config();
-        match chain.decide(&request, |db| config.databases.contains_key(db)).await {
+        let decision = chain.decide(&request, |db| config.databases.contains_key(db)).await;
+        // A cluster database (the client's own, or the one routed to) picks a node.
+        if let Decision::Run { route, sql } = &decision {
+            match self.cluster_route(kind, route.as_ref()).await {
+                ClusterRoute::Pool(pool) => return Some(Decided { pool, sql: sql.clone(), routed: route.is_some() }),
+                ClusterRoute::Failed => return None,
+                ClusterRoute::NotACluster => {}
+            }
+        }
+        match decision {
             Decision::Reject(error) => {
                 self.fail(kind, error);
                 None
             }
-            Decision::Run { route, sql } => {
-                if let Some(Route::Database(target)) = &route {
-                    if *target != self.identity.database {
-                        if self.status != TransactionStatus::Idle {
-                            // The transaction's server keeps the statement (pgbouncer-rr's rule).
-                            tracing::info!(route = %target, "route ignored inside a transaction");
-                        } else {
-                            self.fail(
-                                kind,
-                                ErrorResponse::error(
-                                    "0A000",
-                                    format!(
-                                        "routing to database \"{target}\" is not supported by this pgvane version yet"
-                                    ),
-                                ),
-                            );
-                            return None;
-                        }
-                    }
+            Decision::Run { route: Some(Route::Database(target)), sql } => match self.pool_of(&target) {
+                Some(pool) => Some(Decided { pool, sql, routed: true }),
+                None => {
+                    // Removed by a RELOAD since the chain checked it.
+                    self.fail(kind, ErrorResponse::error("3D000", format!("database \"{target}\" does not exist")));
+                    None
                 }
-                // Primary and replica are the client's own database until clusters arrive.
-                Some(sql)
-            }
+            },
+            // Primary and replica are the client's own database until clusters arrive.
+            Decision::Run { route, sql } => Some(Decided { pool: self.home.clone(), sql, routed: route.is_some() }),
         }
     }
 
@@ -577,10 +821,12 @@ impl<'a> Relay<'a> {
             let command_tag = match command {
                 StateCommand::Deallocate(name) => {
                     self.statements.remove(name);
+                    self.statement_pools.remove(name);
                     "DEALLOCATE"
                 }
                 _ => {
                     self.statements.clear();
+                    self.statement_pools.clear();
                     "DEALLOCATE ALL"
                 }
             };
@@ -592,11 +838,8 @@ impl<'a> Relay<'a> {
         true
     }
 
-    async fn on_parse(&mut self, frame: &Frame) -> Result<(), End> {
+    async fn on_parse(&mut self, frame: &Frame, rewritten: Option<String>) -> Result<(), End> {
         let original = Parse::decode(frame.body()).map_err(End::ClientProtocol)?;
-        let Some(rewritten) = self.consult_policy(Kind::Parse, original.query, Some(original.name)).await else {
-            return Ok(());
-        };
         let parse = Parse { query: rewritten.as_deref().unwrap_or(original.query), ..original.clone() };
         let rewritten_frame = rewritten.as_ref().map(|_| {
             let mut message = BytesMut::new();
@@ -611,6 +854,7 @@ impl<'a> Relay<'a> {
             }
         }
         if !self.pooled() || parse.name.is_empty() {
+            self.note_statement_pool(parse.name);
             return match rewritten_frame {
                 None => self.forward(frame, Kind::Parse).await,
                 Some(message) => {
@@ -626,6 +870,7 @@ impl<'a> Relay<'a> {
             self.fail(Kind::Parse, ErrorResponse::error("42P05", message));
             return Ok(());
         }
+        self.note_statement_pool(parse.name);
         let statement = Arc::new(Statement::from_parse(&parse));
         let client_name = parse.name.to_owned();
         self.statements.insert(&client_name, statement.clone());
@@ -734,6 +979,9 @@ impl<'a> Relay<'a> {
 
     async fn on_close(&mut self, frame: &Frame) -> Result<(), End> {
         let (target, name) = messages::parse_describe_or_close(frame.body()).map_err(End::ClientProtocol)?;
+        if target == Target::Statement {
+            self.statement_pools.remove(name);
+        }
         if self.pooled() && target == Target::Statement && !name.is_empty() {
             // The server keeps its copy for other clients (until evicted); the client's is gone.
             // Closing a statement that does not exist is not an error in PostgreSQL either.
@@ -767,20 +1015,26 @@ impl<'a> Relay<'a> {
             () = signals.cancel.notified() => None,
             () = signals.kill.notified() => return Err(End::Killed),
         };
+        let checkout = match checkout {
+            // A cluster node that cannot be reached: the statement may move to the writer.
+            Some(Err(e)) => self.retry_checkout_elsewhere(e).await,
+            other => other,
+        };
         self.pool.stats.record_wait(started.elapsed());
         match checkout {
             Some(Ok(mut server)) => {
                 tracing::trace!(waited = ?started.elapsed(), "server connection taken");
                 self.handle.set_state(ClientState::Active, Some(server.conn().cancel_target()));
-                if self.pooled() {
-                    if let Some(sql) = sync_sql(&self.settings.current, &mut server.conn().applied_settings) {
-                        messages::encode_query(&sql, &mut self.server_out);
-                        self.queue.push_back(Expect::Reply {
-                            kind: Kind::Query,
-                            purpose: Purpose::ApplySettings,
-                            undo: Undo::default(),
-                        });
-                    }
+                // The client's settings (in session mode: its startup parameters, for a
+                // server of another database the policy routed to).
+                if let Some(sql) = sync_sql(&self.settings.current, &mut server.conn().applied_settings) {
+                    messages::encode_query(&sql, &mut self.server_out);
+                    self.queue.push_back(Expect::Reply {
+                        kind: Kind::Query,
+                        purpose: Purpose::ApplySettings,
+                        undo: Undo::default(),
+                        replay: None,
+                    });
                 }
                 self.server = Some(server);
                 Ok(true)
@@ -821,7 +1075,9 @@ impl<'a> Relay<'a> {
             return;
         }
         let Some(server) = self.server.as_ref() else { return };
-        if !self.server_is_idle(server) || !self.client.read_buf.is_empty() {
+        // More client messages already here (and staying on this server): keep it for them.
+        let more_here = !self.client.read_buf.is_empty() && self.deferred.is_none();
+        if !self.server_is_idle(server) || more_here {
             return;
         }
         if self.settings.needs_work() {
@@ -829,17 +1085,23 @@ impl<'a> Relay<'a> {
             return;
         }
         if let Some(server) = self.server.take() {
-            tracing::trace!("server connection released");
-            self.flush_stats();
-            if std::mem::take(&mut self.server_tainted) {
-                server.discard();
-            } else if std::mem::take(&mut self.session_state) {
-                server.release_after(SESSION_STATE_RESET.to_owned());
-            } else {
-                server.release();
-            }
-            self.handle.set_state(ClientState::Idle, None);
+            self.give_back(server);
         }
+    }
+
+    /// Gives an idle server connection back to its pool (transaction and statement modes),
+    /// reset or closed if the client left state on it.
+    fn give_back(&mut self, server: PooledConn) {
+        tracing::trace!("server connection released");
+        self.flush_stats();
+        if std::mem::take(&mut self.server_tainted) {
+            server.discard();
+        } else if std::mem::take(&mut self.session_state) {
+            server.release_after(SESSION_STATE_RESET.to_owned());
+        } else {
+            server.release();
+        }
+        self.handle.set_state(ClientState::Idle, None);
     }
 
     /// Queues the queries that restore or read back the settings the client changed.
@@ -851,12 +1113,13 @@ impl<'a> Relay<'a> {
                 kind: Kind::Query,
                 purpose: Purpose::ApplySettings,
                 undo: Undo::default(),
+                replay: None,
             });
         }
         if let Some((sql, names)) = self.settings.capture_query() {
             messages::encode_query(&sql, &mut self.server_out);
             let purpose = Purpose::CaptureSettings(names, Vec::new());
-            self.queue.push_back(Expect::Reply { kind: Kind::Query, purpose, undo: Undo::default() });
+            self.queue.push_back(Expect::Reply { kind: Kind::Query, purpose, undo: Undo::default(), replay: None });
         }
     }
 
@@ -874,11 +1137,23 @@ impl<'a> Relay<'a> {
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(End::Server(e.into())),
             };
+            if let Some(lost) = self.going_away(&frame) {
+                return Err(End::Server(lost));
+            }
             self.on_server_frame(&frame)?;
         }
     }
 
     fn send_to_client(&mut self, raw: &[u8]) {
+        match raw.first() {
+            Some(&t) if self.skip_echoes > 0 && is_echo(t) => {
+                self.skip_echoes -= 1;
+                return;
+            }
+            // The echoes of a replay come before its first ReadyForQuery.
+            Some(&tag::READY_FOR_QUERY) => self.skip_echoes = 0,
+            _ => {}
+        }
         self.sent += raw.len() as u64;
         self.client.out.extend_from_slice(raw);
     }
@@ -905,6 +1180,7 @@ impl<'a> Relay<'a> {
             }
             tag::NOTICE_RESPONSE | tag::NOTIFICATION_RESPONSE => {
                 if for_client {
+                    self.answered = true;
                     self.send_to_client(frame.raw());
                 }
                 return Ok(());
@@ -915,6 +1191,9 @@ impl<'a> Relay<'a> {
             Some(Expect::Reply { kind, purpose, .. }) => (*kind, matches!(purpose, Purpose::Client)),
             _ => return Err(End::Server(ServerError::Unexpected(response as char))),
         };
+        if response == tag::ERROR_RESPONSE && from_client {
+            self.note_refused_write(frame);
+        }
         match response {
             tag::COMMAND_COMPLETE => {
                 if let Some(server) = self.server.as_mut() {
@@ -950,15 +1229,29 @@ impl<'a> Relay<'a> {
                 let status = messages::parse_ready_for_query(frame.body()).map_err(|e| End::Server(e.into()))?;
                 if from_client {
                     self.client_ready(status)?;
+                    self.answered = false;
+                    self.echoes_sent = 0;
+                    self.echoed.clear();
                 }
             }
             _ => {}
         }
+        // A simple Query's RowDescription comes before the statement runs; after a
+        // CommandComplete it comes too late to matter.
+        let echo = from_client && is_echo(response) && (kind.is_extended() || response == tag::ROW_DESCRIPTION);
         if for_client {
+            match echo {
+                true => self.echoes_sent += 1,
+                false => self.answered |= response != tag::READY_FOR_QUERY,
+            }
             self.send_to_client(frame.raw());
         }
         if kind.ends_with(response) {
             match self.queue.pop_front() {
+                Some(Expect::Reply { purpose: Purpose::Client, undo, replay, .. }) if echo => match replay {
+                    Some(frame) => self.echoed.push((frame, undo)),
+                    None => self.answered = true, // a replay could not make this echo again
+                },
                 Some(Expect::Reply { purpose: Purpose::CaptureSettings(names, values), .. }) => {
                     if let Some(server) = self.server.as_mut() {
                         self.settings.captured(&names, &values, &mut server.conn().applied_settings);
@@ -1028,6 +1321,7 @@ impl<'a> Relay<'a> {
     fn undo(&mut self, undo: Undo) {
         if let Some(name) = undo.client_statement {
             self.statements.remove(&name);
+            self.statement_pools.remove(&name);
         }
         if let Some(server) = self.server.as_mut() {
             let statements = &mut server.conn().statements;
@@ -1048,6 +1342,20 @@ impl<'a> Relay<'a> {
             }
         }
     }
+}
+
+/// A response that only confirms an extended message or describes a statement or portal:
+/// running the message again makes the same one.
+fn is_echo(response: u8) -> bool {
+    matches!(
+        response,
+        tag::PARSE_COMPLETE
+            | tag::BIND_COMPLETE
+            | tag::CLOSE_COMPLETE
+            | tag::PARAMETER_DESCRIPTION
+            | tag::ROW_DESCRIPTION
+            | tag::NO_DATA
+    )
 }
 
 /// Makes sure a read can make progress on the partial frame at the front of `buf`.

@@ -9,7 +9,7 @@ use crate::protocol::messages::{self, ErrorResponse};
 use crate::protocol::{Startup, StartupParams};
 
 use super::auth::{self, Authenticated};
-use super::client::ClientConn;
+use super::client::{ClientConn, TlsStart};
 use super::registry::ClientHandle;
 use super::SessionError;
 
@@ -40,10 +40,28 @@ pub async fn login(
     shared: &Shared,
     config: &Config,
 ) -> Result<Option<Login>, SessionError> {
+    let tls = &config.client_tls;
+    // PostgreSQL 17's direct TLS: the client starts with a ClientHello, no SSLRequest.
+    if tls.acceptor().is_some() && client.peek_first_byte().await? == crate::tls::TLS_HANDSHAKE_BYTE {
+        client.start_tls(tls, TlsStart::Direct).await?;
+    }
     let (minor, params) = loop {
         match client.read_startup().await? {
+            Startup::SslRequest if client.stream.is_tls() => {
+                return Err(refuse("08P01", "SSLRequest on a connection that already uses TLS"))
+            }
+            Startup::SslRequest if tls.acceptor().is_some() => {
+                // Bytes pipelined after the SSLRequest would be read as part of the TLS
+                // handshake, or worse after it as if they had been encrypted (CVE-2021-23214,
+                // CVE-2021-3935): refuse them, as PostgreSQL does.
+                if !client.read_buf.is_empty() {
+                    return Err(refuse("08P01", "received unencrypted data after SSL request"));
+                }
+                client.write_raw(b"S").await.map_err(SessionError::ClientIo)?;
+                client.start_tls(tls, TlsStart::SslRequest).await?;
+            }
             Startup::SslRequest | Startup::GssEncRequest => {
-                // TLS and GSSAPI encryption are not offered: answer N, the client goes on in plain text.
+                // Not offered (GSSAPI encryption never is): answer N, the client may go on in plain text.
                 client.write_raw(b"N").await.map_err(SessionError::ClientIo)?;
             }
             Startup::Cancel { pid, secret } => {
@@ -59,6 +77,15 @@ pub async fn login(
             }
         }
     };
+    if tls.mode.requires_tls() && !client.stream.is_tls() {
+        return Err(refuse(
+            "28000",
+            format!(
+                "pgvane requires TLS (client_tls_sslmode = \"{}\"): connect with sslmode=require or stronger",
+                tls.mode.as_str()
+            ),
+        ));
+    }
     let handle = shared
         .clients
         .admit(peer, config.settings.max_client_conn)

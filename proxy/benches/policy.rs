@@ -1,0 +1,290 @@
+//! The per-call cost of the policy chain: every example plugin, loaded through the public host
+//! API from `[[plugins]]` settings like the docs' (`Chain::load`), asked about realistic
+//! ~100-byte statements the way a session asks (`Chain::decide` in a tokio runtime), matching
+//! and non-matching.
+//!
+//!     bash plugins/build.sh                      # the plugins, into target/plugins/
+//!     cargo bench -p pgvane --bench policy       # all cases; append a filter to pick some
+//!
+//! Besides criterion's report, it prints a table per case: the median time per call (median of
+//! criterion's samples, each a batch of calls) and the fuel of a warm call. docs/plugins.md
+//! has the figures and how to read them.
+
+// A benchmark stops at the first surprise: a plugin that does not load, a verdict that is not
+// the one the case is about.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use criterion::Criterion;
+use pgvane::policy::{Chain, Decision, Loadable, Origin, PluginSettings, Request, Route};
+
+/// The `[databases]` entries of the bench's configuration (the seed's: dev, dev.1, dev.2).
+const DATABASES: &[&str] = &["dev", "dev.1", "dev.2"];
+
+/// One plugin with its `[[plugins]]` entry, as a user writes it in pgvane.toml.
+struct Setup {
+    /// Benchmark group name.
+    name: &'static str,
+    /// The component in target/plugins/.
+    file: &'static str,
+    /// The `[[plugins]]` entry without `name` and `path`.
+    toml: &'static str,
+    cases: &'static [Case],
+}
+
+/// One statement and what the plugin must answer.
+struct Case {
+    name: &'static str,
+    sql: &'static str,
+    expect: Expect,
+}
+
+#[derive(Debug)]
+enum Expect {
+    Pass,
+    RouteTo(&'static str),
+    Primary,
+    Replica,
+    Rewrite,
+    Reject,
+}
+
+const SETUPS: &[Setup] = &[
+    Setup {
+        name: "regex-router",
+        file: "regex_router",
+        // The seed's pgbouncer-rr routing table (plugins/regex-router/README.md).
+        toml: r#"
+fuel = 5_000_000
+memory_limit_mb = 16
+timeout_ms = 10
+on_error = "pass"
+[config]
+rules = [
+    { usernameRegex = '.*', queryRegex = '.*tablea.*', dbkey = "dev.1" },
+    { usernameRegex = '.*', queryRegex = '.*tableb.*', dbkey = "dev.2" },
+]
+"#,
+        cases: &[
+            Case {
+                name: "tablea (1st rule)",
+                sql: "SELECT id, customer_id, total, created_at FROM tablea WHERE customer_id = 42 ORDER BY created_at",
+                expect: Expect::RouteTo("dev.1"),
+            },
+            Case {
+                name: "tableb (2nd rule)",
+                sql: "SELECT id, customer_id, total, created_at FROM tableb WHERE customer_id = 42 ORDER BY created_at",
+                expect: Expect::RouteTo("dev.2"),
+            },
+            Case {
+                name: "no match",
+                sql: "SELECT id, customer_id, total, created_at FROM orders WHERE customer_id = 42 ORDER BY created_at",
+                expect: Expect::Pass,
+            },
+        ],
+    },
+    Setup {
+        name: "query-rewrite",
+        file: "query_rewrite",
+        // The seed's star-schema rewrite (tests/tests/policy.rs, plugins/query-rewrite).
+        toml: r#"
+[config]
+rules = [{ queryRegex = '^\s*SELECT storename, SUM\(total\) FROM sales JOIN store USING \(storeid\) GROUP BY storename ORDER BY storename\s*;?\s*$', replace = "SELECT storename, SUM(total) FROM store_sales GROUP BY storename ORDER BY storename" }]
+"#,
+        cases: &[
+            Case {
+                name: "star join (rewritten)",
+                sql: "SELECT storename, SUM(total) FROM sales JOIN store USING (storeid) GROUP BY storename ORDER BY storename",
+                expect: Expect::Rewrite,
+            },
+            Case {
+                name: "no match",
+                sql: "SELECT prodname, SUM(total) FROM sales JOIN product USING (productid) GROUP BY prodname ORDER BY prodname",
+                expect: Expect::Pass,
+            },
+        ],
+    },
+    Setup {
+        name: "rw-split",
+        file: "rw_split",
+        toml: "[config]\n",
+        cases: &[
+            Case {
+                name: "read",
+                sql: "SELECT a.id, a.balance, b.name FROM accounts a JOIN branches b USING (branch_id) WHERE a.id = 42",
+                expect: Expect::Replica,
+            },
+            Case {
+                name: "write",
+                sql: "UPDATE accounts SET balance = balance + 100, updated_at = now() WHERE id = 42 AND branch_id = 7",
+                expect: Expect::Primary,
+            },
+            Case {
+                name: "read calling nextval",
+                sql: "SELECT nextval('orders_id_seq') AS id, customer_id FROM customers WHERE email = 'a@example.com'",
+                expect: Expect::Primary,
+            },
+        ],
+    },
+    Setup {
+        name: "tenant-guard",
+        file: "tenant_guard",
+        // tests/tests/policy.rs and docs/config.md.
+        toml: r#"
+[config]
+rules = [{ usernameRegex = "^app$", tables = ["secrets"], sqlstate = "42501", message = "{user} may not read {table}" }]
+"#,
+        cases: &[
+            Case {
+                name: "allowed",
+                sql: "SELECT o.id, o.total, c.name FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.id = 42",
+                expect: Expect::Pass,
+            },
+            Case {
+                name: "forbidden table",
+                sql: "SELECT s.id, s.value, c.name FROM secrets s JOIN customers c ON c.id = s.customer_id WHERE s.id = 4",
+                expect: Expect::Reject,
+            },
+        ],
+    },
+];
+
+fn plugins_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins")
+}
+
+fn settings(setup: &Setup) -> PluginSettings {
+    let path = plugins_dir().join(format!("{}.wasm", setup.file));
+    let text = format!("name = \"{}\"\npath = {:?}\n{}", setup.name, path.display().to_string(), setup.toml);
+    toml::from_str(&text).unwrap_or_else(|e| panic!("{}: bad [[plugins]] entry: {e}", setup.name))
+}
+
+/// The plugin's component, read from target/plugins/, ready for `Chain::load`.
+fn loadable(setup: &Setup) -> Loadable {
+    let settings = settings(setup);
+    let path = plugins_dir().join(format!("{}.wasm", setup.file));
+    let wasm = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let origin = Origin { source: path.display().to_string(), digest: String::new(), loaded_at: SystemTime::now() };
+    Loadable { settings, origin, wasm }
+}
+
+fn check(setup: &Setup, case: &Case, decision: &Decision) {
+    let ok = match (&case.expect, decision) {
+        (Expect::Pass, Decision::Run { route: None, sql: None }) => true,
+        (Expect::RouteTo(db), Decision::Run { route: Some(Route::Database(d)), sql: None }) => d == db,
+        (Expect::Primary, Decision::Run { route: Some(Route::Primary), sql: None }) => true,
+        (Expect::Replica, Decision::Run { route: Some(Route::Replica), sql: None }) => true,
+        (Expect::Rewrite, Decision::Run { route: None, sql: Some(_) }) => true,
+        (Expect::Reject, Decision::Reject(_)) => true,
+        _ => false,
+    };
+    assert!(ok, "{} / {}: expected {:?}, got {decision:?}", setup.name, case.name, case.expect);
+}
+
+/// One row of the summary.
+struct Row {
+    plugin: &'static str,
+    case: &'static str,
+    bytes: usize,
+    median: Option<Duration>,
+    fuel: u64,
+}
+
+fn main() {
+    let missing: Vec<PathBuf> =
+        SETUPS.iter().map(|s| plugins_dir().join(format!("{}.wasm", s.file))).filter(|p| !p.exists()).collect();
+    if !missing.is_empty() {
+        for p in &missing {
+            eprintln!("policy bench: {} is missing", p.display());
+        }
+        eprintln!("policy bench: build the plugins first: bash plugins/build.sh");
+        std::process::exit(2);
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let databases: Vec<String> = DATABASES.iter().map(|d| (*d).to_owned()).collect();
+    let mut criterion = Criterion::default().configure_from_args();
+    let mut rows = Vec::new();
+
+    for setup in SETUPS {
+        let chain = rt
+            .block_on(Chain::load(vec![loadable(setup)], &databases))
+            .unwrap_or_else(|e| panic!("{}: {e}", setup.name));
+        let plugin = &chain.plugins()[0];
+        let known = |db: &str| DATABASES.contains(&db);
+        let mut group = criterion.benchmark_group(setup.name);
+        for case in setup.cases {
+            let request = Request {
+                user: "app",
+                database: "dev",
+                application_name: "psql",
+                client_addr: "192.0.2.7".to_owned(),
+                session_id: 4242,
+                sql: case.sql,
+                in_transaction: false,
+                parse: None,
+            };
+            // Check the verdict, then read the fuel of a warm call: the first calls of an
+            // instance cost more (the regex crate fills its lazy DFA cache on first use).
+            let decision = rt.block_on(chain.decide(&request, known));
+            check(setup, case, &decision);
+            let fuel = rt.block_on(async {
+                for _ in 0..WARM_CALLS {
+                    chain.decide(&request, known).await;
+                }
+                let before = plugin.stats.fuel_used.load(Relaxed);
+                for _ in 0..FUEL_CALLS {
+                    chain.decide(&request, known).await;
+                }
+                (plugin.stats.fuel_used.load(Relaxed) - before) / FUEL_CALLS
+            });
+
+            // Per-call time of each of criterion's samples; the last `sample_size` calls of the
+            // routine are the measurement (the earlier ones are its warm-up).
+            let samples: Arc<Mutex<Vec<Duration>>> = Arc::default();
+            let recorded = samples.clone();
+            group.bench_function(case.name, |b| {
+                b.iter_custom(|iters| {
+                    let elapsed = rt.block_on(async {
+                        let started = Instant::now();
+                        for _ in 0..iters {
+                            black_box(chain.decide(black_box(&request), known).await);
+                        }
+                        started.elapsed()
+                    });
+                    if let Ok(mut s) = recorded.lock() {
+                        s.push(elapsed / u32::try_from(iters.max(1)).unwrap_or(u32::MAX));
+                    }
+                    elapsed
+                })
+            });
+            let median = samples.lock().ok().and_then(|s| {
+                let mut last: Vec<Duration> = s.iter().rev().take(SAMPLE_SIZE).copied().collect();
+                last.sort();
+                last.get(last.len() / 2).copied()
+            });
+            rows.push(Row { plugin: setup.name, case: case.name, bytes: case.sql.len(), median, fuel });
+        }
+        group.finish();
+    }
+    criterion.final_summary();
+
+    println!("\n| plugin | query | bytes | median per call | fuel per call |");
+    println!("|---|---|---:|---:|---:|");
+    for r in &rows {
+        let median = r.median.map_or("-".to_owned(), |m| format!("{:.2} µs", m.as_secs_f64() * 1e6));
+        println!("| {} | {} | {} | {} | {} |", r.plugin, r.case, r.bytes, median, r.fuel);
+    }
+}
+
+/// Calls before the fuel of a call is read, and calls it is averaged over.
+const WARM_CALLS: u64 = 1000;
+const FUEL_CALLS: u64 = 100;
+
+/// criterion's default sample size (the bench does not change it).
+const SAMPLE_SIZE: usize = 100;
