@@ -357,8 +357,8 @@ impl<'a> Relay<'a> {
                 continue;
             }
             if let Err(end) = self.wait_for_io().await {
-                // A cluster node lost under an autocommit statement: the client gets an
-                // error for what was in flight and goes on (see `survive_server_loss`).
+                // A cluster node lost outside a transaction block: what was in flight runs
+                // again elsewhere or fails, and the session goes on (see `survive_server_loss`).
                 if let Err(end) = self.survive_server_loss(end) {
                     return end;
                 }
