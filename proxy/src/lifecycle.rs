@@ -167,6 +167,18 @@ fn fingerprint(path: &std::path::Path) -> Fingerprint {
     Some((meta.len(), meta.modified().ok()?))
 }
 
+/// True when the file at `path` no longer holds the component the plugin loaded from it
+/// (compared by digest).
+fn differs_from_loaded(shared: &Shared, path: &std::path::Path) -> bool {
+    let source = path.display().to_string();
+    let policy = shared.policy();
+    let Some(plugin) = policy.plugins().iter().find(|p| p.origin.source == source) else { return false };
+    match std::fs::read(path) {
+        Ok(wasm) => oci::sha256_digest(&wasm) != plugin.origin.digest,
+        Err(_) => true,
+    }
+}
+
 /// The files of the `watch = true` plugins in force.
 fn watched(config: &Config) -> Vec<PathBuf> {
     config.plugins.iter().filter(|p| p.watch).filter_map(|p| p.path.as_ref()).map(|p| config.dir().join(p)).collect()
@@ -187,9 +199,10 @@ pub async fn watch(shared: Weak<Shared>) {
         let mut now: BTreeMap<PathBuf, Fingerprint> = BTreeMap::new();
         for path in paths {
             let print = fingerprint(&path);
-            // A file first seen (new in the config) is the one just loaded.
-            if seen.get(&path).is_some_and(|old| *old != print) {
-                changed = true;
+            match seen.get(&path) {
+                Some(old) => changed |= *old != print,
+                // First seen (new in the config): it may have changed since it was loaded.
+                None => changed |= differs_from_loaded(&shared, &path),
             }
             now.insert(path, print);
         }
