@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::auth::scram::ScramKeys;
 use crate::cluster::{Cluster, Want};
 use crate::listener::Shared;
-use crate::pool::{Pool, PoolSettings};
+use crate::pool::Pool;
 use crate::protocol::messages::ErrorResponse;
 
 /// The pool a client of cluster database `database` starts on: its `default_route`'s node.
@@ -36,17 +36,13 @@ pub(crate) async fn home_pool(
 pub(crate) fn pools_on_every_node(shared: &Shared) {
     let config = shared.config();
     for cluster in shared.clusters.list() {
-        let Some(db) = config.databases.get(&cluster.database) else { continue };
         let mut users = std::collections::BTreeMap::new();
         for pool in shared.pools.of(Some(&cluster.database)).into_iter().filter(|p| p.node.is_some()) {
             users.entry(pool.user.clone()).or_insert_with(|| pool.credential());
         }
         for (user, credential) in users {
             for node in cluster.node_addrs() {
-                shared.pools.get_or_create_on(&cluster.database, &user, Some(&node), || {
-                    let target = crate::pool::node_target(&config, &cluster.database, db, &user, &node);
-                    (target, PoolSettings::from_config(&config, db), credential.clone())
-                });
+                super::node_pool(shared, &config, &cluster.database, &user, &node, &credential);
             }
         }
     }

@@ -244,14 +244,29 @@ pub(crate) fn pool_on_node(
     let config = shared.config();
     let db = config.databases.get(database)?;
     let credential = server_credential(&config, db, user, keys.cloned());
-    let pool = shared.pools.get_or_create_on(database, user, Some(node), || {
-        let target = pool::node_target(&config, database, db, user, node);
-        (target, PoolSettings::from_config(&config, db), credential.clone())
-    });
+    let pool = node_pool(shared, &config, database, user, node, &credential)?;
     if let ServerCredential::ScramKeys(_) = credential {
         pool.set_credential(credential);
     }
     Some(pool)
+}
+
+/// The pool of cluster node `node` of `database` for `user` under `config`, created with
+/// `credential` if it does not exist yet (an existing pool keeps its own). `None` when
+/// `config` has no such database.
+pub(crate) fn node_pool(
+    shared: &Shared,
+    config: &Config,
+    database: &str,
+    user: &str,
+    node: &crate::config::NodeAddr,
+    credential: &ServerCredential,
+) -> Option<Arc<Pool>> {
+    let db = config.databases.get(database)?;
+    Some(shared.pools.get_or_create_on(database, user, Some(node), || {
+        let target = pool::node_target(config, database, db, user, node);
+        (target, PoolSettings::from_config(config, db), credential.clone())
+    }))
 }
 
 /// The credential pgvane logs in to the server with for this client: from the configuration,
