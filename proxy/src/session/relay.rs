@@ -1229,9 +1229,7 @@ impl<'a> Relay<'a> {
                 let status = messages::parse_ready_for_query(frame.body()).map_err(|e| End::Server(e.into()))?;
                 if from_client {
                     self.client_ready(status)?;
-                    self.answered = false;
-                    self.echoes_sent = 0;
-                    self.echoed.clear();
+                    self.forget_answers();
                 }
             }
             _ => {}
@@ -1264,6 +1262,14 @@ impl<'a> Relay<'a> {
             self.send_own_responses();
         }
         Ok(())
+    }
+
+    /// A ReadyForQuery ended what the client had in flight: nothing since can be replayed
+    /// from before it.
+    fn forget_answers(&mut self) {
+        self.answered = false;
+        self.echoes_sent = 0;
+        self.echoed.clear();
     }
 
     /// Tells the client a parameter's value if it differs from what it was told.

@@ -201,9 +201,7 @@ impl Relay<'_> {
         }
         // A batch cut short before its Sync: the client's messages up to it are ignored.
         self.skipping = failed_batch;
-        self.answered = false;
-        self.echoes_sent = 0;
-        self.echoed.clear();
+        self.forget_answers();
         Ok(())
     }
 
