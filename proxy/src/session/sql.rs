@@ -29,17 +29,51 @@ pub enum StateCommand {
 /// How many words of a statement are kept: enough for `SET SESSION AUTHORIZATION`.
 const WORDS: usize = 4;
 
-/// The session-state command of each statement in `sql`, in order.
+/// The session-state command of each statement in `sql`, in order; empty when `sql` is one
+/// statement that starts with no keyword of a session-state command (the common case, seen
+/// without lexing or allocating).
 pub fn state_commands(sql: &str) -> Vec<StateCommand> {
+    if !may_hold_state_command(sql) {
+        return Vec::new();
+    }
     split_words(sql).into_iter().map(|words| classify(&words)).collect()
+}
+
+/// Every first word [`classify`] gives a meaning to.
+const STATE_KEYWORDS: &[&str] = &["set", "reset", "discard", "deallocate", "create", "listen", "prepare", "declare"];
+
+/// False only when `sql` is certainly one statement whose first word is none of
+/// [`STATE_KEYWORDS`]: no `;` but at its end, and it starts (after white space) with a word
+/// that is not one of them. Anything else (several statements, a leading comment or
+/// parenthesis) needs the lexer.
+fn may_hold_state_command(sql: &str) -> bool {
+    let sql = sql.trim_matches(|c: char| c.is_ascii_whitespace() || c == ';');
+    if sql.contains(';') {
+        return true;
+    }
+    if !sql.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return !sql.is_empty();
+    }
+    let word_end = sql.find(|c: char| !c.is_ascii_alphanumeric() && c != '_').unwrap_or(sql.len());
+    let word = &sql[..word_end];
+    STATE_KEYWORDS.iter().any(|k| k.eq_ignore_ascii_case(word))
 }
 
 /// True if `sql` calls a function that may leave state in the server session: a session
 /// advisory lock (the `pg_advisory_xact_lock…` ones end with the transaction), or
-/// `set_config`, whose effect pgvane does not track as it tracks `SET`.
+/// `set_config`, whose effect pgvane does not track as it tracks `SET`. Any letter case,
+/// anywhere in the text (a mention in a literal counts too: that only costs a reset).
 pub fn calls_session_state_function(sql: &str) -> bool {
-    let lower = sql.to_ascii_lowercase();
-    ["pg_advisory_lock", "pg_try_advisory_lock", "set_config"].iter().any(|f| lower.contains(f))
+    // Each name holds a `_`: only the places around one are compared.
+    const NAMES: [(&str, usize); 3] = [("pg_advisory_lock", 2), ("pg_try_advisory_lock", 2), ("set_config", 3)];
+    let bytes = sql.as_bytes();
+    bytes.iter().enumerate().filter(|(_, b)| **b == b'_').any(|(i, _)| {
+        NAMES.iter().any(|(name, at)| {
+            i.checked_sub(*at)
+                .and_then(|start| bytes.get(start..start + name.len()))
+                .is_some_and(|found| found.eq_ignore_ascii_case(name.as_bytes()))
+        })
+    })
 }
 
 fn classify(words: &[String]) -> StateCommand {
@@ -249,12 +283,46 @@ mod tests {
     }
 
     #[test]
+    fn statements_without_a_state_keyword_are_skipped_without_lexing() {
+        let queries = [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            "select 1; select 2",
+            "INSERT INTO t VALUES ('x'); UPDATE t SET a = 1",
+            "/* SET x = 1 */ SELECT 1",
+            "  select 1 ;  ",
+            "(SELECT 1) UNION (SELECT 2)",
+            "SELECT ';'",
+            "reset work_mem;",
+            "SET x = 1",
+            "SeLeCt 1; dIsCaRd AlL",
+            "CREATE TEMP TABLE t (a int)",
+            "LISTEN chan; PREPARE p AS SELECT 1; DECLARE c CURSOR FOR SELECT 1",
+            "",
+        ];
+        for q in queries {
+            let lexed: Vec<StateCommand> = split_words(q).iter().map(|w| classify(w)).collect();
+            let quick = state_commands(q);
+            // Skipped only when lexing finds nothing but `Other`; otherwise the same answer.
+            if quick.is_empty() {
+                assert!(lexed.iter().all(|c| *c == Other), "{q}: {lexed:?}");
+            } else {
+                assert_eq!(quick, lexed, "{q}");
+            }
+        }
+        assert!(state_commands("SELECT abalance FROM pgbench_accounts WHERE aid = 1").is_empty());
+        assert_eq!(state_commands("SeLeCt 1; dIsCaRd AlL"), [Other, DiscardAll]);
+        assert!(calls_session_state_function("SELECT PG_Advisory_Lock(1)"));
+        assert!(!calls_session_state_function("SELECT pg_advisory_xact_lock(1)"));
+    }
+
+    #[test]
     fn transaction_scoped_and_other_statements_are_other() {
         assert_eq!(state_commands("SET LOCAL work_mem = '8MB'"), [Other]);
         assert_eq!(state_commands("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"), [Other]);
         assert_eq!(state_commands("SET CONSTRAINTS ALL DEFERRED"), [Other]);
-        assert_eq!(state_commands("select 'SET work_mem = 1'"), [Other]);
-        assert_eq!(state_commands("update settings set x = 1"), [Other]);
+        assert_eq!(state_commands("select 'SET work_mem = 1'; select 2"), [Other, Other]);
+        assert_eq!(state_commands("update settings set x = 1; select 1"), [Other, Other]);
+        assert!(state_commands("update settings set x = 1").is_empty());
     }
 
     #[test]
