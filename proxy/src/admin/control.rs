@@ -47,7 +47,7 @@ pub async fn pause(shared: &Shared, handle: &ClientHandle, database: Option<&str
         tokio::select! {
             () = tokio::time::sleep(PAUSE_POLL) => {}
             () = handle.signals.cancel.notified() => return Err(AdminError::Canceled),
-            () = handle.signals.kill.notified() => return Err(AdminError::Terminated),
+            () = handle.signals.kill.raised() => return Err(AdminError::Terminated),
         }
     }
 }

@@ -130,7 +130,7 @@ pub async fn serve(
     loop {
         let frame = tokio::select! {
             frame = client.read_frame(max_len) => frame?,
-            () = handle.signals.kill.notified() => return Err(SessionError::Refused(terminated_error())),
+            () = handle.signals.kill.raised() => return Err(SessionError::Refused(terminated_error())),
         };
         match frame.tag() {
             tag::TERMINATE => return Ok(()),

@@ -237,13 +237,8 @@ impl Pool {
         let slot = tokio::time::timeout(wait, self.take_slot()).await.map_err(|_| PoolError::WaitTimeout(wait))?;
         self.check_removed()?;
         let generation = self.generation();
-        while let Some(Idle { mut conn, ticket }) = self.pop_idle() {
-            if ticket.generation == generation && conn.is_healthy() && !self.expired(&conn, Instant::now()) {
-                ticket.set_state(ServerState::Active);
-                return Ok(PooledConn { conn, ticket, pool: self.clone(), _slot: slot });
-            }
-            tracing::debug!(db = %self.database, user = %self.user, "discarding stale idle server connection");
-            close(conn);
+        if let Some((conn, ticket)) = self.take_idle(generation) {
+            return Ok(PooledConn { conn, ticket, pool: self.clone(), _slot: slot });
         }
         let (target, credential, tls, connect_timeout, max_prepared_statements) = {
             let setup = self.setup();
@@ -263,6 +258,37 @@ impl Pool {
         *lock(&self.welcome) = Some(conn.params.clone());
         tracing::debug!(db = %target.dbname, user = %target.user, host = %target.host, "opened server connection");
         Ok(PooledConn { conn, ticket, pool: self.clone(), _slot: slot })
+    }
+
+    /// An idle server connection at once, when one is free and usable: the common case of a
+    /// transaction-pooled query, without the timer and waits of [`Pool::checkout`]. `None`
+    /// when the pool is paused or removed, every slot is taken or no idle connection is
+    /// left; `checkout` then waits or connects.
+    pub fn try_checkout(self: &Arc<Self>) -> Option<PooledConn> {
+        if self.is_removed() || self.pause.borrow().covers(&self.database) {
+            return None;
+        }
+        let slot = self.slots.try_acquire()?;
+        // As in `take_slot`: PAUSE may have started while the slot was taken.
+        if self.pause.borrow().covers(&self.database) {
+            return None;
+        }
+        let (conn, ticket) = self.take_idle(self.generation())?;
+        Some(PooledConn { conn, ticket, pool: self.clone(), _slot: slot })
+    }
+
+    /// The most recently used idle connection of `generation` that is healthy and not
+    /// expired, marked active; stale ones met on the way are closed.
+    fn take_idle(&self, generation: u64) -> Option<(ServerConn, Ticket)> {
+        while let Some(Idle { mut conn, ticket }) = self.pop_idle() {
+            if ticket.generation == generation && conn.is_healthy() && !self.expired(&conn, Instant::now()) {
+                ticket.set_state(ServerState::Active);
+                return Some((conn, ticket));
+            }
+            tracing::debug!(db = %self.database, user = %self.user, "discarding stale idle server connection");
+            close(conn);
+        }
+        None
     }
 
     /// A database removed from the configuration gives no more connections. The error goes

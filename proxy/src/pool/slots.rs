@@ -60,6 +60,13 @@ impl Slots {
         }
     }
 
+    /// A free slot if there is one and nobody is waiting for one (waiters keep their turn).
+    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        let permit = self.semaphore.clone().try_acquire_owned().ok()?;
+        self.held.fetch_add(1, Ordering::SeqCst);
+        Some(Slot { permit: Some(permit), slots: self.clone() })
+    }
+
     /// Slots taken right now.
     pub(crate) fn held(&self) -> usize {
         self.held.load(Ordering::SeqCst)

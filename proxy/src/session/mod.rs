@@ -137,7 +137,7 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
             handle.set_state(ClientState::Waiting, None);
             let checkout = tokio::select! {
                 checkout = pool.checkout(settings.query_wait_timeout()) => checkout,
-                () = handle.signals.kill.notified() => return Err(killed()),
+                () = handle.signals.kill.raised() => return Err(killed()),
             };
             let mut server = checkout.map_err(|e| {
                 tracing::warn!(error = %e, "no server connection for client");

@@ -7,7 +7,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
@@ -76,7 +78,53 @@ pub struct Signals {
     /// A CancelRequest arrived while the client held no server (it may be waiting for one).
     pub cancel: Notify,
     /// The client must be disconnected (admin KILL, shutdown).
-    pub kill: Notify,
+    pub kill: KillSwitch,
+}
+
+/// A flag that, once raised, stays raised and wakes the session's task.
+///
+/// A session awaits it beside every socket wait, many times per query, so waiting must be
+/// cheap: one task polls it (a session is one task), which keeps only that task's waker,
+/// where a `Notify` would add and remove a waiter in its list on every wait.
+#[derive(Debug, Default)]
+pub struct KillSwitch {
+    raised: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl KillSwitch {
+    /// Raises the flag and wakes the task waiting for it.
+    pub fn raise(&self) {
+        self.raised.store(true, Ordering::SeqCst);
+        if let Some(waker) = self.waker_slot().take() {
+            waker.wake();
+        }
+    }
+
+    /// Completes once the flag is raised (at once if it already is).
+    pub async fn raised(&self) {
+        std::future::poll_fn(|cx| {
+            if self.raised.load(Ordering::SeqCst) {
+                return Poll::Ready(());
+            }
+            {
+                let mut slot = self.waker_slot();
+                if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *slot = Some(cx.waker().clone());
+                }
+            }
+            // Raised between the first look and storing the waker: `raise` found no waker.
+            match self.raised.load(Ordering::SeqCst) {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    fn waker_slot(&self) -> MutexGuard<'_, Option<Waker>> {
+        self.waker.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Every connected client's entry.
@@ -144,7 +192,7 @@ impl ClientRegistry {
         let mut n = 0;
         for entry in entries.values() {
             if database.is_none_or(|db| db == entry.info.database) {
-                entry.signals.kill.notify_one();
+                entry.signals.kill.raise();
                 n += 1;
             }
         }
@@ -233,6 +281,21 @@ mod tests {
 
     fn peer() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 1))
+    }
+
+    #[tokio::test]
+    async fn a_kill_switch_wakes_its_waiter_and_stays_raised() {
+        let switch = Arc::new(KillSwitch::default());
+        let waiter = tokio::spawn({
+            let switch = switch.clone();
+            async move { switch.raised().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        switch.raise();
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").expect("no panic");
+        // Raised for good: a later wait ends at once.
+        tokio::time::timeout(Duration::from_secs(5), switch.raised()).await.expect("still raised");
     }
 
     #[test]

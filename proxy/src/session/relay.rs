@@ -378,7 +378,7 @@ impl<'a> Relay<'a> {
         reserve_for_partial(&mut self.client.read_buf);
         let client_out = &self.client.out;
         let server_out = &self.server_out;
-        let kill = self.handle.signals.kill.notified();
+        let kill = self.handle.signals.kill.raised();
         let can_read_client = server_out.len() < HIGH_WATER_BYTES;
         let can_read_server = client_out.len() < HIGH_WATER_BYTES;
         // Each stream reads and writes in one future (a TLS stream cannot be split without a lock).
@@ -392,18 +392,22 @@ impl<'a> Relay<'a> {
                 let conn = server.conn();
                 reserve_for_partial(&mut conn.read_buf);
                 let server_io = conn.stream.progress(can_read_server.then_some(&mut conn.read_buf), server_out);
+                // In order, without select!'s random start (it costs on every wait): the
+                // high-water marks above already keep one busy socket from starving the other.
                 tokio::select! {
+                    biased;
+                    () = kill => Io::Killed,
                     p = client_io => client(p),
                     p = server_io => match p {
                         Progress::Read(r) => Io::ServerRead(r),
                         Progress::Wrote(r) => Io::ServerWrote(r),
                     },
-                    () = kill => Io::Killed,
                 }
             }
             None => tokio::select! {
-                p = client_io => client(p),
+                biased;
                 () = kill => Io::Killed,
+                p = client_io => client(p),
             },
         };
         match io {
@@ -1005,25 +1009,13 @@ impl<'a> Relay<'a> {
         if self.server.is_some() {
             return Ok(true);
         }
-        // Whatever pgvane already owes the client goes out before a possibly long wait.
-        self.client.flush().await.map_err(|_| End::ClientGone)?;
-        self.handle.set_state(ClientState::Waiting, None);
-        let started = Instant::now();
-        let signals = self.handle.signals.clone();
-        let checkout = tokio::select! {
-            r = self.pool.checkout(self.query_wait) => Some(r),
-            () = signals.cancel.notified() => None,
-            () = signals.kill.notified() => return Err(End::Killed),
+        // An idle connection free at once (the common case) needs no waiting machinery.
+        let checkout = match self.pool.try_checkout() {
+            Some(server) => Some(Ok(server)),
+            None => self.wait_for_server().await?,
         };
-        let checkout = match checkout {
-            // A cluster node that cannot be reached: the statement may move to the writer.
-            Some(Err(e)) => self.retry_checkout_elsewhere(e).await,
-            other => other,
-        };
-        self.pool.stats.record_wait(started.elapsed());
         match checkout {
             Some(Ok(mut server)) => {
-                tracing::trace!(waited = ?started.elapsed(), "server connection taken");
                 self.handle.set_state(ClientState::Active, Some(server.conn().cancel_target()));
                 // The client's settings (in session mode: its startup parameters, for a
                 // server of another database the policy routed to).
@@ -1066,6 +1058,29 @@ impl<'a> Relay<'a> {
                 Ok(false)
             }
         }
+    }
+
+    /// Waits for a server connection of the current pool: `None` when the client cancelled
+    /// the wait.
+    async fn wait_for_server(&mut self) -> Result<Option<Result<PooledConn, PoolError>>, End> {
+        // Whatever pgvane already owes the client goes out before a possibly long wait.
+        self.client.flush().await.map_err(|_| End::ClientGone)?;
+        self.handle.set_state(ClientState::Waiting, None);
+        let started = Instant::now();
+        let signals = self.handle.signals.clone();
+        let checkout = tokio::select! {
+            r = self.pool.checkout(self.query_wait) => Some(r),
+            () = signals.cancel.notified() => None,
+            () = signals.kill.raised() => return Err(End::Killed),
+        };
+        let checkout = match checkout {
+            // A cluster node that cannot be reached: the statement may move to the writer.
+            Some(Err(e)) => self.retry_checkout_elsewhere(e).await,
+            other => other,
+        };
+        self.pool.stats.record_wait(started.elapsed());
+        tracing::trace!(waited = ?started.elapsed(), "server connection wait over");
+        Ok(checkout)
     }
 
     /// In transaction and statement modes, gives the server connection back once it is idle

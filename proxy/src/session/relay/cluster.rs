@@ -48,10 +48,8 @@ impl Relay<'_> {
         let picked = tokio::select! {
             picked = pool_for_want(self.shared, &cluster, &self.identity.user, self.scram_keys.as_ref(), want) => picked,
             () = signals.cancel.notified() => Err(ErrorResponse::error("57014", "canceling statement due to user request")),
-            () = signals.kill.notified() => {
-                signals.kill.notify_one(); // the query loop ends the session on it
-                Err(ErrorResponse::error("57P01", "terminating connection due to administrator command"))
-            }
+            // The flag stays raised: the query loop ends the session on it.
+            () = signals.kill.raised() => Err(ErrorResponse::error("57P01", "terminating connection due to administrator command")),
         };
         match picked {
             Ok(pool) => ClusterRoute::Pool(pool),
@@ -83,10 +81,7 @@ impl Relay<'_> {
         let picked = tokio::select! {
             picked = pool_for_want(self.shared, &cluster, &user, self.scram_keys.as_ref(), Want::Primary) => picked,
             () = signals.cancel.notified() => return None,
-            () = signals.kill.notified() => {
-                signals.kill.notify_one(); // the query loop ends the session on it
-                return None;
-            }
+            () = signals.kill.raised() => return None, // the query loop ends the session on it
         };
         let pool = match picked {
             Ok(pool) => pool,
@@ -103,10 +98,7 @@ impl Relay<'_> {
         tokio::select! {
             r = self.pool.checkout(self.query_wait) => Some(r),
             () = signals.cancel.notified() => None,
-            () = signals.kill.notified() => {
-                signals.kill.notify_one();
-                None
-            }
+            () = signals.kill.raised() => None, // the query loop ends the session on it
         }
     }
 
