@@ -147,6 +147,8 @@ pub struct Settings {
     pub default_pool_size: usize,
     /// Most client connections at once.
     pub max_client_conn: usize,
+    /// Threads running sessions: 0 = one per CPU core, 1 = everything on one thread.
+    pub worker_threads: usize,
     /// Client authentication method.
     pub auth_type: AuthType,
     /// PgBouncer-format user list, relative to the config file.
@@ -217,7 +219,7 @@ pub const MAX_PLUGIN_MEMORY_MB: usize = 4096;
 pub const MAX_PLUGIN_INSTANCES: u32 = 256;
 
 /// Keys of `[pgvane]` that RELOAD cannot change: they take effect at the next start.
-pub const RESTART_KEYS: &[&str] = &["listen_addr", "listen_port"];
+pub const RESTART_KEYS: &[&str] = &["listen_addr", "listen_port", "worker_threads"];
 
 /// Serializes an unset optional key as an empty string, so it still has a row in SHOW CONFIG
 /// (TOML has no null).
@@ -236,6 +238,7 @@ impl Default for Settings {
             pool_mode: PoolMode::Session,
             default_pool_size: 20,
             max_client_conn: 1000,
+            worker_threads: 0,
             auth_type: AuthType::ScramSha256,
             auth_file: None,
             admin_users: Vec::new(),

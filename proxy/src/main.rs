@@ -192,7 +192,12 @@ fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = Config::load(config_path)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = match config.settings.worker_threads {
+        // One thread: no work stealing and no wake-ups across threads, the least CPU per query.
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?,
+    };
     runtime.block_on(async {
         let policy = config.load_plugins().await?;
         let listener = Listener::bind(config, policy).await.context("cannot listen")?;

@@ -36,9 +36,13 @@ fn probe_plugin(path: &str, answer: &str, extra: &str) -> String {
     )
 }
 
+/// One worker thread: swaps load plugins on a blocking thread that drives the single-threaded
+/// runtime's I/O through its handle, which these tests then cover.
 fn options(plugins: &str) -> ProxyOptions {
     ProxyOptions {
-        settings: format!("admin_users = [\"{APP_USER}\"]\npool_mode = \"transaction\"\ndefault_pool_size = 4"),
+        settings: format!(
+            "admin_users = [\"{APP_USER}\"]\npool_mode = \"transaction\"\ndefault_pool_size = 4\nworker_threads = 1"
+        ),
         extra: plugins.to_owned(),
         ..ProxyOptions::default()
     }
