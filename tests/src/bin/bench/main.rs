@@ -17,6 +17,7 @@
 //! points it at the release build), `PGVANE_BENCH_REVISION` names its source in the report when it
 //! was not built in this workspace, `RUST_LOG` defaults to `pgvane=warn`.
 
+mod events;
 mod noise;
 mod pgbench;
 mod pgbouncer;
@@ -83,6 +84,15 @@ struct Args {
     /// Do not measure pgvane with policy plugins.
     #[arg(long)]
     no_plugins: bool,
+    /// pgvane's `worker_threads`. 1 (the default here) runs it on one thread as PgBouncer runs:
+    /// the same share of the 2-core machine that pgbench and PostgreSQL also need. 0 is
+    /// pgvane's own default, one thread per core.
+    #[arg(long, default_value_t = 1)]
+    pgvane_threads: u32,
+    /// Skip the runs while pgvane changes under its clients: throughput during plugin swaps
+    /// and writer switchovers on a fresh primary and replica.
+    #[arg(long)]
+    no_events: bool,
     /// pgbench scale factor (pgbench -i -s).
     #[arg(long, default_value_t = 10)]
     scale: u32,
@@ -264,6 +274,7 @@ pub struct Plan {
     pub protocols: Vec<Protocol>,
     pub modes: Vec<PoolMode>,
     pub pool_size: u32,
+    pub pgvane_threads: u32,
     pub scale: u32,
     pub max_other_load: f64,
     pub retries: u32,
@@ -288,6 +299,7 @@ impl Plan {
                 vec![PoolMode::Transaction, PoolMode::Session]
             },
             pool_size: args.pool_size,
+            pgvane_threads: args.pgvane_threads,
             scale: args.scale,
             max_other_load: args.max_other_load,
             retries: args.retries,
@@ -380,6 +392,7 @@ async fn run(args: Args) -> Result<()> {
             eprintln!("pgvane-bench: PgBouncer logged errors:\n{}", tail(&bouncer.log(), 20));
         }
     }
+    let events = if args.no_events { String::new() } else { measure_events(&servers, &plan, args.quick).await };
     let profiles = match args.perf {
         // Next to the report, which links to them.
         Some(seconds) => profile::profile(&servers.targets, &plan, seconds, out.parent().unwrap_or(&workspace)).await?,
@@ -388,7 +401,7 @@ async fn run(args: Args) -> Result<()> {
     drop(servers);
 
     let meta = Meta::collect(&pgvane, &workspace, bench_command(), started.elapsed(), load_before, profiles);
-    let markdown = Report { meta: &meta, plan: &plan, measurements: &measurements }.render();
+    let markdown = Report { meta: &meta, plan: &plan, measurements: &measurements }.render() + &events;
     println!("\n{markdown}");
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -396,6 +409,33 @@ async fn run(args: Args) -> Result<()> {
     std::fs::write(&out, &markdown).with_context(|| format!("writing {}", out.display()))?;
     println!("pgvane-bench: wrote {} ({:.1} min in all)", out.display(), started.elapsed().as_secs_f64() / 60.0);
     Ok(())
+}
+
+/// Plugin swaps against the pgvane with the regex-router plugin (or, without plugins, the one
+/// in transaction mode), then switchovers (1 with --quick, else 3); the report's section.
+async fn measure_events(servers: &Servers, plan: &Plan, quick: bool) -> String {
+    let target = servers.targets.iter().find(|t| t.id.kind == Kind::PgvanePlugin(Plugin::RegexRouter)).or_else(|| {
+        servers.targets.iter().find(|t| t.id == TargetId { kind: Kind::Pgvane, mode: Some(PoolMode::Transaction) })
+    });
+    let swaps = match target {
+        Some(target) => {
+            println!("Plugin swaps: pgbench against {} with a RELOAD every 500 ms ...", report::label(target.id));
+            match events::swaps(target, report::label(target.id), plan).await {
+                Ok(swaps) => Some(swaps),
+                Err(e) => {
+                    eprintln!("pgvane-bench: the plugin swap runs failed: {e:#}");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let mut switchovers = Vec::new();
+    for i in 1..=if quick { 1 } else { 3 } {
+        println!("Switchover {i}: primary + streaming replica, 4 writers ...");
+        switchovers.push(events::switchover(plan.pgvane_threads).await);
+    }
+    events::render(swaps.as_ref(), &switchovers)
 }
 
 /// The command line as the user typed it: `./dev bench …` when run through `dev` (which says so
@@ -452,9 +492,12 @@ async fn start_servers(plan: &Plan) -> Result<Servers> {
             pid: Some(bouncer.pid()),
         });
         servers.bouncers.push(bouncer);
-        let pgvane = Pgvane::start(&pgvane_config(servers.cluster.port(), mode, size), &[("userlist.txt", &userlist)])
-            .await
-            .context("starting pgvane")?;
+        let pgvane = Pgvane::start(
+            &pgvane_config(servers.cluster.port(), mode, size, plan.pgvane_threads),
+            &[("userlist.txt", &userlist)],
+        )
+        .await
+        .context("starting pgvane")?;
         servers.targets.push(Target {
             id: TargetId { kind: Kind::Pgvane, mode: Some(mode) },
             port: pgvane.port(),
@@ -465,8 +508,11 @@ async fn start_servers(plan: &Plan) -> Result<Servers> {
     for (plugin, path) in &plan.plugins {
         let mode = PoolMode::Transaction;
         println!("Starting pgvane with the {} plugin, pool_mode = {} ...", plugin.name(), mode.name());
-        let config =
-            format!("{}\n{}", pgvane_config(servers.cluster.port(), mode, plan.pool_size(mode)), plugin.config(path));
+        let config = format!(
+            "{}\n{}",
+            pgvane_config(servers.cluster.port(), mode, plan.pool_size(mode), plan.pgvane_threads),
+            plugin.config(path)
+        );
         let pgvane = Pgvane::start(&config, &[("userlist.txt", &userlist)])
             .await
             .with_context(|| format!("starting pgvane with the {} plugin", plugin.name()))?;
@@ -482,11 +528,13 @@ async fn start_servers(plan: &Plan) -> Result<Servers> {
 
 /// pgvane's configuration: the same pool mode, pool size, client limit, auth type and reset query
 /// as PgBouncer's (see `pgbouncer::config`).
-fn pgvane_config(server_port: u16, mode: PoolMode, pool_size: u32) -> String {
+fn pgvane_config(server_port: u16, mode: PoolMode, pool_size: u32, threads: u32) -> String {
     format!(
         "[pgvane]\n\
          listen_addr = \"127.0.0.1\"\n\
          listen_port = 0\n\
+         worker_threads = {threads}\n\
+         admin_users = [\"{APP_USER}\"]\n\
          pool_mode = \"{mode}\"\n\
          default_pool_size = {pool_size}\n\
          max_client_conn = 1000\n\

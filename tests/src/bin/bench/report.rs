@@ -505,7 +505,8 @@ impl Report<'_> {
              needs one server connection per client), max_client_conn 1000, `auth_type = scram-sha-256`, \
              the auth file holding `app`'s SCRAM verifier copied from `pg_authid` (no plain password, no \
              PBKDF2 in either proxy), `server_reset_query = DISCARD ALL`. pgvane is the release build with \
-             `RUST_LOG=pgvane=warn` and no policy plugin; PgBouncer runs with log_connections, \
+             `RUST_LOG=pgvane=warn`, `worker_threads = {threads}` ({threads_meaning}) and no policy \
+             plugin; PgBouncer (one thread) runs with log_connections, \
              log_disconnections and log_stats off, as user postgres.\n\
              - Order: for each (-M, clients), {repeats} round(s) over all targets, the order rotated each \
              round (A B C, B C A, …), after one unmeasured 2 s warm-up run per target. Every number is the \
@@ -514,6 +515,12 @@ impl Report<'_> {
              `/proc/<pid>/stat`, 10 ms ticks) across the pgbench run, divided by the transactions it \
              processed. Each `-S` transaction is one `SELECT`.\n",
             scale = plan.scale,
+            threads = plan.pgvane_threads,
+            threads_meaning = match plan.pgvane_threads {
+                0 => "one thread per core, pgvane's default",
+                1 => "one thread, as PgBouncer",
+                _ => "threads",
+            },
             secs = plan.seconds,
             sizes = sizes.join(", "),
             repeats = plan.repeats,
@@ -665,6 +672,7 @@ mod tests {
             protocols: vec![Protocol::Prepared],
             modes: vec![PoolMode::Transaction],
             pool_size: 20,
+            pgvane_threads: 1,
             scale: 1,
             max_other_load: 10.0,
             retries: 2,
