@@ -14,6 +14,7 @@ pub mod config;
 pub mod lifecycle;
 pub mod listener;
 pub mod oci;
+pub mod plugin_test;
 pub mod policy;
 pub mod pool;
 pub mod protocol;

@@ -18,7 +18,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 #[command(name = "pgvane", version, about, long_about)]
 struct Cli {
     /// The configuration file (TOML; every key is described in docs/config.md).
-    #[arg(short, long, global = true, default_value = "pgvane.toml")]
+    #[arg(short, long, default_value = "pgvane.toml")]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -29,7 +29,11 @@ enum Command {
     /// Validate the configuration file (the auth file it names, and its plugins: compiled and
     /// initialised with their config) and exit: 0 when valid,
     /// 1 with a message naming the file, the key and the problem otherwise.
-    Check,
+    Check {
+        /// The configuration file [default: the one given before `check`, pgvane.toml].
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Publish, fetch and examine plugins as Wasm OCI artifacts (docs/plugins-oci.md).
     ///
     /// Registry credentials come from PGVANE_REGISTRY_USERNAME and PGVANE_REGISTRY_PASSWORD.
@@ -72,16 +76,146 @@ enum PluginCommand {
         #[arg(long)]
         insecure: bool,
     },
+    /// Run a plugin offline over a file of queries (one per line, or a PostgreSQL log) and print
+    /// its verdict on each (pass, route, rewrite, reject). With --expect, compare them with an
+    /// expectation file (this command's saved output) and exit 1 when any differs. The input and
+    /// output formats are described in docs/plugins.md ("Testing a plugin offline").
+    Test(TestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TestArgs {
+    /// The component: a .wasm file, or a reference as for pull.
+    plugin: String,
+    /// The plugin's configuration, as `[plugins.config]` would give it: JSON text, or a file
+    /// holding JSON.
+    #[arg(long, default_value = "{}")]
+    config: String,
+    /// The queries: one per line (`[user@database] SQL`, `-- pgvane: key=value` lines for
+    /// what follows), or a PostgreSQL log with `statement:` / `execute` lines.
+    #[arg(long)]
+    queries: PathBuf,
+    /// Expected verdicts: `<n><TAB><verdict>` lines, as this command prints them.
+    #[arg(long)]
+    expect: Option<PathBuf>,
+    /// The `[databases]` entries the plugin sees (host.databases()) and may route to,
+    /// comma-separated. Without it any name is accepted and the list is empty.
+    #[arg(long, value_delimiter = ',')]
+    databases: Vec<String>,
+    /// The user of queries that do not name one.
+    #[arg(long, default_value = "postgres")]
+    user: String,
+    /// The database of queries that do not name one.
+    #[arg(long, default_value = "postgres")]
+    database: String,
+    /// Fuel per call, as the `fuel` key [default: the key's default].
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Memory per instance, as `memory_limit_mb` [default: the key's default].
+    #[arg(long)]
+    memory_limit_mb: Option<usize>,
+    /// Wall-clock deadline per call, as `timeout_ms` [default: 1000, generous offline].
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+    /// Plain HTTP to a registry that is not on this machine.
+    #[arg(long)]
+    insecure: bool,
+}
+
+/// `pgvane plugin test`: `Ok(false)` when a verdict differs from its expectation.
+fn plugin_test(args: TestArgs) -> anyhow::Result<bool> {
+    use pgvane::plugin_test::{escape, parse_expectations, parse_queries, verdict, Sender};
+    use pgvane::policy::{Chain, Loadable, OnError, Origin, PluginSettings};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let path = std::path::Path::new(&args.plugin);
+    let wasm = if path.exists() {
+        pgvane::oci::read_file(path)?
+    } else {
+        let reference = pgvane::oci::Reference::parse(&args.plugin)
+            .with_context(|| format!("{} is neither a file nor an OCI reference", args.plugin))?;
+        let access = pgvane::oci::Access { insecure: args.insecure, ..pgvane::oci::Access::from_env() };
+        runtime.block_on(pgvane::oci::pull(&reference, &access))?.wasm
+    };
+    let config_json = match args.config.trim_start().starts_with('{') {
+        true => args.config.clone(),
+        false => std::fs::read_to_string(&args.config).with_context(|| format!("cannot read {}", args.config))?,
+    };
+    let config: toml::Table = serde_json::from_str(&config_json).context("--config is not a JSON object")?;
+    // The config key defaults, through the same deserializer as pgvane.toml.
+    let mut settings: PluginSettings = toml::from_str("name = \"plugin\"").context("plugin defaults")?;
+    settings.name = path.file_stem().map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
+    settings.path = Some(path.to_path_buf());
+    settings.config = config;
+    settings.on_error = OnError::Reject; // an error shows as a verdict instead of vanishing
+    settings.max_instances = 1;
+    settings.timeout_ms = args.timeout_ms;
+    settings.fuel = args.fuel.unwrap_or(settings.fuel);
+    settings.memory_limit_mb = args.memory_limit_mb.unwrap_or(settings.memory_limit_mb);
+    let origin = Origin {
+        source: args.plugin.clone(),
+        digest: pgvane::oci::sha256_digest(&wasm),
+        loaded_at: std::time::SystemTime::now(),
+    };
+    let chain = runtime
+        .block_on(Chain::load(vec![Loadable { settings, origin, wasm }], &args.databases))
+        .context("the plugin did not load")?;
+
+    let text =
+        std::fs::read_to_string(&args.queries).with_context(|| format!("cannot read {}", args.queries.display()))?;
+    let defaults = Sender { user: args.user.clone(), database: args.database.clone(), ..Sender::default() };
+    let queries = parse_queries(&args.queries.display().to_string(), &text, &defaults).map_err(anyhow::Error::msg)?;
+    let expected = match &args.expect {
+        Some(file) => Some(
+            parse_expectations(
+                &std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?,
+            )
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?,
+        ),
+        None => None,
+    };
+    let known = |name: &str| args.databases.is_empty() || args.databases.iter().any(|d| d == name);
+    let mut differ = Vec::new();
+    for (i, query) in queries.iter().enumerate() {
+        let n = i + 1;
+        let decision = runtime.block_on(chain.decide(&query.request(n as u32), known));
+        let got = verdict(&decision);
+        println!("{n}\t{got}\t{}", escape(&query.sql));
+        if let Some(expected) = &expected {
+            match expected.get(&n) {
+                Some(want) if *want == got => {}
+                want => differ.push(format!(
+                    "{n} ({}): expected {}, got {got}",
+                    query.at,
+                    want.map_or("no expectation".to_owned(), |w| format!("{w:?}"))
+                )),
+            }
+        }
+    }
+    if let Some(expected) = &expected {
+        for n in expected.keys().filter(|n| **n == 0 || **n > queries.len()) {
+            differ.push(format!("{n}: expected a verdict, but there are {} queries", queries.len()));
+        }
+        for line in &differ {
+            eprintln!("differs: {line}");
+        }
+        eprintln!(
+            "{} queries, {} verdict(s) differ from {}",
+            queries.len(),
+            differ.len(),
+            args.expect.as_ref().map_or(String::new(), |p| p.display().to_string())
+        );
+    }
+    Ok(differ.is_empty())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check) => match check(&cli.config) {
+        Some(Command::Check { config: path }) => match check(path.as_ref().unwrap_or(&cli.config)) {
             Ok((chain, config)) => {
                 println!(
                     "{}: configuration is valid ({} database(s), {} plugin(s))",
-                    cli.config.display(),
+                    path.as_ref().unwrap_or(&cli.config).display(),
                     config.databases.len(),
                     chain.plugins().len()
                 );
@@ -93,7 +227,8 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Plugin(command)) => match plugin_command(command) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE, // a plugin test with differing verdicts
             Err(e) => {
                 eprintln!("pgvane: {e:#}");
                 ExitCode::FAILURE
@@ -109,12 +244,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// `pgvane plugin …`.
-fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
+/// `pgvane plugin …`: `Ok(false)` when `plugin test` found verdicts that differ.
+fn plugin_command(command: PluginCommand) -> anyhow::Result<bool> {
     use pgvane::oci::{self, Access, Reference};
     let access = |insecure: bool| Access { insecure, ..Access::from_env() };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match command {
+        PluginCommand::Test(args) => return plugin_test(args),
         PluginCommand::Push { file, reference, insecure } => {
             let reference = Reference::parse(&reference)?;
             let wasm = oci::read_file(&file)?;
@@ -169,7 +305,7 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Loads the configuration and its plugins, as a start would.
