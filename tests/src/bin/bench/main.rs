@@ -458,7 +458,7 @@ async fn start_servers(plan: &Plan) -> Result<Servers> {
     let mut cluster = PgCluster::start().await.context("starting PostgreSQL")?;
     // Room for every pool at once (direct clients + two proxies × pool modes), and the whole
     // pgbench database in shared buffers.
-    cluster.exec("ALTER SYSTEM SET max_connections = 400").await?;
+    cluster.exec("ALTER SYSTEM SET max_connections = 1000").await?;
     cluster.exec("ALTER SYSTEM SET shared_buffers = '1GB'").await?;
     cluster.restart().await.context("restarting PostgreSQL with the bench settings")?;
     cluster.create_user(APP_USER, APP_PASSWORD).await?;

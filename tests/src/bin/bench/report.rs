@@ -495,7 +495,7 @@ impl Report<'_> {
         let _ = writeln!(
             md,
             "\n- One PostgreSQL 15 cluster on loopback (the test harness's: fsync, synchronous_commit and \
-             full_page_writes off; shared_buffers 1GB, max_connections 400), `pgbench -i -s {scale}` (whole \
+             full_page_writes off; shared_buffers 1GB, max_connections 1000), `pgbench -i -s {scale}` (whole \
              database in shared buffers).\n\
              - Each run: `pgbench -S -n -T {secs} -c <clients> -j min(<clients>,2) -M <protocol> --log \
              --sampling-rate=<r>` as user `app` over TCP, `sslmode=disable`. TPS and average latency are \
