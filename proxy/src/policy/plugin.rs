@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::pgvane::policy::host::{self, Level};
@@ -29,7 +29,7 @@ const INIT_TIMEOUT_MS: u64 = 1000;
 pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: Limits,
     plugin: Arc<str>,
     databases: Arc<[String]>,
 }
@@ -41,6 +41,48 @@ impl WasiView for PluginState {
 }
 
 impl wit::Host for PluginState {}
+
+/// The store's memory cap (`memory_limit_mb`), and the largest size a linear memory of the
+/// instance has been allowed to reach (its initial size included), for
+/// `PluginStats::memory_peak_bytes`.
+struct Limits {
+    cap: StoreLimits,
+    peak_memory: usize,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.cap.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.peak_memory = self.peak_memory.max(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.cap.memory_grow_failed(error)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.cap.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.cap.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.cap.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.cap.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.cap.memories()
+    }
+}
 
 impl host::Host for PluginState {
     fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
@@ -78,6 +120,9 @@ pub struct PluginStats {
     pub errors: AtomicU64,
     /// Fuel consumed by `decide` calls.
     pub fuel_used: AtomicU64,
+    /// The largest linear memory any instance has had, in bytes (at instantiation, `init` or a
+    /// call): what `memory_limit_mb` must leave room for.
+    pub memory_peak_bytes: AtomicU64,
 }
 
 /// A loaded plugin.
@@ -147,11 +192,12 @@ impl Plugin {
 
     /// A fresh instance with `init` done, under the plugin's limits.
     async fn instantiate(&self) -> Result<Warm, PluginError> {
-        let limits = StoreLimitsBuilder::new()
+        let cap = StoreLimitsBuilder::new()
             .memory_size(self.settings.memory_limit_mb.saturating_mul(1024 * 1024))
             .instances(16)
             .trap_on_grow_failure(true)
             .build();
+        let limits = Limits { cap, peak_memory: 0 };
         let state = PluginState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -170,7 +216,13 @@ impl Plugin {
             .await
             .map_err(|e| PluginError::Trap(format!("{e:#}")))?
             .map_err(PluginError::InitRefused)?;
+        self.note_memory(&store);
         Ok(Warm { store, policy })
+    }
+
+    fn note_memory(&self, store: &Store<PluginState>) {
+        let peak = u64::try_from(store.data().limits.peak_memory).unwrap_or(u64::MAX);
+        self.stats.memory_peak_bytes.fetch_max(peak, Relaxed);
     }
 
     /// Fresh fuel and deadline for one call.
@@ -206,6 +258,7 @@ impl Plugin {
         let outcome = warm.policy.call_decide(&mut warm.store, ctx).await;
         let fuel_left = warm.store.get_fuel().unwrap_or(0);
         self.stats.fuel_used.fetch_add(self.settings.fuel.saturating_sub(fuel_left), Relaxed);
+        self.note_memory(&warm.store);
         match outcome {
             Ok(verdict) => {
                 tracing::trace!(plugin = %self.settings.name, elapsed = ?started.elapsed(), fuel = self.settings.fuel - fuel_left, "plugin call");
