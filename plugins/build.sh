@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Builds every plugin in plugins/ for wasm32-wasip2 and copies the components to a stable
 # folder: target/plugins/<name>.wasm (regex_router.wasm, query_rewrite.wasm, rw_split.wasm,
-# tenant_guard.wasm, and the test fixture hostile_fixture.wasm).
+# tenant_guard.wasm, and the test fixture hostile_fixture.wasm), then the plugins written in other
+# languages (python_router.wasm, js_rewrite.wasm) with plugins/build-lang.sh, which installs
+# componentize-py and ComponentizeJS and skips a build whose inputs did not change.
 #
 #   plugins/build.sh              build all of them (installs the rustup target if missing)
-#   plugins/build.sh regex-router build only the named packages
+#   plugins/build.sh regex-router build only the named packages (python-router and js-rewrite
+#                                 are names too)
+#   plugins/build.sh --rust       only the Rust plugins (needs neither Python nor Node)
 #
 # The build is `cargo build --release --target wasm32-wasip2` with the release profile tuned
 # for size through environment overrides (no debug info, opt-level "s", LTO): the workspace's
@@ -17,8 +21,23 @@ cd "$(dirname "$0")/.."
 
 TARGET=wasm32-wasip2
 ALL=(regex-router query-rewrite rw-split tenant-guard hostile-fixture)
-packages=("${@:-${ALL[@]}}")
-[ $# -gt 0 ] || packages=("${ALL[@]}")
+LANG_ALL=(python-router js-rewrite)
+packages=()
+lang=()
+if [ "${1:-}" = "--rust" ]; then
+    packages=("${ALL[@]}")
+elif [ $# -eq 0 ]; then
+    packages=("${ALL[@]}")
+    lang=("${LANG_ALL[@]}")
+else
+    for p in "$@"; do
+        case " ${LANG_ALL[*]} " in
+            *" $p "*) lang+=("$p") ;;
+            *) packages+=("$p") ;;
+        esac
+    done
+fi
+[ ${#packages[@]} -gt 0 ] || { bash plugins/build-lang.sh "${lang[@]}"; exit; }
 
 if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
     echo "build.sh: installing the rustup target $TARGET" >&2
@@ -43,3 +62,5 @@ for p in "${packages[@]}"; do
     cp "target/$TARGET/release/$file" "$out/$file"
     printf '%-24s %8d bytes\n' "$out/$file" "$(wc -c <"$out/$file")"
 done
+
+[ ${#lang[@]} -eq 0 ] || bash plugins/build-lang.sh "${lang[@]}"

@@ -1,14 +1,17 @@
 //! The per-call cost of the policy chain: every example plugin, loaded through the public host
 //! API from `[[plugins]]` settings like the docs' (`Chain::load`), asked about realistic
 //! ~100-byte statements the way a session asks (`Chain::decide` in a tokio runtime), matching
-//! and non-matching.
+//! and non-matching. The Python and JavaScript plugins (python-router, js-rewrite) are measured
+//! too when their components exist (they are skipped, and said so, when not).
 //!
 //!     bash plugins/build.sh                      # the plugins, into target/plugins/
 //!     cargo bench -p pgvane --bench policy       # all cases; append a filter to pick some
 //!
 //! Besides criterion's report, it prints a table per case: the median time per call (median of
-//! criterion's samples, each a batch of calls) and the fuel of a warm call. docs/plugins.md
-//! has the figures and how to read them.
+//! criterion's samples, each a batch of calls), the fuel of a warm call, and the largest linear
+//! memory of the plugin's instance (`PluginStats::memory_peak_bytes`), and per plugin the time
+//! `Chain::load` took (compiling the component, instantiating it and running `init`).
+//! docs/plugins.md has the figures and how to read them.
 
 // A benchmark stops at the first surprise: a plugin that does not load, a verdict that is not
 // the one the case is about.
@@ -54,6 +57,73 @@ enum Expect {
     Reject,
 }
 
+/// The plugins written in other languages (plugins/build-lang.sh builds them; they need Python
+/// and Node): measured when their components exist. The limits are the ones their READMEs ask
+/// for; the configs are the Rust plugins' above, so the rows compare.
+const LANG_SETUPS: &[Setup] = &[
+    Setup {
+        name: "python-router",
+        file: "python_router",
+        toml: r#"
+fuel = 5_000_000
+memory_limit_mb = 32
+timeout_ms = 50
+on_error = "pass"
+[config]
+rules = [
+    { usernameRegex = '.*', queryRegex = '.*tablea.*', dbkey = "dev.1" },
+    { usernameRegex = '.*', queryRegex = '.*tableb.*', dbkey = "dev.2" },
+]
+"#,
+        cases: REGEX_ROUTER_CASES,
+    },
+    Setup {
+        name: "js-rewrite",
+        file: "js_rewrite",
+        toml: r#"
+fuel = 5_000_000
+memory_limit_mb = 32
+timeout_ms = 50
+on_error = "pass"
+[config]
+rules = [{ queryRegex = '^\s*SELECT storename, SUM\(total\) FROM sales JOIN store USING \(storeid\) GROUP BY storename ORDER BY storename\s*;?\s*$', replace = "SELECT storename, SUM(total) FROM store_sales GROUP BY storename ORDER BY storename" }]
+"#,
+        cases: QUERY_REWRITE_CASES,
+    },
+];
+
+const REGEX_ROUTER_CASES: &[Case] = &[
+    Case {
+        name: "tablea (1st rule)",
+        sql: "SELECT id, customer_id, total, created_at FROM tablea WHERE customer_id = 42 ORDER BY created_at",
+        expect: Expect::RouteTo("dev.1"),
+    },
+    Case {
+        name: "tableb (2nd rule)",
+        sql: "SELECT id, customer_id, total, created_at FROM tableb WHERE customer_id = 42 ORDER BY created_at",
+        expect: Expect::RouteTo("dev.2"),
+    },
+    Case {
+        name: "no match",
+        sql: "SELECT id, customer_id, total, created_at FROM orders WHERE customer_id = 42 ORDER BY created_at",
+        expect: Expect::Pass,
+    },
+];
+
+const QUERY_REWRITE_CASES: &[Case] = &[
+    Case {
+        name: "star join (rewritten)",
+        sql: "SELECT storename, SUM(total) FROM sales JOIN store USING (storeid) GROUP BY storename ORDER BY storename",
+        expect: Expect::Rewrite,
+    },
+    Case {
+        name: "no match",
+        sql:
+            "SELECT prodname, SUM(total) FROM sales JOIN product USING (productid) GROUP BY prodname ORDER BY prodname",
+        expect: Expect::Pass,
+    },
+];
+
 const SETUPS: &[Setup] = &[
     Setup {
         name: "regex-router",
@@ -70,23 +140,7 @@ rules = [
     { usernameRegex = '.*', queryRegex = '.*tableb.*', dbkey = "dev.2" },
 ]
 "#,
-        cases: &[
-            Case {
-                name: "tablea (1st rule)",
-                sql: "SELECT id, customer_id, total, created_at FROM tablea WHERE customer_id = 42 ORDER BY created_at",
-                expect: Expect::RouteTo("dev.1"),
-            },
-            Case {
-                name: "tableb (2nd rule)",
-                sql: "SELECT id, customer_id, total, created_at FROM tableb WHERE customer_id = 42 ORDER BY created_at",
-                expect: Expect::RouteTo("dev.2"),
-            },
-            Case {
-                name: "no match",
-                sql: "SELECT id, customer_id, total, created_at FROM orders WHERE customer_id = 42 ORDER BY created_at",
-                expect: Expect::Pass,
-            },
-        ],
+        cases: REGEX_ROUTER_CASES,
     },
     Setup {
         name: "query-rewrite",
@@ -96,18 +150,7 @@ rules = [
 [config]
 rules = [{ queryRegex = '^\s*SELECT storename, SUM\(total\) FROM sales JOIN store USING \(storeid\) GROUP BY storename ORDER BY storename\s*;?\s*$', replace = "SELECT storename, SUM(total) FROM store_sales GROUP BY storename ORDER BY storename" }]
 "#,
-        cases: &[
-            Case {
-                name: "star join (rewritten)",
-                sql: "SELECT storename, SUM(total) FROM sales JOIN store USING (storeid) GROUP BY storename ORDER BY storename",
-                expect: Expect::Rewrite,
-            },
-            Case {
-                name: "no match",
-                sql: "SELECT prodname, SUM(total) FROM sales JOIN product USING (productid) GROUP BY prodname ORDER BY prodname",
-                expect: Expect::Pass,
-            },
-        ],
+        cases: QUERY_REWRITE_CASES,
     },
     Setup {
         name: "rw-split",
@@ -193,6 +236,7 @@ struct Row {
     bytes: usize,
     median: Option<Duration>,
     fuel: u64,
+    memory_peak: u64,
 }
 
 fn main() {
@@ -206,15 +250,32 @@ fn main() {
         std::process::exit(2);
     }
 
+    let mut setups: Vec<&Setup> = SETUPS.iter().collect();
+    for setup in LANG_SETUPS {
+        let path = plugins_dir().join(format!("{}.wasm", setup.file));
+        if path.exists() {
+            setups.push(setup);
+        } else {
+            eprintln!(
+                "policy bench: {} is missing, {} is not measured (bash plugins/build.sh builds it)",
+                path.display(),
+                setup.name
+            );
+        }
+    }
+
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let databases: Vec<String> = DATABASES.iter().map(|d| (*d).to_owned()).collect();
     let mut criterion = Criterion::default().configure_from_args();
     let mut rows = Vec::new();
+    let mut loads = Vec::new();
 
-    for setup in SETUPS {
-        let chain = rt
-            .block_on(Chain::load(vec![loadable(setup)], &databases))
-            .unwrap_or_else(|e| panic!("{}: {e}", setup.name));
+    for setup in setups {
+        let wasm = loadable(setup);
+        let bytes = wasm.wasm.len();
+        let started = Instant::now();
+        let chain = rt.block_on(Chain::load(vec![wasm], &databases)).unwrap_or_else(|e| panic!("{}: {e}", setup.name));
+        loads.push((setup.name, bytes, started.elapsed()));
         let plugin = &chain.plugins()[0];
         let known = |db: &str| DATABASES.contains(&db);
         let mut group = criterion.benchmark_group(setup.name);
@@ -268,17 +329,24 @@ fn main() {
                 last.sort();
                 last.get(last.len() / 2).copied()
             });
-            rows.push(Row { plugin: setup.name, case: case.name, bytes: case.sql.len(), median, fuel });
+            let memory_peak = plugin.stats.memory_peak_bytes.load(Relaxed);
+            rows.push(Row { plugin: setup.name, case: case.name, bytes: case.sql.len(), median, fuel, memory_peak });
         }
         group.finish();
     }
     criterion.final_summary();
 
-    println!("\n| plugin | query | bytes | median per call | fuel per call |");
-    println!("|---|---|---:|---:|---:|");
+    println!("\n| plugin | query | bytes | median per call | fuel per call | memory per instance |");
+    println!("|---|---|---:|---:|---:|---:|");
     for r in &rows {
         let median = r.median.map_or("-".to_owned(), |m| format!("{:.2} µs", m.as_secs_f64() * 1e6));
-        println!("| {} | {} | {} | {} | {} |", r.plugin, r.case, r.bytes, median, r.fuel);
+        let memory = format!("{:.1} MiB", r.memory_peak as f64 / (1024.0 * 1024.0));
+        println!("| {} | {} | {} | {} | {} | {} |", r.plugin, r.case, r.bytes, median, r.fuel, memory);
+    }
+    println!("\n| plugin | component | Chain::load (compile, instantiate, init) |");
+    println!("|---|---:|---:|");
+    for (name, bytes, took) in &loads {
+        println!("| {name} | {:.1} MB | {:.2} s |", *bytes as f64 / 1e6, took.as_secs_f64());
     }
 }
 

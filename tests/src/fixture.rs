@@ -132,6 +132,8 @@ impl Proxied {
 
 /// The path of an example plugin's component (`regex_router`, `query_rewrite`, `rw_split`,
 /// `tenant_guard`, `hostile_fixture`), building all of them once per test process if needed.
+/// (The Python and JavaScript plugins are not built here: tests/tests/languages.rs expects
+/// `plugins/build.sh` to have built them.)
 pub fn plugin_path(name: &str) -> Result<std::path::PathBuf> {
     static BUILT: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -141,6 +143,7 @@ pub fn plugin_path(name: &str) -> Result<std::path::PathBuf> {
             .get_or_init(|| {
                 let status = std::process::Command::new("bash")
                     .arg(root.join("plugins/build.sh"))
+                    .arg("--rust")
                     .status()
                     .map_err(|e| e.to_string())?;
                 if status.success() {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgvane_tests::fixture::{plugin_path, Proxied, ProxyOptions};
+use pgvane_tests::fixture::{plugin_path, Proxied, ProxyOptions, APP_USER};
 
 /// A `[[plugins]]` entry for example plugin `file` with extra keys and a config table.
 fn plugin(name: &str, file: &str, keys: &str, config: &str) -> anyhow::Result<String> {
@@ -13,7 +13,7 @@ fn plugin(name: &str, file: &str, keys: &str, config: &str) -> anyhow::Result<St
 
 fn with_plugins(entries: &[String], mode: &str) -> ProxyOptions {
     ProxyOptions {
-        settings: format!("pool_mode = \"{mode}\"\ndefault_pool_size = 2"),
+        settings: format!("pool_mode = \"{mode}\"\ndefault_pool_size = 2\nadmin_users = [\"{APP_USER}\"]"),
         extra: entries.join("\n"),
         ..ProxyOptions::default()
     }
@@ -149,6 +149,10 @@ async fn hostile_plugins_cannot_hurt_the_proxy() -> anyhow::Result<()> {
             let other = p.client().await?;
             let _ = other.simple_query("select 1").await;
             assert!(p.pgvane.is_running(), "{behaviour}: pgvane died");
+            // Every instance was made at load and a trapped one is replaced by the call that
+            // trapped: all 8 (max_instances' default) are ready, none left for a query to make.
+            let row = p.show("PLUGINS").await?.into_iter().find(|r| r["name"] == "bad").expect("a row for bad");
+            assert_eq!(row["warm_instances"], "8", "{behaviour}/{on_error}: {row:?}");
         }
     }
     Ok(())

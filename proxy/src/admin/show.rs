@@ -329,6 +329,8 @@ pub fn plugins(shared: &Shared) -> ResultSet {
         "rejects",
         "errors",
         "fuel_used",
+        "warm_instances",
+        "memory_peak_bytes",
         "last_load_error",
         "last_load_error_at",
     ]);
@@ -349,6 +351,8 @@ pub fn plugins(shared: &Shared) -> ResultSet {
             load(&plugin.stats.rejects),
             load(&plugin.stats.errors),
             load(&plugin.stats.fuel_used),
+            text(plugin.warm_instances()),
+            load(&plugin.stats.memory_peak_bytes),
             error,
             at,
         ]);
@@ -356,7 +360,7 @@ pub fn plugins(shared: &Shared) -> ResultSet {
     for (name, failure) in failures {
         let source = failure.source.clone();
         let [error, at] = failure_columns(Some(failure));
-        set.push(vec![text(name), text(source), text(""), text(""), None, None, None, None, error, at]);
+        set.push(vec![text(name), text(source), text(""), text(""), None, None, None, None, None, None, error, at]);
     }
     set
 }

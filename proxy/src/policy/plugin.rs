@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::pgvane::policy::host::{self, Level};
@@ -29,7 +29,7 @@ const INIT_TIMEOUT_MS: u64 = 1000;
 pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: Limits,
     plugin: Arc<str>,
     databases: Arc<[String]>,
 }
@@ -41,6 +41,48 @@ impl WasiView for PluginState {
 }
 
 impl wit::Host for PluginState {}
+
+/// The store's memory cap (`memory_limit_mb`), and the largest size a linear memory of the
+/// instance has been allowed to reach (its initial size included), for
+/// `PluginStats::memory_peak_bytes`.
+struct Limits {
+    cap: StoreLimits,
+    peak_memory: usize,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.cap.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.peak_memory = self.peak_memory.max(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.cap.memory_grow_failed(error)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.cap.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.cap.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.cap.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.cap.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.cap.memories()
+    }
+}
 
 impl host::Host for PluginState {
     fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
@@ -78,6 +120,9 @@ pub struct PluginStats {
     pub errors: AtomicU64,
     /// Fuel consumed by `decide` calls.
     pub fuel_used: AtomicU64,
+    /// The largest linear memory any instance has had, in bytes (at instantiation, `init` or a
+    /// call): what `memory_limit_mb` must leave room for.
+    pub memory_peak_bytes: AtomicU64,
 }
 
 /// A loaded plugin.
@@ -106,8 +151,8 @@ impl std::fmt::Debug for Plugin {
 }
 
 impl Plugin {
-    /// Compiles `wasm`, links it against the host, and checks its `init` accepts the config
-    /// (the first instance is kept warm).
+    /// Compiles `wasm`, links it against the host, and makes its `max_instances` instances,
+    /// each with `init` run on the config (which refuses a bad one).
     pub async fn load(
         engine: &Engine,
         settings: PluginSettings,
@@ -133,12 +178,21 @@ impl Plugin {
             warm: Mutex::new(Vec::new()),
             permits: tokio::sync::Semaphore::new(settings_instances),
         };
-        let first = plugin
-            .instantiate()
-            .await
-            .map_err(|e| PolicyError::Load { plugin: name.clone(), reason: e.to_string() })?;
-        plugin.warm().push(first);
+        // Every instance the plugin may use is made now, off the statements' path: a call never
+        // waits for an instantiation and `init` (milliseconds for a Python or JavaScript plugin).
+        for _ in 0..settings_instances {
+            let warm = plugin
+                .instantiate()
+                .await
+                .map_err(|e| PolicyError::Load { plugin: name.clone(), reason: e.to_string() })?;
+            plugin.warm().push(warm);
+        }
         Ok(plugin)
+    }
+
+    /// Instances ready for a call right now (not busy in one).
+    pub fn warm_instances(&self) -> usize {
+        self.warm().len()
     }
 
     fn warm(&self) -> MutexGuard<'_, Vec<Warm>> {
@@ -147,11 +201,12 @@ impl Plugin {
 
     /// A fresh instance with `init` done, under the plugin's limits.
     async fn instantiate(&self) -> Result<Warm, PluginError> {
-        let limits = StoreLimitsBuilder::new()
+        let cap = StoreLimitsBuilder::new()
             .memory_size(self.settings.memory_limit_mb.saturating_mul(1024 * 1024))
             .instances(16)
             .trap_on_grow_failure(true)
             .build();
+        let limits = Limits { cap, peak_memory: 0 };
         let state = PluginState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -170,7 +225,13 @@ impl Plugin {
             .await
             .map_err(|e| PluginError::Trap(format!("{e:#}")))?
             .map_err(PluginError::InitRefused)?;
+        self.note_memory(&store);
         Ok(Warm { store, policy })
+    }
+
+    fn note_memory(&self, store: &Store<PluginState>) {
+        let peak = u64::try_from(store.data().limits.peak_memory).unwrap_or(u64::MAX);
+        self.stats.memory_peak_bytes.fetch_max(peak, Relaxed);
     }
 
     /// Fresh fuel and deadline for one call.
@@ -206,14 +267,28 @@ impl Plugin {
         let outcome = warm.policy.call_decide(&mut warm.store, ctx).await;
         let fuel_left = warm.store.get_fuel().unwrap_or(0);
         self.stats.fuel_used.fetch_add(self.settings.fuel.saturating_sub(fuel_left), Relaxed);
+        self.note_memory(&warm.store);
         match outcome {
             Ok(verdict) => {
                 tracing::trace!(plugin = %self.settings.name, elapsed = ?started.elapsed(), fuel = self.settings.fuel - fuel_left, "plugin call");
                 self.warm().push(warm);
                 Ok(verdict)
             }
-            // The instance is dropped: after a trap its state cannot be trusted.
-            Err(e) => Err(PluginError::Trap(trap_reason(&e, fuel_left))),
+            // The instance is dropped: after a trap its state cannot be trusted. Its
+            // replacement is made now, by the call that trapped, so that no later statement
+            // waits for one (a failed replacement is retried by the next call without a warm
+            // instance).
+            Err(e) => {
+                let reason = trap_reason(&e, fuel_left);
+                drop(warm);
+                match self.instantiate().await {
+                    Ok(fresh) => self.warm().push(fresh),
+                    Err(e) => {
+                        tracing::warn!(plugin = %self.settings.name, error = %e, "could not replace a trapped instance")
+                    }
+                }
+                Err(PluginError::Trap(reason))
+            }
         }
     }
 }
