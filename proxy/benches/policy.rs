@@ -35,8 +35,10 @@ struct Setup {
     name: &'static str,
     /// The component in target/plugins/.
     file: &'static str,
-    /// The `[[plugins]]` entry without `name` and `path`.
-    toml: &'static str,
+    /// The `[[plugins]]` entry's limits (keys before `[config]`).
+    limits: &'static str,
+    /// Its `[config]` table.
+    config: &'static str,
     cases: &'static [Case],
 }
 
@@ -57,6 +59,25 @@ enum Expect {
     Reject,
 }
 
+/// The seed's pgbouncer-rr routing table (plugins/regex-router/README.md), for regex-router and
+/// python-router alike, so their rows compare.
+const ROUTING_TABLE: &str = r#"rules = [
+    { usernameRegex = '.*', queryRegex = '.*tablea.*', dbkey = "dev.1" },
+    { usernameRegex = '.*', queryRegex = '.*tableb.*', dbkey = "dev.2" },
+]
+"#;
+
+/// The seed's star-schema rewrite (tests/tests/policy.rs, plugins/query-rewrite), for
+/// query-rewrite and js-rewrite alike.
+const STAR_REWRITE: &str = r#"rules = [{ queryRegex = '^\s*SELECT storename, SUM\(total\) FROM sales JOIN store USING \(storeid\) GROUP BY storename ORDER BY storename\s*;?\s*$', replace = "SELECT storename, SUM(total) FROM store_sales GROUP BY storename ORDER BY storename" }]
+"#;
+
+/// The defaults, written out.
+const RUST_LIMITS: &str = "fuel = 5_000_000\nmemory_limit_mb = 16\ntimeout_ms = 10\non_error = \"pass\"";
+
+/// What the Python and JavaScript plugins' READMEs ask for.
+const LANG_LIMITS: &str = "fuel = 5_000_000\nmemory_limit_mb = 32\ntimeout_ms = 50\non_error = \"pass\"";
+
 /// The plugins written in other languages (plugins/build-lang.sh builds them; they need Python
 /// and Node): measured when their components exist. The limits are the ones their READMEs ask
 /// for; the configs are the Rust plugins' above, so the rows compare.
@@ -64,30 +85,15 @@ const LANG_SETUPS: &[Setup] = &[
     Setup {
         name: "python-router",
         file: "python_router",
-        toml: r#"
-fuel = 5_000_000
-memory_limit_mb = 32
-timeout_ms = 50
-on_error = "pass"
-[config]
-rules = [
-    { usernameRegex = '.*', queryRegex = '.*tablea.*', dbkey = "dev.1" },
-    { usernameRegex = '.*', queryRegex = '.*tableb.*', dbkey = "dev.2" },
-]
-"#,
+        limits: LANG_LIMITS,
+        config: ROUTING_TABLE,
         cases: REGEX_ROUTER_CASES,
     },
     Setup {
         name: "js-rewrite",
         file: "js_rewrite",
-        toml: r#"
-fuel = 5_000_000
-memory_limit_mb = 32
-timeout_ms = 50
-on_error = "pass"
-[config]
-rules = [{ queryRegex = '^\s*SELECT storename, SUM\(total\) FROM sales JOIN store USING \(storeid\) GROUP BY storename ORDER BY storename\s*;?\s*$', replace = "SELECT storename, SUM(total) FROM store_sales GROUP BY storename ORDER BY storename" }]
-"#,
+        limits: LANG_LIMITS,
+        config: STAR_REWRITE,
         cases: QUERY_REWRITE_CASES,
     },
 ];
@@ -128,34 +134,22 @@ const SETUPS: &[Setup] = &[
     Setup {
         name: "regex-router",
         file: "regex_router",
-        // The seed's pgbouncer-rr routing table (plugins/regex-router/README.md).
-        toml: r#"
-fuel = 5_000_000
-memory_limit_mb = 16
-timeout_ms = 10
-on_error = "pass"
-[config]
-rules = [
-    { usernameRegex = '.*', queryRegex = '.*tablea.*', dbkey = "dev.1" },
-    { usernameRegex = '.*', queryRegex = '.*tableb.*', dbkey = "dev.2" },
-]
-"#,
+        limits: RUST_LIMITS,
+        config: ROUTING_TABLE,
         cases: REGEX_ROUTER_CASES,
     },
     Setup {
         name: "query-rewrite",
         file: "query_rewrite",
-        // The seed's star-schema rewrite (tests/tests/policy.rs, plugins/query-rewrite).
-        toml: r#"
-[config]
-rules = [{ queryRegex = '^\s*SELECT storename, SUM\(total\) FROM sales JOIN store USING \(storeid\) GROUP BY storename ORDER BY storename\s*;?\s*$', replace = "SELECT storename, SUM(total) FROM store_sales GROUP BY storename ORDER BY storename" }]
-"#,
+        limits: "",
+        config: STAR_REWRITE,
         cases: QUERY_REWRITE_CASES,
     },
     Setup {
         name: "rw-split",
         file: "rw_split",
-        toml: "[config]\n",
+        limits: "",
+        config: "",
         cases: &[
             Case {
                 name: "read",
@@ -178,8 +172,8 @@ rules = [{ queryRegex = '^\s*SELECT storename, SUM\(total\) FROM sales JOIN stor
         name: "tenant-guard",
         file: "tenant_guard",
         // tests/tests/policy.rs and docs/config.md.
-        toml: r#"
-[config]
+        limits: "",
+        config: r#"
 rules = [{ usernameRegex = "^app$", tables = ["secrets"], sqlstate = "42501", message = "{user} may not read {table}" }]
 "#,
         cases: &[
@@ -203,7 +197,13 @@ fn plugins_dir() -> PathBuf {
 
 fn settings(setup: &Setup) -> PluginSettings {
     let path = plugins_dir().join(format!("{}.wasm", setup.file));
-    let text = format!("name = \"{}\"\npath = {:?}\n{}", setup.name, path.display().to_string(), setup.toml);
+    let text = format!(
+        "name = \"{}\"\npath = {:?}\n{}\n[config]\n{}",
+        setup.name,
+        path.display().to_string(),
+        setup.limits,
+        setup.config
+    );
     toml::from_str(&text).unwrap_or_else(|e| panic!("{}: bad [[plugins]] entry: {e}", setup.name))
 }
 
