@@ -103,6 +103,26 @@ pub enum PoolMode {
     Statement,
 }
 
+/// What pgvane does with a client's fastpath function call (FunctionCall message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionCalls {
+    /// Forwarded to the server (libpq's large-object functions use them).
+    Allow,
+    /// Refused with 42501: a plugin cannot judge a call by function OID.
+    Reject,
+}
+
+impl Settings {
+    /// Whether fastpath function calls are allowed with `plugins` plugins loaded.
+    pub fn function_calls_allowed(&self, plugins: usize) -> bool {
+        match self.function_calls {
+            Some(rule) => rule == FunctionCalls::Allow,
+            None => plugins == 0,
+        }
+    }
+}
+
 impl PoolMode {
     /// The name used in the configuration file.
     pub fn as_str(self) -> &'static str {
@@ -158,6 +178,13 @@ pub struct Settings {
     pub admin_users: Vec<String>,
     /// Largest message accepted from a client.
     pub max_packet_size_bytes: usize,
+    /// Longest statement text (Query or Parse) the policy chain judges; a longer one is
+    /// refused with 54000 before any plugin runs. Only with plugins loaded.
+    pub policy_max_sql_bytes: usize,
+    /// Fastpath function calls (FunctionCall messages): allowed or refused with 42501. Unset:
+    /// refused when the chain has plugins (they cannot see the call), allowed otherwise.
+    #[serde(serialize_with = "none_as_empty")]
+    pub function_calls: Option<FunctionCalls>,
     /// How long a client waits for a server connection before it gets an error.
     pub query_wait_timeout_ms: u64,
     /// How long a client may take to log in.
@@ -243,6 +270,8 @@ impl Default for Settings {
             auth_file: None,
             admin_users: Vec::new(),
             max_packet_size_bytes: 1 << 30,
+            policy_max_sql_bytes: 16 << 20,
+            function_calls: None,
             query_wait_timeout_ms: 120_000,
             client_login_timeout_ms: 60_000,
             server_idle_timeout_ms: 600_000,
@@ -455,6 +484,9 @@ impl Config {
             message: message.to_owned(),
         };
         let s = &file.pgvane;
+        if s.policy_max_sql_bytes == 0 {
+            return Err(invalid("pgvane.policy_max_sql_bytes", "must be at least 1"));
+        }
         if s.max_prepared_statements == 0 {
             return Err(invalid("pgvane.max_prepared_statements", "must be at least 1"));
         }

@@ -127,7 +127,7 @@ impl Shared {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
         outcome.reconnecting = self.pools.apply_config(&new).moved;
         self.clusters.apply_config(&new);
-        crate::session::cluster_pool::pools_on_every_node(self);
+        crate::session::router::pools_on_every_node(self);
         Ok(outcome)
     }
 

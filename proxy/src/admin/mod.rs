@@ -17,6 +17,7 @@ use thiserror::Error;
 use crate::config::ConfigError;
 use crate::listener::Shared;
 use crate::protocol::messages::{self, tag, Authentication, ErrorResponse, TransactionStatus};
+use crate::protocol::FrontendMessage;
 use crate::session::registry::{ClientHandle, ClientState};
 use crate::session::{ClientConn, SessionError};
 use commands::{Command, Show};
@@ -132,15 +133,15 @@ pub async fn serve(
             frame = client.read_frame(max_len) => frame?,
             () = handle.signals.kill.raised() => return Err(SessionError::Refused(terminated_error())),
         };
-        match frame.tag() {
-            tag::TERMINATE => return Ok(()),
-            tag::SYNC => {
+        let message = FrontendMessage::decode(&frame)?;
+        match message {
+            FrontendMessage::Terminate => return Ok(()),
+            FrontendMessage::Sync => {
                 skipping = false;
                 messages::encode_ready_for_query(TransactionStatus::Idle, &mut client.out);
             }
             _ if skipping => {}
-            tag::QUERY => {
-                let sql = messages::parse_query(frame.body())?;
+            FrontendMessage::Query(sql) => {
                 tracing::info!(user, command = sql, "admin command");
                 let after = run_query(sql, &mut client.out, handle, shared).await;
                 messages::encode_ready_for_query(TransactionStatus::Idle, &mut client.out);
@@ -153,21 +154,25 @@ pub async fn serve(
                     After::Terminate(error) => return Err(SessionError::Refused(error)),
                 }
             }
-            tag::FLUSH => {}
-            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE => {
+            FrontendMessage::Flush => {}
+            FrontendMessage::Parse(_)
+            | FrontendMessage::Bind(_)
+            | FrontendMessage::Describe(..)
+            | FrontendMessage::Execute { .. }
+            | FrontendMessage::Close(..) => {
                 AdminError::ExtendedProtocol.response().encode(&mut client.out);
                 skipping = true;
             }
-            tag::FUNCTION_CALL => {
+            FrontendMessage::FunctionCall { .. } => {
                 AdminError::ExtendedProtocol.response().encode(&mut client.out);
                 messages::encode_ready_for_query(TransactionStatus::Idle, &mut client.out);
             }
             // Outside COPY, PostgreSQL ignores these too.
-            tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {}
-            other => {
+            FrontendMessage::CopyData | FrontendMessage::CopyDone | FrontendMessage::CopyFail => {}
+            FrontendMessage::Password(_) => {
                 return Err(SessionError::Refused(ErrorResponse::fatal(
                     "08P01",
-                    format!("invalid frontend message type {}", other as char),
+                    "invalid frontend message: password message after authentication",
                 )))
             }
         }

@@ -264,9 +264,25 @@ pub struct Loadable {
 }
 
 /// The ordered plugins.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Chain {
     plugins: Vec<Plugin>,
+    /// Told apart from every other chain this process made (see [`Chain::generation`]).
+    generation: u64,
+}
+
+/// The generation the next chain gets.
+static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    NEXT_GENERATION.fetch_add(1, Relaxed)
+}
+
+impl Default for Chain {
+    /// A chain without plugins.
+    fn default() -> Self {
+        Chain { plugins: Vec::new(), generation: next_generation() }
+    }
 }
 
 impl Chain {
@@ -282,7 +298,13 @@ impl Chain {
         for l in loadables {
             plugins.push(Plugin::load(&engine, l.settings, l.origin, &l.wasm, databases.clone()).await?);
         }
-        Ok(Chain { plugins })
+        Ok(Chain { plugins, generation: next_generation() })
+    }
+
+    /// A number no other chain of this process has: a verdict taken by a chain of another
+    /// generation was taken by a policy no longer in force (a swap came since).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// True when there are no plugins (the common fast path).

@@ -72,9 +72,33 @@ pub fn decode_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>,
     }
 }
 
+/// Makes sure a read can make progress on the partial frame at the front of `buf`.
+pub fn reserve_for_partial(buf: &mut BytesMut) {
+    const MIN_READ: usize = 8 * 1024;
+    let wanted = match buf.get(1..5) {
+        Some(l) => (u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize + 1).saturating_sub(buf.len()),
+        None => 0,
+    };
+    // Bounded: the frame length was already checked when decoding (or will be, before use).
+    let wanted = wanted.clamp(MIN_READ, 64 * 1024 * 1024);
+    if buf.capacity() - buf.len() < wanted {
+        buf.reserve(wanted);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partial_frames_get_room_bounded_by_their_length() {
+        let mut buf = BytesMut::from(&b"D\0\x01\0\0abc"[..]);
+        reserve_for_partial(&mut buf);
+        assert!(buf.capacity() >= 0x1_0001);
+        let mut huge = BytesMut::from(&b"Q\x7f\xff\xff\xff"[..]);
+        reserve_for_partial(&mut huge);
+        assert!(huge.capacity() <= 64 * 1024 * 1024 + 1024);
+    }
 
     #[test]
     fn splits_complete_frames_and_waits_for_partial_ones() {

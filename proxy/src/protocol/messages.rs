@@ -3,6 +3,7 @@
 
 use bytes::{BufMut, BytesMut};
 
+use super::codec::{put_cstr, put_message, Reader};
 use super::ProtocolError;
 
 pub use super::startup::{encode_cancel, encode_ssl_request, encode_startup};
@@ -79,76 +80,6 @@ pub mod tag {
     pub const TERMINATE: u8 = b'X';
     /// PasswordMessage, SASLInitialResponse and SASLResponse (frontend).
     pub const PASSWORD: u8 = b'p';
-}
-
-/// Appends one message: tag, length (written afterwards), body.
-fn put_message(dst: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
-    dst.put_u8(tag);
-    let len_at = dst.len();
-    dst.put_u32(0);
-    body(dst);
-    let len = (dst.len() - len_at) as u32;
-    dst[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
-}
-
-fn put_cstr(dst: &mut BytesMut, s: &str) {
-    dst.put_slice(s.as_bytes());
-    dst.put_u8(0);
-}
-
-/// A cursor over a message body with checked reads.
-struct Reader<'a> {
-    what: &'static str,
-    body: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn new(what: &'static str, body: &'a [u8]) -> Self {
-        Reader { what, body }
-    }
-
-    fn err(&self, detail: &'static str) -> ProtocolError {
-        ProtocolError::malformed(self.what, detail)
-    }
-
-    fn u8(&mut self) -> Result<u8, ProtocolError> {
-        let (&b, rest) = self.body.split_first().ok_or(self.err("truncated"))?;
-        self.body = rest;
-        Ok(b)
-    }
-
-    fn u32(&mut self) -> Result<u32, ProtocolError> {
-        let bytes = self.bytes(4)?;
-        Ok(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
-    }
-
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
-        if self.body.len() < n {
-            return Err(self.err("truncated"));
-        }
-        let (head, rest) = self.body.split_at(n);
-        self.body = rest;
-        Ok(head)
-    }
-
-    fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
-        let end = self.body.iter().position(|&b| b == 0).ok_or(self.err("unterminated string"))?;
-        let s = std::str::from_utf8(&self.body[..end]).map_err(|_| self.err("invalid UTF-8"))?;
-        self.body = &self.body[end + 1..];
-        Ok(s)
-    }
-
-    fn rest(&mut self) -> &'a [u8] {
-        std::mem::take(&mut self.body)
-    }
-
-    fn finish(&self) -> Result<(), ProtocolError> {
-        if self.body.is_empty() {
-            Ok(())
-        } else {
-            Err(self.err("trailing bytes"))
-        }
-    }
 }
 
 /// The Authentication message family (tag `R`).
@@ -339,14 +270,6 @@ pub fn encode_query(sql: &str, dst: &mut BytesMut) {
     put_message(dst, tag::QUERY, |dst| put_cstr(dst, sql));
 }
 
-/// Parses a Query body into its SQL text.
-pub fn parse_query(body: &[u8]) -> Result<&str, ProtocolError> {
-    let mut r = Reader::new("Query", body);
-    let sql = r.cstr()?;
-    r.finish()?;
-    Ok(sql)
-}
-
 /// Encodes Terminate (tag `X`).
 pub fn encode_terminate(dst: &mut BytesMut) {
     put_message(dst, tag::TERMINATE, |_| {});
@@ -405,93 +328,6 @@ pub fn parse_command_complete(body: &[u8]) -> Result<&str, ProtocolError> {
     let command_tag = r.cstr()?;
     r.finish()?;
     Ok(command_tag)
-}
-
-/// A Parse message: statement name, query text and the raw parameter-type list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Parse<'a> {
-    /// Statement name (empty: the unnamed statement).
-    pub name: &'a str,
-    /// SQL text.
-    pub query: &'a str,
-    /// The parameter count and OIDs exactly as sent (int16 count, int32 each).
-    pub param_types: &'a [u8],
-}
-
-impl<'a> Parse<'a> {
-    /// Decodes a Parse body.
-    pub fn decode(body: &'a [u8]) -> Result<Self, ProtocolError> {
-        let mut r = Reader::new("Parse", body);
-        let name = r.cstr()?;
-        let query = r.cstr()?;
-        let param_types = r.rest();
-        let count = param_types.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]) as usize);
-        if count.map(|n| 2 + 4 * n) != Some(param_types.len()) {
-            return Err(ProtocolError::malformed("Parse", "parameter type list does not match its count"));
-        }
-        Ok(Parse { name, query, param_types })
-    }
-
-    /// Appends it as a Parse message.
-    pub fn encode(&self, dst: &mut BytesMut) {
-        put_message(dst, tag::PARSE, |dst| {
-            put_cstr(dst, self.name);
-            put_cstr(dst, self.query);
-            dst.put_slice(self.param_types);
-        });
-    }
-}
-
-/// The names in a Bind body: (portal, statement, offset of the rest of the body).
-pub fn parse_bind_names(body: &[u8]) -> Result<(&str, &str, usize), ProtocolError> {
-    let mut r = Reader::new("Bind", body);
-    let portal = r.cstr()?;
-    let statement = r.cstr()?;
-    Ok((portal, statement, body.len() - r.body.len()))
-}
-
-/// Re-encodes a Bind body with another statement name.
-pub fn encode_bind_renamed(body: &[u8], statement: &str, dst: &mut BytesMut) -> Result<(), ProtocolError> {
-    let (portal, _, rest) = parse_bind_names(body)?;
-    put_message(dst, tag::BIND, |dst| {
-        put_cstr(dst, portal);
-        put_cstr(dst, statement);
-        dst.put_slice(&body[rest..]);
-    });
-    Ok(())
-}
-
-/// What a Describe or Close message targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// A prepared statement (`S`).
-    Statement,
-    /// A portal (`P`).
-    Portal,
-}
-
-/// Parses a Describe or Close body into (target, name).
-pub fn parse_describe_or_close(body: &[u8]) -> Result<(Target, &str), ProtocolError> {
-    let mut r = Reader::new("Describe/Close", body);
-    let target = match r.u8()? {
-        b'S' => Target::Statement,
-        b'P' => Target::Portal,
-        _ => return Err(r.err("target must be S or P")),
-    };
-    let name = r.cstr()?;
-    r.finish()?;
-    Ok((target, name))
-}
-
-/// Encodes a Describe (`tag::DESCRIBE`) or Close (`tag::CLOSE`) message.
-pub fn encode_describe_or_close(message_tag: u8, target: Target, name: &str, dst: &mut BytesMut) {
-    put_message(dst, message_tag, |dst| {
-        dst.put_u8(match target {
-            Target::Statement => b'S',
-            Target::Portal => b'P',
-        });
-        put_cstr(dst, name);
-    });
 }
 
 /// Encodes Sync (`S` from the frontend).
@@ -719,9 +555,7 @@ mod tests {
     }
 
     #[test]
-    fn query_password_and_terminate_round_trip() {
-        let (t, body) = frame(|b| encode_query("select 1", b));
-        assert_eq!((t, parse_query(&body).unwrap()), (b'Q', "select 1"));
+    fn password_and_terminate_round_trip() {
         let (t, body) = frame(|b| encode_password("md5abc", b));
         assert_eq!((t, parse_password(&body).unwrap()), (b'p', "md5abc"));
         let (t, body) = frame(encode_terminate);
@@ -747,46 +581,6 @@ mod tests {
         assert_eq!((t, parse_command_complete(&body).unwrap()), (b'C', "SELECT 3"));
         let (t, body) = frame(encode_sync);
         assert_eq!((t, body.len()), (b'S', 0));
-    }
-
-    #[test]
-    fn parse_round_trips_and_checks_its_type_list() {
-        let types = [0u8, 2, 0, 0, 0, 23, 0, 0, 0, 25];
-        let msg = Parse { name: "s1", query: "select $1, $2", param_types: &types };
-        let (t, body) = frame(|b| msg.encode(b));
-        assert_eq!(t, b'P');
-        assert_eq!(Parse::decode(&body).unwrap(), msg);
-        assert!(Parse::decode(b"s1\0select 1\0\0\x02\0\0\0\x17").is_err());
-    }
-
-    #[test]
-    fn bind_is_renamed_keeping_the_rest() {
-        let mut original = BytesMut::new();
-        put_message(&mut original, tag::BIND, |dst| {
-            put_cstr(dst, "portal");
-            put_cstr(dst, "s1");
-            dst.put_slice(&[0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 0]);
-        });
-        let body = &original[5..];
-        let (portal, statement, _) = parse_bind_names(body).unwrap();
-        assert_eq!((portal, statement), ("portal", "s1"));
-        let mut renamed = BytesMut::new();
-        encode_bind_renamed(body, "pgvane_abc", &mut renamed).unwrap();
-        let (t, new_body) = frame(|b| b.extend_from_slice(&renamed));
-        assert_eq!(t, b'B');
-        let (portal, statement, rest) = parse_bind_names(&new_body).unwrap();
-        assert_eq!((portal, statement), ("portal", "pgvane_abc"));
-        assert_eq!(&new_body[rest..], &[0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 0]);
-    }
-
-    #[test]
-    fn describe_and_close_round_trip() {
-        for (message_tag, target) in [(tag::DESCRIBE, Target::Statement), (tag::CLOSE, Target::Portal)] {
-            let (t, body) = frame(|b| encode_describe_or_close(message_tag, target, "x", b));
-            assert_eq!(t, message_tag);
-            assert_eq!(parse_describe_or_close(&body).unwrap(), (target, "x"));
-        }
-        assert!(parse_describe_or_close(b"Qx\0").is_err());
     }
 
     #[test]

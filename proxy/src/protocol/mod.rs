@@ -4,11 +4,16 @@
 //! bytes; encoders append to a caller's `BytesMut`. Frames that nobody inspects keep their raw
 //! bytes and are forwarded unchanged.
 
+mod backend;
+mod codec;
 pub(crate) mod frame;
+mod frontend;
 pub mod messages;
 mod startup;
 
-pub use frame::{decode_frame, Frame};
+pub use backend::BackendMessage;
+pub use frame::{decode_frame, reserve_for_partial, Frame};
+pub use frontend::{encode_describe_or_close, Bind, FrontendMessage, Parse, Target};
 pub use startup::{decode_startup, Startup, StartupParams, MAX_STARTUP_PACKET_BYTES};
 
 use thiserror::Error;
@@ -38,6 +43,16 @@ pub enum ProtocolError {
         /// What is wrong with it.
         detail: &'static str,
     },
+    /// A message type byte the protocol does not define (for this direction).
+    #[error("unknown message type {}", printable_tag(*.0))]
+    UnknownMessage(u8),
+}
+
+fn printable_tag(tag: u8) -> String {
+    match tag {
+        0x21..=0x7e => format!("'{}'", tag as char),
+        _ => format!("0x{tag:02x}"),
+    }
 }
 
 impl ProtocolError {

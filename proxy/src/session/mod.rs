@@ -3,9 +3,10 @@
 
 mod auth;
 pub(crate) mod client;
-pub(crate) mod cluster_pool;
+mod pipeline;
 pub mod registry;
 mod relay;
+pub(crate) mod router;
 mod settings;
 mod sql;
 mod startup;
@@ -19,10 +20,9 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use crate::auth::scram::ScramKeys;
-use crate::config::{Config, DatabaseConfig, PoolMode};
+use crate::config::PoolMode;
 use crate::listener::Shared;
-use crate::pool::{self, Pool, PoolError, PoolSettings, PooledConn, ServerCredential, ServerError};
+use crate::pool::{PoolError, PooledConn, ServerError};
 use crate::protocol::messages::{self, Authentication, ErrorResponse, TransactionStatus};
 use crate::protocol::ProtocolError;
 
@@ -112,9 +112,9 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
         return crate::admin::serve(client, &handle, shared, &user).await;
     }
     let scram_keys = authenticated.scram_keys;
-    let pool = match cluster_pool::home_pool(shared, &database, &user, scram_keys.as_ref()).await {
+    let pool = match router::home_pool(shared, &database, &user, scram_keys.as_ref()).await {
         Some(home) => home.map_err(|e| SessionError::Refused(as_fatal(e)))?,
-        None => pool_for(shared, &database, &user, scram_keys.as_ref()).ok_or_else(|| {
+        None => router::pool_for(shared, &database, &user, scram_keys.as_ref()).ok_or_else(|| {
             SessionError::Refused(ErrorResponse::fatal("3D000", format!("database \"{database}\" does not exist")))
         })?,
     };
@@ -213,68 +213,6 @@ fn welcome_parameters(
         }
     }
     welcome
-}
-
-/// The pool of `database` for `user`, created on first use from the configuration in force
-/// now (a RELOAD may have come in since the session started). `None` when the configuration
-/// has no such database. `keys` are the SCRAM keys the client's proof yielded, if any.
-pub(crate) fn pool_for(shared: &Shared, database: &str, user: &str, keys: Option<&ScramKeys>) -> Option<Arc<Pool>> {
-    let config = shared.config();
-    let db = config.databases.get(database)?;
-    let credential = server_credential(&config, db, user, keys.cloned());
-    let pool = shared.pools.get_or_create(database, user, || {
-        let target = pool::server_target(&config, database, db, user);
-        (target, PoolSettings::from_config(&config, db), credential.clone())
-    });
-    if let ServerCredential::ScramKeys(_) = credential {
-        pool.set_credential(credential);
-    }
-    Some(pool)
-}
-
-/// The pool of cluster node `node` of `database` for `user`, created on first use from the
-/// configuration in force now. `None` when the configuration has no such database.
-pub(crate) fn pool_on_node(
-    shared: &Shared,
-    database: &str,
-    user: &str,
-    keys: Option<&ScramKeys>,
-    node: &crate::config::NodeAddr,
-) -> Option<Arc<Pool>> {
-    let config = shared.config();
-    let db = config.databases.get(database)?;
-    let credential = server_credential(&config, db, user, keys.cloned());
-    let pool = node_pool(shared, &config, database, user, node, &credential)?;
-    if let ServerCredential::ScramKeys(_) = credential {
-        pool.set_credential(credential);
-    }
-    Some(pool)
-}
-
-/// The pool of cluster node `node` of `database` for `user` under `config`, created with
-/// `credential` if it does not exist yet (an existing pool keeps its own). `None` when
-/// `config` has no such database.
-pub(crate) fn node_pool(
-    shared: &Shared,
-    config: &Config,
-    database: &str,
-    user: &str,
-    node: &crate::config::NodeAddr,
-    credential: &ServerCredential,
-) -> Option<Arc<Pool>> {
-    let db = config.databases.get(database)?;
-    Some(shared.pools.get_or_create_on(database, user, Some(node), || {
-        let target = pool::node_target(config, database, db, user, node);
-        (target, PoolSettings::from_config(config, db), credential.clone())
-    }))
-}
-
-/// The credential pgvane logs in to the server with for this client: from the configuration,
-/// or else the SCRAM keys the client's proof yielded.
-fn server_credential(config: &Config, db: &DatabaseConfig, user: &str, keys: Option<ScramKeys>) -> ServerCredential {
-    pool::configured_credential(config, db, user)
-        .or_else(|| keys.map(ServerCredential::ScramKeys))
-        .unwrap_or(ServerCredential::None)
 }
 
 /// What a client killed by the admin console (or shutdown) is told, as PostgreSQL words it.

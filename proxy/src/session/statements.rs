@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
-use crate::protocol::messages::Parse;
+use crate::protocol::{Frame, Parse};
 
 /// A statement as the client prepared it.
 #[derive(Debug)]
@@ -38,36 +38,71 @@ impl Statement {
     }
 }
 
-/// The client's statements by the client's names.
+/// A statement as the client prepared it, in every pool mode.
+#[derive(Debug, Clone)]
+pub struct ClientStatement {
+    /// The client's Parse as it came (its SQL before any rewrite): the statement is decided
+    /// again from it when the policy in force changes.
+    pub parse: Frame,
+    /// The generation of the chain whose verdict the statement carries.
+    pub decided_by: u64,
+    /// Its server-side form in the pooled modes, where pgvane renames statements.
+    pub server: Option<Arc<Statement>>,
+}
+
+/// The client's statements by the client's names (the unnamed one included).
 #[derive(Debug, Default)]
 pub struct ClientStatements {
-    by_name: HashMap<String, Arc<Statement>>,
+    by_name: HashMap<String, ClientStatement>,
+    /// The unnamed statement, kept apart: it is replaced at every unnamed Parse, and that
+    /// must cost no allocation.
+    unnamed: Option<ClientStatement>,
 }
 
 impl ClientStatements {
     /// The statement the client calls `name`.
-    pub fn get(&self, name: &str) -> Option<&Arc<Statement>> {
-        self.by_name.get(name)
+    pub fn get(&self, name: &str) -> Option<&ClientStatement> {
+        match name.is_empty() {
+            true => self.unnamed.as_ref(),
+            false => self.by_name.get(name),
+        }
+    }
+
+    /// The statement the client calls `name`, to update.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut ClientStatement> {
+        match name.is_empty() {
+            true => self.unnamed.as_mut(),
+            false => self.by_name.get_mut(name),
+        }
     }
 
     /// True if the client has a statement called `name`.
     pub fn contains(&self, name: &str) -> bool {
-        self.by_name.contains_key(name)
+        self.get(name).is_some()
     }
 
     /// Records a statement the client created.
-    pub fn insert(&mut self, name: &str, statement: Arc<Statement>) {
-        self.by_name.insert(name.to_owned(), statement);
+    pub fn insert(&mut self, name: &str, statement: ClientStatement) {
+        match name.is_empty() {
+            true => self.unnamed = Some(statement),
+            false => {
+                self.by_name.insert(name.to_owned(), statement);
+            }
+        }
     }
 
     /// Forgets one (Close, DEALLOCATE, or its Parse failed). True if it existed.
     pub fn remove(&mut self, name: &str) -> bool {
-        self.by_name.remove(name).is_some()
+        match name.is_empty() {
+            true => self.unnamed.take().is_some(),
+            false => self.by_name.remove(name).is_some(),
+        }
     }
 
     /// Forgets all (DEALLOCATE ALL, DISCARD ALL).
     pub fn clear(&mut self) {
         self.by_name.clear();
+        self.unnamed = None;
     }
 }
 
@@ -75,6 +110,7 @@ impl ClientStatements {
 mod tests {
     use super::*;
     use crate::protocol::decode_frame;
+    use crate::protocol::FrontendMessage;
 
     #[test]
     fn server_names_depend_on_text_and_types_only() {
@@ -90,7 +126,7 @@ mod tests {
         assert!(a.server_name.len() < 64, "server names must fit NAMEDATALEN");
         let mut buf = BytesMut::from(&a.parse_message[..]);
         let frame = decode_frame(&mut buf, 1 << 20).unwrap().unwrap();
-        let parsed = Parse::decode(frame.body()).unwrap();
+        let FrontendMessage::Parse(parsed) = FrontendMessage::decode(&frame).unwrap() else { panic!("not a Parse") };
         assert_eq!((parsed.name, parsed.query), (a.server_name.as_str(), "select 1"));
     }
 }

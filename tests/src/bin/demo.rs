@@ -163,6 +163,7 @@ fn plugins_config() -> Result<String> {
 [[plugins]]
 name = "guard"
 path = "{guard}"
+on_error = "reject"   # a guard fails closed: padding a query until the plugin gives up must not pass it
 [plugins.config]
 rules = [{{ tables = ["secrets"], sqlstate = "42501", message = "{{user}} may not use {{table}}" }}]
 

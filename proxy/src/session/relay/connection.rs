@@ -1,0 +1,177 @@
+//! Getting a server connection for the client's next message, and giving it back: in
+//! transaction and statement modes once the server is idle with nothing in flight, after the
+//! client's changed settings were read back (so they follow it to its next connection), and
+//! reset or closed if the client left state on it that cannot follow it.
+
+use std::time::Instant;
+
+use crate::pool::{PoolError, PooledConn, ServerError};
+use crate::protocol::messages::{self, ErrorResponse};
+
+use super::super::pipeline::{Condition, Kind, Purpose, Undo};
+use super::super::registry::ClientState;
+use super::super::router::Placement;
+use super::super::settings::sync_sql;
+use super::{End, Relay, SESSION_STATE_RESET};
+
+impl Relay<'_> {
+    /// Makes sure a server connection is held. `Ok(false)` when none could be had: the
+    /// client has been answered with an error for its message of `kind`.
+    pub(super) async fn ensure_server(&mut self, kind: Kind) -> Result<bool, End> {
+        if self.server.is_some() {
+            return Ok(true);
+        }
+        // An idle connection free at once (the common case) needs no waiting machinery.
+        let checkout = match self.router.current().try_checkout() {
+            Some(server) => Some(Ok(server)),
+            None => self.wait_for_server().await?,
+        };
+        let error = match checkout {
+            Some(Ok(mut server)) => {
+                self.handle.set_state(ClientState::Active, Some(server.conn().cancel_target()));
+                // The client's settings (in session mode: its startup parameters, for a
+                // server of another database the policy routed to).
+                if let Some(sql) = sync_sql(&self.settings.current, &mut server.conn().applied_settings) {
+                    messages::encode_query(&sql, &mut self.server_out);
+                    self.pipeline.expect(Kind::Query, Purpose::ApplySettings, Undo::default(), None);
+                }
+                self.server = Some(server);
+                return Ok(true);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "no server connection for client");
+                match e {
+                    PoolError::WaitTimeout(_) => ErrorResponse::error(
+                        "53300",
+                        format!(
+                            "no server connection became free within query_wait_timeout_ms ({} ms)",
+                            self.query_wait.as_millis()
+                        ),
+                    ),
+                    PoolError::Connect(ServerError::Server(server_error)) => {
+                        ErrorResponse::error(server_error.code(), server_error.message())
+                    }
+                    PoolError::Connect(e) => {
+                        ErrorResponse::error("08006", format!("could not connect to the server: {e}"))
+                    }
+                }
+            }
+            None => ErrorResponse::error("57014", "canceling statement due to user request"),
+        };
+        self.handle.set_state(ClientState::Idle, None);
+        self.fail(kind, error);
+        Ok(false)
+    }
+
+    /// Waits for a server connection of the current pool: `None` when the client cancelled
+    /// the wait.
+    async fn wait_for_server(&mut self) -> Result<Option<Result<PooledConn, PoolError>>, End> {
+        // Whatever pgvane already owes the client goes out before a possibly long wait.
+        self.client.flush().await.map_err(|_| End::ClientGone)?;
+        self.handle.set_state(ClientState::Waiting, None);
+        let started = Instant::now();
+        let signals = self.handle.signals.clone();
+        let pool = self.router.current().clone();
+        let checkout = tokio::select! {
+            r = pool.checkout(self.query_wait) => Some(r),
+            () = signals.cancel.notified() => None,
+            () = signals.kill.raised() => return Err(End::Killed),
+        };
+        let checkout = match checkout {
+            // A cluster node that cannot be reached: the statement may move to the writer.
+            Some(Err(e)) => {
+                let in_transaction = self.in_transaction();
+                self.router.retry_elsewhere(self.shared, &signals, e, in_transaction, self.query_wait).await
+            }
+            other => other,
+        };
+        pool.stats.record_wait(started.elapsed());
+        tracing::trace!(waited = ?started.elapsed(), "server connection wait over");
+        Ok(checkout)
+    }
+
+    /// In transaction and statement modes, gives the server connection back once it is idle
+    /// with nothing in flight, after carrying over any settings the client changed.
+    pub(super) fn maybe_release(&mut self) {
+        if !self.pooled() {
+            return;
+        }
+        let Some(server) = self.server.as_ref() else { return };
+        // More client messages already here (and staying on this server): keep it for them.
+        let more_here = !self.client.read_buf.is_empty() && self.deferred.is_none();
+        if !self.server_is_idle(server) || more_here {
+            return;
+        }
+        if self.settings.needs_work() {
+            self.carry_settings();
+            return;
+        }
+        if let Some(server) = self.server.take() {
+            self.give_back(server);
+        }
+    }
+
+    /// Gives an idle server connection back to its pool (transaction and statement modes),
+    /// reset or closed if the client left state on it.
+    pub(super) fn give_back(&mut self, server: PooledConn) {
+        tracing::trace!("server connection released");
+        self.flush_stats();
+        match std::mem::replace(&mut self.pipeline.condition, Condition::Clean) {
+            Condition::Unusable => server.discard(),
+            Condition::NeedsReset => server.release_after(SESSION_STATE_RESET.to_owned()),
+            Condition::Clean => server.release(),
+        }
+        self.handle.set_state(ClientState::Idle, None);
+    }
+
+    /// Queues the queries that restore or read back the settings the client changed.
+    pub(super) fn carry_settings(&mut self) {
+        let Some(server) = self.server.as_mut() else { return };
+        if let Some(sql) = self.settings.restore_startup(&mut server.conn().applied_settings) {
+            messages::encode_query(&sql, &mut self.server_out);
+            self.pipeline.expect(Kind::Query, Purpose::ApplySettings, Undo::default(), None);
+        }
+        if let Some((sql, names)) = self.settings.capture_query() {
+            messages::encode_query(&sql, &mut self.server_out);
+            let purpose = Purpose::CaptureSettings(names, Vec::new());
+            self.pipeline.expect(Kind::Query, purpose, Undo::default(), None);
+        }
+    }
+
+    pub(super) fn flush_stats(&mut self) {
+        let (received, sent) = (std::mem::take(&mut self.meter.received), std::mem::take(&mut self.meter.sent));
+        self.router.current().stats.add_traffic(received, sent);
+    }
+
+    /// Makes `placement`'s pool the client's current one. False when the move must wait for
+    /// the current server to answer what is in flight first.
+    pub(super) fn switch_to(&mut self, placement: &Placement) -> bool {
+        let Some(target) = self.router.destination(placement, self.in_transaction()) else {
+            return true;
+        };
+        if self.in_flight() {
+            return false;
+        }
+        if let Some(server) = self.server.take() {
+            if !self.pooled() {
+                self.router.park(server);
+            } else if self.settings.needs_work() {
+                self.server = Some(server);
+                self.carry_settings();
+                if self.in_flight() {
+                    return false;
+                }
+                if let Some(server) = self.server.take() {
+                    self.give_back(server);
+                }
+            } else {
+                self.give_back(server);
+            }
+        }
+        if let Some(server) = self.router.move_to(target) {
+            self.handle.set_state(ClientState::Active, Some(server.conn_ref().cancel_target()));
+            self.server = Some(server);
+        }
+        true
+    }
+}

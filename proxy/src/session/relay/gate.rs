@@ -1,0 +1,217 @@
+//! The one gate: every client message that carries SQL, names a prepared statement or calls
+//! a function passes here before anything of it reaches a server.
+//!
+//! - A Query or Parse is judged by the policy chain in force; with plugins loaded, a
+//!   statement longer than `policy_max_sql_bytes` is refused (54000) before any plugin runs,
+//!   so padding cannot exhaust a plugin into letting it through.
+//! - A Bind or Describe of a statement whose verdict an earlier chain took is judged again by
+//!   the chain in force, once per statement and chain (a RELOAD reaches prepared statements).
+//! - A FunctionCall is refused (42501) unless `function_calls` allows it.
+//! - The router then places the message on a server.
+//!
+//! What a statement does to the session (settings, statements, state that cannot follow the
+//! client) is tracked when it is sent, by [`Relay::track_statement`], so that it is noted on
+//! the server it runs on.
+
+use bytes::BytesMut;
+
+use crate::policy::{Decision, Request, Route};
+use crate::protocol::messages::{self, ErrorResponse};
+use crate::protocol::{Frame, FrontendMessage, Parse, Target};
+
+use super::super::pipeline::{Condition, Kind, Undo};
+use super::super::router::Placement;
+use super::super::sql::{calls_session_state_function, StateCommand};
+use super::{Decided, End, Relay};
+
+/// The chain's verdict on one statement.
+enum Verdict {
+    /// It runs: routed if `route` is set, rewritten if `sql` is.
+    Run { route: Option<Route>, sql: Option<String> },
+    /// Refused with this error.
+    Refused(ErrorResponse),
+}
+
+impl Relay<'_> {
+    /// Where a Query, Parse, Bind, Describe, Close or FunctionCall runs. `None`: it was refused
+    /// and the client has been answered.
+    pub(super) async fn gate(&mut self, message: &FrontendMessage<'_>) -> Result<Option<Decided>, End> {
+        let decided = match message {
+            FrontendMessage::Query(sql) => self.judge_and_place(Kind::Query, sql, None).await,
+            FrontendMessage::Parse(parse) => self.judge_and_place(Kind::Parse, parse.query, Some(parse.name)).await,
+            FrontendMessage::Bind(bind) => self.recheck_statement(Kind::Bind, bind.statement).await,
+            // pgvane answers a pooled client's Close of a named statement itself.
+            FrontendMessage::Close(Target::Statement, name) if !(self.pooled() && !name.is_empty()) => {
+                Some(self.unchanged(self.router.statement(name)))
+            }
+            FrontendMessage::Describe(Target::Statement, name) => self.recheck_statement(Kind::Describe, name).await,
+            FrontendMessage::FunctionCall { oid } => {
+                let config = self.shared.config();
+                let plugins = self.shared.policy().plugins().len();
+                if config.settings.function_calls_allowed(plugins) {
+                    Some(self.unchanged(self.router.here()))
+                } else {
+                    tracing::info!(oid, "fastpath function call refused");
+                    let message = format!(
+                        "fastpath function calls are not allowed (function OID {oid}): policy plugins cannot judge them; set function_calls = \"allow\" to permit them"
+                    );
+                    self.fail(Kind::FunctionCall, ErrorResponse::error("42501", message));
+                    None
+                }
+            }
+            _ => Some(self.unchanged(self.router.here())),
+        };
+        Ok(decided)
+    }
+
+    fn unchanged(&self, placement: Placement) -> Decided {
+        Decided { placement, sql: None, judged_by: None }
+    }
+
+    /// Judges a statement by the chain in force and places it on a server. `None`: refused,
+    /// and the client answered.
+    async fn judge_and_place(&mut self, kind: Kind, sql: &str, parse: Option<&str>) -> Option<Decided> {
+        let (verdict, generation) = self.judge(sql, parse).await;
+        let (route, sql) = match verdict {
+            Verdict::Run { route, sql } => (route, sql),
+            Verdict::Refused(error) => {
+                self.fail(kind, error);
+                return None;
+            }
+        };
+        let in_transaction = self.in_transaction();
+        let signals = self.handle.signals.clone();
+        match self.router.place(self.shared, &signals, route.as_ref(), in_transaction).await {
+            Ok(placement) => Some(Decided { placement, sql, judged_by: Some(generation) }),
+            Err(error) => {
+                self.fail(kind, error);
+                None
+            }
+        }
+    }
+
+    /// The chain's verdict on a statement's SQL, and the generation of the chain that gave it.
+    async fn judge(&self, sql: &str, parse: Option<&str>) -> (Verdict, u64) {
+        let chain = self.shared.policy();
+        let generation = chain.generation();
+        if chain.is_empty() {
+            return (Verdict::Run { route: None, sql: None }, generation);
+        }
+        let config = self.shared.config();
+        let limit = config.settings.policy_max_sql_bytes;
+        if sql.len() > limit {
+            tracing::info!(bytes = sql.len(), limit, "statement refused: longer than policy_max_sql_bytes");
+            let message = format!(
+                "statement of {} bytes is longer than policy_max_sql_bytes ({limit}): the policy plugins cannot judge it",
+                sql.len()
+            );
+            return (Verdict::Refused(ErrorResponse::error("54000", message)), generation);
+        }
+        let request = Request {
+            user: &self.identity.user,
+            database: &self.identity.database,
+            application_name: &self.identity.application_name,
+            client_addr: self.identity.client_addr.clone(),
+            session_id: self.handle.pid,
+            sql,
+            in_transaction: self.in_transaction(),
+            parse,
+        };
+        let verdict = match chain.decide(&request, |db| config.databases.contains_key(db)).await {
+            Decision::Run { route, sql } => Verdict::Run { route, sql },
+            Decision::Reject(error) => Verdict::Refused(error),
+        };
+        (verdict, generation)
+    }
+
+    /// A Bind or Describe of the client's statement `name`: it runs where the statement was
+    /// prepared, unless the chain in force is not the one that decided it; then the statement
+    /// is judged again (a rejection fails this message with the plugin's error) and placed
+    /// where the new verdict says.
+    async fn recheck_statement(&mut self, kind: Kind, name: &str) -> Option<Decided> {
+        let generation = self.shared.policy().generation();
+        let stale = match self.statements.get(name) {
+            Some(statement) if statement.decided_by != generation => statement.parse.clone(),
+            _ => return Some(self.unchanged(self.router.statement(name))),
+        };
+        let Some(parse) = recorded_parse(&stale) else {
+            return Some(self.unchanged(self.router.statement(name)));
+        };
+        tracing::debug!(statement = name, "the policy changed since the statement was prepared; deciding it again");
+        self.judge_and_place(kind, parse.query, Some(parse.name)).await
+    }
+
+    /// Notes what a statement about to be sent does to the session: in the pooled modes the
+    /// settings it changes, the statements it deallocates, and state that cannot follow the
+    /// client (its server connection is then reset before anyone else gets it); in every mode,
+    /// the prepared statements it deallocates.
+    pub(super) fn track_statement(&mut self, sql: &str, commands: &[StateCommand]) {
+        if self.pooled() {
+            if commands.contains(&StateCommand::SessionState) || calls_session_state_function(sql) {
+                if self.pipeline.condition == Condition::Clean {
+                    tracing::debug!(
+                        "client uses session state that cannot be carried; its server connection will be reset"
+                    );
+                }
+                self.pipeline.worsen(Condition::NeedsReset);
+            }
+            for command in commands {
+                self.settings.observe(command);
+            }
+        }
+        for command in commands {
+            match command {
+                StateCommand::DeallocateAll | StateCommand::DiscardAll => {
+                    self.statements.clear();
+                    self.router.forget_statements();
+                }
+                StateCommand::Deallocate(name) => {
+                    self.statements.remove(name);
+                    self.router.forget_statement(name);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A pooled client's Query made only of DEALLOCATE statements for its own statements is
+    /// answered by pgvane: those statements live under other names on the servers.
+    pub(super) fn answer_deallocates(&mut self, commands: &[StateCommand]) -> bool {
+        let all_known = !commands.is_empty()
+            && commands.iter().all(|c| match c {
+                StateCommand::DeallocateAll => true,
+                StateCommand::Deallocate(name) => self.statements.contains(name),
+                _ => false,
+            });
+        if !all_known {
+            return false;
+        }
+        for command in commands {
+            let command_tag = match command {
+                StateCommand::Deallocate(name) => {
+                    self.statements.remove(name);
+                    self.router.forget_statement(name);
+                    "DEALLOCATE"
+                }
+                _ => {
+                    self.statements.clear();
+                    self.router.forget_statements();
+                    "DEALLOCATE ALL"
+                }
+            };
+            let mut message = BytesMut::new();
+            messages::encode_command_complete(command_tag, &mut message);
+            self.own(message, Undo::default());
+        }
+        self.own_ready_for_query();
+        true
+    }
+}
+
+/// The Parse a client statement was recorded from (always a valid one).
+pub(super) fn recorded_parse(frame: &Frame) -> Option<Parse<'_>> {
+    match FrontendMessage::decode(frame) {
+        Ok(FrontendMessage::Parse(parse)) => Some(parse),
+        _ => None,
+    }
+}
