@@ -23,6 +23,7 @@
 //!   as the test process dies, even by SIGKILL, so no postgres or pgvane
 //!   process is ever left behind.
 
+pub mod drivers;
 pub mod fixture;
 pub mod registry;
 pub mod tls;

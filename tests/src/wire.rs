@@ -90,7 +90,8 @@ impl Wire {
         Ok(wire)
     }
 
-    fn message(&mut self, tag: u8, body: &[u8]) -> &mut Self {
+    /// Queues any message: `tag` and `body` as given, the length computed.
+    pub fn message(&mut self, tag: u8, body: &[u8]) -> &mut Self {
         self.out.push(tag);
         self.out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
         self.out.extend_from_slice(body);
@@ -145,6 +146,19 @@ impl Wire {
         let mut body = vec![kind];
         cstr(&mut body, name);
         self.message(b'C', &body)
+    }
+
+    /// Queues a fastpath FunctionCall of function `oid` with text arguments and a text result.
+    pub fn function_call(&mut self, oid: u32, args: &[&str]) -> &mut Self {
+        let mut body = oid.to_be_bytes().to_vec();
+        body.extend_from_slice(&[0, 0]); // no format codes: all text
+        body.extend_from_slice(&(args.len() as u16).to_be_bytes());
+        for arg in args {
+            body.extend_from_slice(&(arg.len() as u32).to_be_bytes());
+            body.extend_from_slice(arg.as_bytes());
+        }
+        body.extend_from_slice(&[0, 0]); // text result
+        self.message(b'F', &body)
     }
 
     /// Queues a Sync.
