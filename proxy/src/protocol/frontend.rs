@@ -246,7 +246,7 @@ mod tests {
         assert_eq!(FrontendMessage::decode(&f).unwrap(), FrontendMessage::Close(Target::Statement, "s"));
         let f = raw(tag::EXECUTE, b"p\0\0\0\0\x05");
         assert_eq!(FrontendMessage::decode(&f).unwrap(), FrontendMessage::Execute { portal: "p", max_rows: 5 });
-        assert_eq!(FrontendMessage::decode(&decoded(|b| encode_sync(b))).unwrap(), FrontendMessage::Sync);
+        assert_eq!(FrontendMessage::decode(&decoded(encode_sync)).unwrap(), FrontendMessage::Sync);
         assert_eq!(FrontendMessage::decode(&raw(tag::FLUSH, b"")).unwrap(), FrontendMessage::Flush);
         assert_eq!(FrontendMessage::decode(&raw(tag::TERMINATE, b"")).unwrap(), FrontendMessage::Terminate);
         assert_eq!(FrontendMessage::decode(&raw(tag::COPY_DONE, b"")).unwrap(), FrontendMessage::CopyDone);

@@ -41,7 +41,7 @@ impl Relay<'_> {
             FrontendMessage::Parse(parse) => self.judge_and_place(Kind::Parse, parse.query, Some(parse.name)).await,
             FrontendMessage::Bind(bind) => self.recheck_statement(Kind::Bind, bind.statement).await,
             // pgvane answers a pooled client's Close of a named statement itself.
-            FrontendMessage::Close(Target::Statement, name) if !(self.pooled() && !name.is_empty()) => {
+            FrontendMessage::Close(Target::Statement, name) if !self.pooled() || name.is_empty() => {
                 Some(self.unchanged(self.router.statement(name)))
             }
             FrontendMessage::Describe(Target::Statement, name) => self.recheck_statement(Kind::Describe, name).await,

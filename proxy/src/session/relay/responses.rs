@@ -103,11 +103,9 @@ impl Relay<'_> {
                 tracing::warn!(%error, "reading back the client's settings failed");
                 self.pipeline.worsen(Condition::Unusable);
             }
-            BackendMessage::ReadyForQuery(status) => {
-                if from_client {
-                    self.client_ready(status)?;
-                    self.pipeline.forget_answers();
-                }
+            BackendMessage::ReadyForQuery(status) if from_client => {
+                self.client_ready(status)?;
+                self.pipeline.forget_answers();
             }
             _ => {}
         }
