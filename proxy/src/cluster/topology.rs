@@ -373,10 +373,12 @@ impl Topology {
             (node.role, node.health, node.lag) = (role, Health::Up, lag);
         }
         let outcome = |addr: &NodeAddr| results.iter().find(|(a, _)| a == addr).map(|(_, o)| o);
-        let claimants: Vec<NodeAddr> = results
+        // In node order, whatever order the checks ended in.
+        let claimants: Vec<NodeAddr> = self
+            .nodes
             .iter()
-            .filter(|(a, o)| o.claims_writer() && self.nodes.iter().any(|n| &n.addr == a))
-            .map(|(a, _)| a.clone())
+            .filter(|n| outcome(&n.addr).is_some_and(Observation::claims_writer))
+            .map(|n| n.addr.clone())
             .collect();
         let split =
             claimants.len() > 1 && results.iter().any(|(_, o)| matches!(o, Observation::Answered(Answer::Writer)));
