@@ -306,7 +306,10 @@ async fn the_write_leader_moves_under_write_load() -> anyhow::Result<()> {
             println!("  node {i} took a write as {role}: client {client} #{n}, {:?}", ran.map(|o| (o.start, o.end)));
         }
     }
-    println!("  moves (began, split seen, stepped down, resolved): {:?}", moves.iter().map(|m| (m.2, m.3, m.4, m.5)).collect::<Vec<_>>());
+    println!(
+        "  moves (began, split seen, stepped down, resolved): {:?}",
+        moves.iter().map(|m| (m.2, m.3, m.4, m.5)).collect::<Vec<_>>()
+    );
     for (i, roles) in per_node.iter().enumerate() {
         assert_eq!(
             roles.keys().collect::<Vec<_>>(),
