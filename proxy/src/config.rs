@@ -352,6 +352,9 @@ pub struct DatabaseConfig {
     pub default_route: DefaultRoute,
     /// Run on a cluster's primary: rows of (host, port) of more nodes to use.
     pub topology_query: Option<String>,
+    /// Run on each node of a cluster at every health check instead of `pg_is_in_recovery()`:
+    /// one row whose first column is `writer`, `replica` or `none`.
+    pub role_query: Option<String>,
     /// The cluster's configured nodes (`hosts`, or `host`/`port` with a `topology_query`);
     /// empty for a plain database. Filled in by validation.
     #[serde(skip)]
@@ -700,6 +703,12 @@ fn cluster_nodes(
     if db.topology_query.as_deref().is_some_and(|q| q.trim().is_empty()) {
         return Err(("topology_query", "must not be empty".into()));
     }
+    if db.role_query.as_deref().is_some_and(|q| q.trim().is_empty()) {
+        return Err(("role_query", "must not be empty".into()));
+    }
+    if db.role_query.is_some() && db.nodes.is_empty() {
+        return Err(("role_query", "only applies to a cluster (`hosts` or `topology_query`)".into()));
+    }
     if db.default_route != DefaultRoute::Primary && db.nodes.is_empty() {
         return Err(("default_route", "only applies to a cluster (`hosts` or `topology_query`)".into()));
     }
@@ -864,6 +873,9 @@ mod tests {
         // A single host with a topology query is a cluster seeded by that host.
         let seeded = load(&format!("{MINIMAL}topology_query = \"select host, port from nodes\"\n")).unwrap();
         assert_eq!(seeded.databases["app"].nodes, [NodeAddr { host: "127.0.0.1".into(), port: 5432 }]);
+        let roles = load(&format!("{cluster}role_query = \"select role from node_role\"\n")).unwrap();
+        assert_eq!(roles.databases["app"].role_query.as_deref(), Some("select role from node_role"));
+        assert_eq!(c.databases["app"].role_query, None, "the default: pg_is_in_recovery()");
         let s = &seeded.settings;
         assert_eq!((s.polling_frequency_ms, s.health_check_period_ms, s.monitor_user.as_deref()), (100, 1000, None));
 
@@ -876,6 +888,8 @@ mod tests {
             (cluster.replace("hosts = ", "dbname = \"x\"\n#"), "databases.app.host", "required (or `hosts`"),
             (format!("{MINIMAL}default_route = \"replica\"\n"), "databases.app.default_route", "only applies"),
             (format!("{cluster}topology_query = \" \"\n"), "databases.app.topology_query", "must not be empty"),
+            (format!("{cluster}role_query = \"\"\n"), "databases.app.role_query", "must not be empty"),
+            (format!("{MINIMAL}role_query = \"select 'writer'\"\n"), "databases.app.role_query", "only applies"),
             (
                 cluster.replace("[databases", "polling_frequency_ms = 0\n[databases"),
                 "pgvane.polling_frequency_ms",

@@ -126,7 +126,7 @@ impl Shared {
         self.set_config(new.clone());
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
         outcome.reconnecting = self.pools.apply_config(&new).moved;
-        self.clusters.apply_config(&new);
+        self.clusters.apply_config(&new, &self.pools);
         crate::session::router::pools_on_every_node(self);
         Ok(outcome)
     }
@@ -170,7 +170,7 @@ impl Listener {
     /// Accepts clients forever, each in its own task.
     pub async fn run(self) {
         tokio::spawn(self.shared.pools.clone().sweep_forever());
-        self.shared.clusters.apply_config(&self.shared.config());
+        self.shared.clusters.apply_config(&self.shared.config(), &self.shared.pools);
         tokio::spawn(crate::lifecycle::watch(Arc::downgrade(&self.shared)));
         loop {
             match self.listener.accept().await {

@@ -7,8 +7,10 @@
 //!
 //! Reads are balanced round-robin over the replicas that are up and within the lag limits,
 //! and fall back to the writer when there is none. Statements for the primary wait while no
-//! writer is known (at startup, during a switchover) for at most `switchover_timeout_ms`.
+//! writer is known (at startup, during a switchover, while two nodes answer `writer` to the
+//! `role_query`) for at most `switchover_timeout_ms`.
 
+mod fence;
 mod monitor;
 mod probe;
 pub mod topology;
@@ -22,11 +24,11 @@ use thiserror::Error;
 use tokio::sync::{watch, Notify};
 
 use crate::config::{Config, DatabaseConfig, DefaultRoute, NodeAddr};
-use crate::pool::{self, ServerCredential};
+use crate::pool::{self, Pools, ServerCredential};
 use crate::protocol::messages::ErrorResponse;
 
 pub use probe::Login;
-use topology::{LagLimits, Node, Observation, Switchover, Topology, Writer};
+use topology::{LagLimits, Node, Observation, Outcome, Switchover, Topology, Writer};
 
 /// Why a statement got no node.
 #[derive(Debug, Error)]
@@ -257,11 +259,11 @@ impl Cluster {
     }
 
     /// Takes in a round of checks (see [`Topology::observe`]) and publishes the writer.
-    fn observe(&self, results: &[(NodeAddr, Observation)], failed_delay: Duration) -> Option<Switchover> {
+    fn observe(&self, results: &[(NodeAddr, Observation)], failed_delay: Duration) -> Outcome {
         let mut topology = self.topology();
         let before: Vec<(NodeAddr, &'static str, &'static str)> =
             topology.nodes().iter().map(|n| (n.addr.clone(), n.role.as_str(), n.health.as_str())).collect();
-        let switchover = topology.observe(results, Instant::now(), SystemTime::now(), failed_delay);
+        let outcome = topology.observe(results, Instant::now(), SystemTime::now(), failed_delay);
         for node in topology.nodes() {
             let now = (node.role.as_str(), node.health.as_str());
             let was = before.iter().find(|(a, ..)| a == &node.addr).map(|(_, r, h)| (*r, *h));
@@ -283,7 +285,10 @@ impl Cluster {
             w.clone_from(&writer);
             changed
         });
-        switchover
+        if let Some(node) = &outcome.stepped_down {
+            tracing::warn!(database = %self.database, %node, "the writer stepped down (or shares the claim); statements for the primary wait");
+        }
+        outcome
     }
 
     /// What SHOW BACKENDS shows.
@@ -336,8 +341,9 @@ impl Clusters {
 
     /// Brings the clusters in line with `config` (at startup and after RELOAD): a monitor
     /// starts for each new cluster database, the others follow the new entry (nodes added
-    /// or dropped), and those no longer clusters stop. Must run inside the tokio runtime.
-    pub fn apply_config(&self, config: &Arc<Config>) {
+    /// or dropped), and those no longer clusters stop. `pools` are pgvane's server
+    /// connections (see [`fence`]). Must run inside the tokio runtime.
+    pub fn apply_config(&self, config: &Arc<Config>, pools: &Arc<Pools>) {
         let mut clusters = lock(&self.clusters);
         clusters.retain(|name, cluster| {
             let keep = config.databases.get(name).is_some_and(DatabaseConfig::is_cluster);
@@ -357,7 +363,7 @@ impl Clusters {
                 }
                 None => {
                     let cluster = Arc::new(Cluster::new(name, db, config.clone()));
-                    tokio::spawn(monitor::run(cluster.clone()));
+                    tokio::spawn(monitor::run(cluster.clone(), pools.clone()));
                     clusters.insert(name.clone(), cluster);
                 }
             }

@@ -2,8 +2,10 @@
 //!
 //! Every `health_check_period_ms` (every `polling_frequency_ms` while no writer is known) it
 //! checks the nodes that are due, all at once, each on its own monitor connection: role
-//! (`pg_is_in_recovery()`) and WAL position. Then it runs the `topology_query`, if any, on
-//! the writer and adds the nodes it names. A round can also be started early: by a client
+//! (`pg_is_in_recovery()`) and WAL position, or the answer to the `role_query` when the
+//! entry has one. A writer that stepped down while still up has pgvane's sessions on it
+//! ended ([`fence`](super::fence)). Then it runs the `topology_query`, if any, on the
+//! writer and adds the nodes it names. A round can also be started early: by a client
 //! waiting for a writer, a credential arriving, a RELOAD, or the request path reporting the
 //! writer lost.
 
@@ -14,12 +16,14 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, NodeAddr};
+use crate::pool::Pools;
 
 use super::probe::{Login, Probe};
-use super::Cluster;
+use super::{fence, Cluster};
 
-/// Runs until the cluster is stopped (RELOAD removed it).
-pub(super) async fn run(cluster: Arc<Cluster>) {
+/// Runs until the cluster is stopped (RELOAD removed it). `pools` are pgvane's server
+/// connections, some of which may have to be ended on a writer that stepped down.
+pub(super) async fn run(cluster: Arc<Cluster>, pools: Arc<Pools>) {
     let mut probes: HashMap<NodeAddr, Probe> = HashMap::new();
     let mut warned_no_login = false;
     tracing::info!(database = %cluster.database, "cluster monitor started");
@@ -30,7 +34,7 @@ pub(super) async fn run(cluster: Arc<Cluster>) {
         match cluster.login(&config, db) {
             Some(login) => {
                 warned_no_login = false;
-                round(&cluster, &config, &login, &mut probes).await;
+                round(&cluster, &config, &login, &mut probes, &pools).await;
             }
             None if !warned_no_login => {
                 warned_no_login = true;
@@ -61,15 +65,23 @@ fn check_timeout(config: &Config) -> Duration {
 }
 
 /// Checks every due node at once and feeds the results to the topology.
-async fn round(cluster: &Cluster, config: &Config, login: &Login, probes: &mut HashMap<NodeAddr, Probe>) {
+async fn round(
+    cluster: &Cluster,
+    config: &Config,
+    login: &Login,
+    probes: &mut HashMap<NodeAddr, Probe>,
+    pools: &Pools,
+) {
     let timeout = check_timeout(config);
     let due = cluster.topology().due(Instant::now());
+    let role_query = config.databases.get(&cluster.database).and_then(|db| db.role_query.clone());
     let mut checks = JoinSet::new();
     for addr in due {
         let mut probe = probes.remove(&addr).unwrap_or_default();
         let login = login.clone();
+        let role_query = role_query.clone();
         checks.spawn(async move {
-            let observation = probe.check(&addr, &login, timeout).await;
+            let observation = probe.check(&addr, &login, timeout, role_query.as_deref()).await;
             (addr, probe, observation)
         });
     }
@@ -84,7 +96,12 @@ async fn round(cluster: &Cluster, config: &Config, login: &Login, probes: &mut H
         }
     }
     let failed_delay = Duration::from_millis(config.settings.server_failed_delay_ms);
-    if let Some(s) = cluster.observe(&results, failed_delay) {
+    let outcome = cluster.observe(&results, failed_delay);
+    if let Some(node) = &outcome.stepped_down {
+        let probe = probes.entry(node.clone()).or_default();
+        fence::end_sessions(&cluster.database, pools, node, probe, login, timeout).await;
+    }
+    if let Some(s) = outcome.switchover {
         tracing::info!(
             database = %cluster.database,
             from = %s.from,

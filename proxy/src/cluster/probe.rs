@@ -1,5 +1,6 @@
 //! The monitor's connection to one node: logs in once, then runs the role-and-position
-//! check (and, on the writer, the `topology_query`) on it until it fails.
+//! check, or the `role_query` when the cluster has one (and, on the writer, the
+//! `topology_query`), on it until it fails.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use crate::pool::{ServerConn, ServerCredential, ServerError, ServerTarget};
 use crate::protocol::messages::{self, tag, ErrorResponse};
 use crate::tls::ServerTls;
 
-use super::topology::Observation;
+use super::topology::{Answer, Observation};
 
 /// One statement: is the node in recovery, and its WAL position in bytes (the writer's
 /// current position, or what a replica has replayed). Works on any PostgreSQL 10+.
@@ -56,9 +57,22 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Checks `node`: its role and WAL position. Any failure closes the connection.
-    pub async fn check(&mut self, node: &NodeAddr, login: &Login, timeout: Duration) -> Observation {
-        match tokio::time::timeout(timeout, self.check_inner(node, login, timeout)).await {
+    /// Checks `node`: its role and WAL position, or its answer to `role_query` when given.
+    /// Any failure closes the connection.
+    pub async fn check(
+        &mut self,
+        node: &NodeAddr,
+        login: &Login,
+        timeout: Duration,
+        role_query: Option<&str>,
+    ) -> Observation {
+        let check = async {
+            match role_query {
+                Some(sql) => self.ask_role(node, login, timeout, sql).await,
+                None => self.check_inner(node, login, timeout).await,
+            }
+        };
+        match tokio::time::timeout(timeout, check).await {
             Ok(Ok(observation)) => observation,
             Ok(Err(e)) => {
                 self.conn = None;
@@ -98,6 +112,18 @@ impl Probe {
         }
     }
 
+    /// Runs the `role_query` and reads its answer (see [`role_answer`]).
+    async fn ask_role(
+        &mut self,
+        node: &NodeAddr,
+        login: &Login,
+        timeout: Duration,
+        sql: &str,
+    ) -> Result<Observation, ProbeError> {
+        let rows = self.query(node, login, timeout, sql).await?;
+        role_answer(&rows).map(Observation::Answered).map_err(ProbeError::Answer)
+    }
+
     /// Runs `sql` (simple protocol) and returns its rows as text, logging in first if needed.
     pub async fn query(
         &mut self,
@@ -124,6 +150,24 @@ impl Probe {
             self.conn = Some(conn);
         }
         result
+    }
+}
+
+/// The answer to a `role_query`: exactly one row whose first column is `writer`,
+/// `replica` or `none` (any case, spaces around ignored).
+fn role_answer(rows: &[Vec<Option<String>>]) -> Result<Answer, String> {
+    let [row] = rows else {
+        return Err(format!("role_query returned {} rows; it must return one", rows.len()));
+    };
+    match row.first() {
+        Some(Some(text)) => match text.trim().to_ascii_lowercase().as_str() {
+            "writer" => Ok(Answer::Writer),
+            "replica" => Ok(Answer::Replica),
+            "none" => Ok(Answer::None),
+            _ => Err(format!("role_query answered {text:?}; it must answer writer, replica or none")),
+        },
+        Some(None) => Err("role_query answered NULL; it must answer writer, replica or none".into()),
+        None => Err("role_query returned a row with no column".into()),
     }
 }
 
@@ -156,6 +200,33 @@ async fn query_rows(conn: &mut ServerConn, sql: &str) -> Result<Vec<Vec<Option<S
                 return Err(ServerError::Unexpected(frame.tag() as char).into())
             }
             _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(cells: &[&[Option<&str>]]) -> Vec<Vec<Option<String>>> {
+        cells.iter().map(|row| row.iter().map(|c| c.map(str::to_owned)).collect()).collect()
+    }
+
+    #[test]
+    fn a_role_answer_is_one_row_naming_a_role() {
+        assert_eq!(role_answer(&rows(&[&[Some("writer")]])), Ok(Answer::Writer));
+        assert_eq!(role_answer(&rows(&[&[Some(" Replica "), Some("ignored")]])), Ok(Answer::Replica));
+        assert_eq!(role_answer(&rows(&[&[Some("none")]])), Ok(Answer::None));
+        for (bad, says) in [
+            (rows(&[]), "0 rows"),
+            (rows(&[&[Some("writer")], &[Some("writer")]]), "2 rows"),
+            (rows(&[&[Some("leader")]]), "\"leader\""),
+            (rows(&[&[Some("t")]]), "\"t\""),
+            (rows(&[&[None]]), "NULL"),
+            (rows(&[&[]]), "no column"),
+        ] {
+            let err = role_answer(&bad).unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
         }
     }
 }

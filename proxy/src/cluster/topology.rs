@@ -14,10 +14,12 @@ use crate::config::NodeAddr;
 pub enum Role {
     /// Never checked successfully.
     Unknown,
-    /// `pg_is_in_recovery()` false: it takes writes.
+    /// `pg_is_in_recovery()` false, or the `role_query` answered `writer`: it takes writes.
     Primary,
-    /// `pg_is_in_recovery()` true: a standby.
+    /// `pg_is_in_recovery()` true, or the `role_query` answered `replica`.
     Replica,
+    /// The `role_query` answered `none`: up, but it gets no statements.
+    None,
 }
 
 impl Role {
@@ -27,6 +29,7 @@ impl Role {
             Role::Unknown => "unknown",
             Role::Primary => "primary",
             Role::Replica => "replica",
+            Role::None => "none",
         }
     }
 }
@@ -128,14 +131,32 @@ impl Node {
 pub enum Writer {
     /// This node.
     Known(NodeAddr),
-    /// None known: at startup, or since `previous` failed or turned read-only at `since`.
-    /// Statements for the primary wait meanwhile.
+    /// None known: at startup, or since `previous` failed, turned read-only or stepped down
+    /// at `since`. Statements for the primary wait meanwhile.
     Searching {
         /// Since when.
         since: Instant,
         /// The writer that was lost, if any.
         previous: Option<NodeAddr>,
+        /// The nodes that all answered `writer` to the `role_query` at the last round, when
+        /// more than one did (a split view): pgvane waits for one of them to step down.
+        split: Vec<NodeAddr>,
     },
+}
+
+impl Writer {
+    /// Why statements for the primary wait, as SHOW BACKENDS prints it; `None` while a
+    /// writer is known.
+    pub fn waiting_because(&self) -> Option<String> {
+        match self {
+            Writer::Known(_) => None,
+            Writer::Searching { split, .. } if split.len() > 1 => {
+                let nodes: Vec<String> = split.iter().map(ToString::to_string).collect();
+                Some(format!("split view: {} all answer writer", nodes.join(", ")))
+            }
+            Writer::Searching { .. } => Some("no node up answers as the writer".into()),
+        }
+    }
 }
 
 /// A completed change of writer.
@@ -164,8 +185,39 @@ pub enum Observation {
         /// The position.
         replayed: u64,
     },
-    /// Could not connect, log in, or run the check.
+    /// The `role_query` answered (no WAL positions are read then).
+    Answered(Answer),
+    /// Could not connect, log in, or run the check; or the `role_query` answer was malformed.
     Failed(String),
+}
+
+/// A node's answer to the `role_query`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// `writer`: it takes the writes (a primary, or a multi-writer group's write leader).
+    Writer,
+    /// `replica`: it takes reads. pgvane measures no lag then: the query answers `none` for
+    /// a replica too far behind.
+    Replica,
+    /// `none`: it gets no statements.
+    None,
+}
+
+impl Observation {
+    /// True if the node claims to take writes.
+    fn claims_writer(&self) -> bool {
+        matches!(self, Observation::Primary { .. } | Observation::Answered(Answer::Writer))
+    }
+}
+
+/// What a round of checks changed about the writer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// A new writer found after losing one.
+    pub switchover: Option<Switchover>,
+    /// The writer lost while still answering: it turned read-only, stepped down or is one
+    /// of two claimants. Sessions still open on it must end (see `cluster::fence`).
+    pub stepped_down: Option<NodeAddr>,
 }
 
 /// How long the writer's past WAL positions are kept to measure lag in time: lag beyond
@@ -188,7 +240,7 @@ impl Topology {
         let nodes = configured.iter().map(|a| Node::new(a.clone(), Origin::Configured)).collect();
         Topology {
             nodes,
-            writer: Writer::Searching { since: now, previous: None },
+            writer: Writer::Searching { since: now, previous: None, split: Vec::new() },
             history: VecDeque::new(),
             last_switchover: None,
         }
@@ -286,64 +338,75 @@ impl Topology {
 
     fn lose_writer(&mut self, now: Instant) {
         let previous = self.writer().cloned();
-        self.writer = Writer::Searching { since: now, previous };
+        self.writer = Writer::Searching { since: now, previous, split: Vec::new() };
         self.history.clear();
     }
 
     /// Takes in a round of checks made at `now` (`wall`: the same instant on the clock).
     /// A failed node rests for `failed_delay`. Returns the completed switchover, if this
-    /// round found a new writer after losing one.
+    /// round found a new writer after losing one, and the writer lost while still answering.
+    ///
+    /// With `pg_is_in_recovery()`, two primaries are settled by preferring the one that is
+    /// not the writer just lost (it may still run after its replica was promoted). A
+    /// `role_query` names the writer itself: two nodes answering `writer` are a split view
+    /// (an election under way) that pgvane never settles; it waits for one to step down.
     pub fn observe(
         &mut self,
         results: &[(NodeAddr, Observation)],
         now: Instant,
         wall: SystemTime,
         failed_delay: Duration,
-    ) -> Option<Switchover> {
+    ) -> Outcome {
         for (addr, observation) in results {
             let Some(node) = self.nodes.iter_mut().find(|n| &n.addr == addr) else { continue };
             node.last_check = Some(wall);
-            match observation {
-                Observation::Primary { .. } => {
-                    node.role = Role::Primary;
-                    node.health = Health::Up;
-                    node.lag = None;
-                }
-                Observation::Replica { .. } => {
-                    node.role = Role::Replica;
-                    node.health = Health::Up;
-                }
+            let (role, lag) = match observation {
+                Observation::Primary { .. } | Observation::Answered(Answer::Writer) => (Role::Primary, None),
+                Observation::Replica { .. } => (Role::Replica, node.lag),
+                Observation::Answered(Answer::Replica) => (Role::Replica, Some(Lag::default())),
+                Observation::Answered(Answer::None) => (Role::None, None),
                 Observation::Failed(error) => {
                     node.health = Health::Down { error: error.clone(), retry_at: now + failed_delay };
+                    continue;
                 }
-            }
+            };
+            (node.role, node.health, node.lag) = (role, Health::Up, lag);
         }
         let outcome = |addr: &NodeAddr| results.iter().find(|(a, _)| a == addr).map(|(_, o)| o);
-        // The writer is lost when it failed or turned read-only.
+        // In node order, whatever order the checks ended in.
+        let claimants: Vec<NodeAddr> = self
+            .nodes
+            .iter()
+            .filter(|n| outcome(&n.addr).is_some_and(Observation::claims_writer))
+            .map(|n| n.addr.clone())
+            .collect();
+        let split =
+            claimants.len() > 1 && results.iter().any(|(_, o)| matches!(o, Observation::Answered(Answer::Writer)));
+        if claimants.len() > 1 {
+            tracing::warn!(nodes = ?claimants.iter().map(ToString::to_string).collect::<Vec<_>>(), split, "several nodes claim the writer");
+        }
+        // The writer is lost when it failed, no longer claims the writes, or shares the claim.
+        let mut stepped_down = None;
         if let Some(writer) = self.writer().cloned() {
-            if matches!(outcome(&writer), Some(Observation::Failed(_) | Observation::Replica { .. })) {
-                self.lose_writer(now);
+            match outcome(&writer) {
+                Some(Observation::Failed(_)) => self.lose_writer(now),
+                Some(o) if !o.claims_writer() || split => {
+                    self.lose_writer(now);
+                    stepped_down = Some(writer);
+                }
+                _ => {}
             }
         }
         let mut switchover = None;
-        if let Writer::Searching { since, previous } = &self.writer {
-            let primaries: Vec<&NodeAddr> = results
-                .iter()
-                .filter(|(_, o)| matches!(o, Observation::Primary { .. }))
-                .map(|(a, _)| a)
-                .filter(|a| self.nodes.iter().any(|n| &n.addr == *a))
-                .collect();
-            // Two nodes claiming to be primary: prefer one that is not the writer just lost
-            // (it may still be running after its replica was promoted); still two: wait.
-            let fresh: Vec<&NodeAddr> = primaries.iter().copied().filter(|a| Some(*a) != previous.as_ref()).collect();
-            let chosen = match (fresh.as_slice(), primaries.as_slice()) {
-                ([one], _) => Some((*one).clone()),
-                ([], [one]) => Some((*one).clone()),
+        if let Writer::Searching { since, previous, split: waiting_on } = &mut self.writer {
+            let fresh: Vec<&NodeAddr> = claimants.iter().filter(|a| Some(*a) != previous.as_ref()).collect();
+            let chosen = match (split, fresh.as_slice(), claimants.as_slice()) {
+                (true, ..) => None,
+                (false, [one], _) => Some((*one).clone()),
+                (false, [], [one]) => Some(one.clone()),
                 _ => None,
             };
-            if primaries.len() > 1 {
-                tracing::warn!(nodes = ?primaries.iter().map(ToString::to_string).collect::<Vec<_>>(), "several nodes are primaries");
-            }
+            *waiting_on = if split { claimants.clone() } else { Vec::new() };
             if let Some(chosen) = chosen {
                 if let Some(from) = previous.clone().filter(|from| from != &chosen) {
                     switchover =
@@ -356,7 +419,7 @@ impl Topology {
             self.last_switchover = Some(s.clone());
         }
         self.measure_lag(results, now);
-        switchover
+        Outcome { switchover, stepped_down }
     }
 
     /// Records the writer's position and measures each replica's lag against it.
@@ -425,7 +488,7 @@ mod tests {
         assert_eq!(t.writer(), None);
         assert_eq!(t.due(t0).len(), 2);
         let first = t.observe(&[(addr(1), replica(100)), (addr(2), primary(100))], t0, SystemTime::now(), DELAY);
-        assert_eq!(first, None, "finding the first writer is not a switchover");
+        assert_eq!(first, Outcome::default(), "finding the first writer is not a switchover");
         assert_eq!(t.writer(), Some(&addr(2)));
         assert_eq!(t.nodes()[0].role, Role::Replica);
         assert_eq!(t.nodes()[0].lag, Some(Lag { bytes: 0, time: Duration::ZERO }));
@@ -480,11 +543,11 @@ mod tests {
         t.observe(&[(addr(1), primary(10)), (addr(2), replica(10))], t0, wall, DELAY);
         // The writer goes away; the replica is not promoted yet.
         let t1 = t0 + Duration::from_millis(100);
-        assert_eq!(t.observe(&[(addr(1), failed()), (addr(2), replica(10))], t1, wall, DELAY), None);
-        assert_eq!(t.writer_state(), &Writer::Searching { since: t1, previous: Some(addr(1)) });
+        assert_eq!(t.observe(&[(addr(1), failed()), (addr(2), replica(10))], t1, wall, DELAY), Outcome::default());
+        assert_eq!(t.writer_state(), &Writer::Searching { since: t1, previous: Some(addr(1)), split: Vec::new() });
         assert_eq!(t.readable_replicas(&LIMITS), [addr(2)], "reads go on during the search");
         let t2 = t1 + Duration::from_millis(300);
-        let s = t.observe(&[(addr(1), failed()), (addr(2), primary(20))], t2, wall, DELAY).unwrap();
+        let s = t.observe(&[(addr(1), failed()), (addr(2), primary(20))], t2, wall, DELAY).switchover.unwrap();
         assert_eq!((s.from, s.to.clone(), s.duration), (addr(1), addr(2), Duration::from_millis(300)));
         assert_eq!(t.writer(), Some(&addr(2)));
         assert_eq!(t.last_switchover().map(|s| &s.to), Some(&addr(2)));
@@ -505,6 +568,63 @@ mod tests {
         let mut u = Topology::new(&[addr(1), addr(2)], t0);
         u.observe(&[(addr(1), primary(10)), (addr(2), primary(11))], t0, wall, DELAY);
         assert_eq!(u.writer(), None);
+    }
+
+    fn answered(answer: Answer) -> Observation {
+        Observation::Answered(answer)
+    }
+
+    #[test]
+    fn a_role_query_names_the_writer_and_a_change_of_leader_is_a_switchover() {
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        let (w, r, n) = (answered(Answer::Writer), answered(Answer::Replica), answered(Answer::None));
+        let mut t = Topology::new(&[addr(1), addr(2), addr(3)], t0);
+        t.observe(&[(addr(1), w.clone()), (addr(2), r.clone()), (addr(3), n.clone())], t0, wall, DELAY);
+        assert_eq!(t.writer(), Some(&addr(1)));
+        let roles: Vec<Role> = t.nodes().iter().map(|n| n.role).collect();
+        assert_eq!(roles, [Role::Primary, Role::Replica, Role::None]);
+        assert_eq!(t.readable_replicas(&LIMITS), [addr(2)], "a named replica is taken as caught up");
+        // The leader steps down (still up): lost at once, and its sessions must end.
+        let t1 = t0 + Duration::from_millis(100);
+        let out = t.observe(&[(addr(1), r.clone()), (addr(2), r.clone()), (addr(3), n.clone())], t1, wall, DELAY);
+        assert_eq!(out, Outcome { switchover: None, stepped_down: Some(addr(1)) });
+        assert_eq!(t.writer_state().waiting_because().as_deref(), Some("no node up answers as the writer"));
+        // Node 3 is elected.
+        let t2 = t1 + Duration::from_millis(100);
+        let out = t.observe(&[(addr(1), r.clone()), (addr(2), r.clone()), (addr(3), w.clone())], t2, wall, DELAY);
+        let s = out.switchover.unwrap();
+        assert_eq!((s.from, s.to, s.duration), (addr(1), addr(3), Duration::from_millis(100)));
+        assert_eq!((t.writer(), t.writer_state().waiting_because()), (Some(&addr(3)), None));
+        assert_eq!(t.readable_replicas(&LIMITS), [addr(1), addr(2)]);
+    }
+
+    #[test]
+    fn two_nodes_answering_writer_are_a_split_view_that_pauses_until_one_steps_down() {
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        let (w, r) = (answered(Answer::Writer), answered(Answer::Replica));
+        let mut t = Topology::new(&[addr(1), addr(2), addr(3)], t0);
+        t.observe(&[(addr(1), w.clone()), (addr(2), r.clone()), (addr(3), r.clone())], t0, wall, DELAY);
+        // Node 2 claims the lead while node 1 still does: no writer, even the old one.
+        let out = t.observe(&[(addr(1), w.clone()), (addr(2), w.clone()), (addr(3), r.clone())], t0, wall, DELAY);
+        assert_eq!(out.stepped_down, Some(addr(1)));
+        assert_eq!(t.writer(), None);
+        assert_eq!(
+            t.writer_state().waiting_because().as_deref(),
+            Some("split view: 10.0.0.1:1, 10.0.0.1:2 all answer writer")
+        );
+        // Unlike two primaries by pg_is_in_recovery(), the newcomer is not preferred.
+        t.observe(&[(addr(1), w.clone()), (addr(2), w.clone()), (addr(3), r.clone())], t0, wall, DELAY);
+        assert_eq!(t.writer(), None);
+        // Node 1 steps down: node 2 is the writer.
+        let out = t.observe(&[(addr(1), r.clone()), (addr(2), w.clone()), (addr(3), r.clone())], t0, wall, DELAY);
+        assert_eq!(out.switchover.map(|s| (s.from, s.to)), Some((addr(1), addr(2))));
+        assert_eq!(t.writer(), Some(&addr(2)));
+        // A split resolved the other way keeps the writer, and is no switchover.
+        t.observe(&[(addr(1), w.clone()), (addr(2), w.clone()), (addr(3), r.clone())], t0, wall, DELAY);
+        let out = t.observe(&[(addr(1), r.clone()), (addr(2), w.clone()), (addr(3), r.clone())], t0, wall, DELAY);
+        assert_eq!((out.switchover, t.writer()), (None, Some(&addr(2))));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `SHOW BACKENDS`: every node of every cluster database, with its role, health and lag,
-//! and the cluster's last switchover.
+//! the cluster's last switchover, and why statements for the primary wait when they do.
 
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ pub fn backends(shared: &Shared) -> ResultSet {
         "last_switchover",
         "switchover_ms",
         "switchover_from",
+        "writer_wait",
     ]);
     for cluster in shared.clusters.list() {
         let report = cluster.report();
@@ -38,6 +39,7 @@ pub fn backends(shared: &Shared) -> ResultSet {
             Writer::Searching { .. } => None,
         };
         let switchover = report.last_switchover.as_ref();
+        let waiting = report.writer.waiting_because();
         for node in &report.nodes {
             let error = match &node.health {
                 Health::Down { error, .. } => Some(error.clone()),
@@ -62,6 +64,7 @@ pub fn backends(shared: &Shared) -> ResultSet {
                 switchover.and_then(|s| timestamp(s.at)),
                 switchover.and_then(|s| millis(s.duration)),
                 switchover.map(|s| s.from.to_string()),
+                waiting.clone(),
             ]);
         }
     }
