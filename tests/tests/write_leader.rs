@@ -218,19 +218,15 @@ async fn the_write_leader_moves_under_write_load() -> anyhow::Result<()> {
 
     // Two moves, 0 → 1 then 1 → 2, each as an election shows on the nodes: the new leader
     // claims the lead while the old one still does (a split view, during which pgvane
-    // pauses writes), then, a moment after pgvane shows the split, the old one steps down.
-    // (The moment matters: a statement that took the old leader from pgvane just before the
-    // split was seen, and got its connection just after pgvane ended its sessions there,
-    // still runs there; the request path does not look at the writer again once it has a
-    // connection. Without the pause such a straggler, delayed by a busy machine, can run
-    // after the step-down and this test sees it.)
+    // pauses writes), then, as soon as pgvane shows the split, the old one steps down. A
+    // statement that took the old leader from pgvane just before the split was seen and got
+    // its connection after it finds the writer has changed and moves to the new one.
     let mut moves = Vec::new();
     for (from, to) in [(0, 1), (1, 2)] {
         let began = t0.elapsed();
         g.set_role(to, "writer").await?;
         g.wait_split().await?;
         let split_seen = t0.elapsed();
-        tokio::time::sleep(Duration::from_millis(50)).await;
         g.set_role(from, "replica").await?;
         let stepped_down = t0.elapsed();
         let rows = g.wait_writer(to).await?;

@@ -50,6 +50,8 @@ pub(super) struct Router {
     statements: HashMap<String, Arc<Pool>>,
     /// Session mode: server connections of other databases the client used, kept for it.
     parked: Vec<PooledConn>,
+    /// The cluster database whose writer the last statement placed on a cluster node needs.
+    for_writer: Option<String>,
 }
 
 impl Router {
@@ -64,6 +66,7 @@ impl Router {
             routes: HashMap::new(),
             statements: HashMap::new(),
             parked: Vec::new(),
+            for_writer: None,
         }
     }
 
@@ -95,6 +98,7 @@ impl Router {
                 return Ok(Placement { pool: self.current.clone(), routed });
             }
             let want = want.unwrap_or_else(|| cluster.default_route());
+            self.for_writer = (want == Want::Primary).then(|| database.to_owned());
             let picked = tokio::select! {
                 picked = pool_for_want(shared, &cluster, &self.user, self.keys.as_ref(), want) => picked,
                 () = signals.cancel.notified() => Err(ErrorResponse::error("57014", "canceling statement due to user request")),
@@ -123,6 +127,35 @@ impl Router {
             // Primary and replica of a plain database: the database itself.
             _ => Ok(Placement { pool: self.home.clone(), routed }),
         }
+    }
+
+    /// The current pool is a cluster node picked as the writer that is no longer the writer
+    /// (the leader changed between the pick and the checkout): the statement must not run
+    /// there. See [`Router::move_to_writer`].
+    pub fn writer_moved(&self, shared: &Shared) -> bool {
+        let (Some(database), Some(node)) = (&self.for_writer, &self.current.node) else { return false };
+        if self.current.database != *database {
+            return false;
+        }
+        shared.clusters.get(database).is_some_and(|cluster| cluster.writer().as_ref() != Some(node))
+    }
+
+    /// Makes the pool of the cluster's writer now (waiting for one during a switchover) the
+    /// current one.
+    pub async fn move_to_writer(&mut self, shared: &Shared, signals: &Signals) -> Result<(), ErrorResponse> {
+        let Some(database) = self.for_writer.clone() else { return Ok(()) };
+        let Some(cluster) = shared.clusters.get(&database) else { return Ok(()) };
+        let pool = tokio::select! {
+            picked = pool_for_want(shared, &cluster, &self.user, self.keys.as_ref(), Want::Primary) => picked?,
+            () = signals.cancel.notified() => return Err(ErrorResponse::error("57014", "canceling statement due to user request")),
+            () = signals.kill.raised() => return Err(ErrorResponse::error("57P01", "terminating connection due to administrator command")),
+        };
+        tracing::info!(database, to = ?pool.node.as_ref().map(ToString::to_string), "the writer changed before the statement ran; it moves to the new one");
+        if Arc::ptr_eq(&self.home, &self.current) {
+            self.home = pool.clone();
+        }
+        self.current = pool;
+        Ok(())
     }
 
     /// Where the client's statement `name` lives: the unnamed one on the current server, a

@@ -22,10 +22,24 @@ impl Relay<'_> {
             return Ok(true);
         }
         // An idle connection free at once (the common case) needs no waiting machinery.
-        let checkout = match self.router.current().try_checkout() {
+        let mut checkout = match self.router.current().try_checkout() {
             Some(server) => Some(Ok(server)),
             None => self.wait_for_server().await?,
         };
+        if matches!(checkout, Some(Ok(_))) && self.router.writer_moved(self.shared) {
+            // Picked as the writer, but a new leader took over while the client waited: the
+            // connection goes back unused and the statement goes to the writer of now.
+            if let Some(Ok(server)) = checkout.take() {
+                server.release();
+            }
+            let signals = self.handle.signals.clone();
+            if let Err(error) = self.router.move_to_writer(self.shared, &signals).await {
+                self.handle.set_state(ClientState::Idle, None);
+                self.fail(kind, error);
+                return Ok(false);
+            }
+            checkout = self.wait_for_server().await?;
+        }
         let error = match checkout {
             Some(Ok(mut server)) => {
                 self.handle.set_state(ClientState::Active, Some(server.conn().cancel_target()));
