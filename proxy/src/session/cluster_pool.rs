@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use crate::auth::scram::ScramKeys;
 use crate::cluster::{Cluster, Want};
-use crate::listener::Shared;
 use crate::pool::Pool;
 use crate::protocol::messages::ErrorResponse;
+use crate::shared::Shared;
 
 /// The pool a client of cluster database `database` starts on: its `default_route`'s node.
 /// `None` when the database is not a cluster. Gives the cluster's monitor the client's

@@ -30,16 +30,16 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::auth::scram::ScramKeys;
+use crate::clients::{ClientHandle, ClientState};
 use crate::config::PoolMode;
-use crate::listener::Shared;
 use crate::policy::{Decision, Request, Route};
 use crate::pool::{Pool, PoolError, PooledConn, ServerError, MAX_SERVER_FRAME_BYTES};
 use crate::protocol::messages::{self, tag, ErrorResponse, Parse, Target, TransactionStatus};
 use crate::protocol::{decode_frame, Frame, ProtocolError};
+use crate::shared::Shared;
 use crate::tls::Progress;
 
 use super::client::ClientConn;
-use super::registry::{ClientHandle, ClientState};
 use super::settings::{sync_sql, ClientSettings};
 use super::sql::{calls_session_state_function, state_commands, StateCommand};
 use super::statements::{ClientStatements, Statement};

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use crate::clients::ClientState;
 use crate::cluster::Want;
 use crate::policy::Route;
 use crate::pool::{Pool, PoolError, PooledConn, ServerError};
 use crate::protocol::messages::{self, tag, ErrorResponse, TransactionStatus};
 use crate::protocol::Frame;
 use crate::session::cluster_pool::pool_for_want;
-use crate::session::registry::ClientState;
 
 use super::{End, Expect, Kind, Purpose, Relay};
 
