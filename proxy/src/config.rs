@@ -13,7 +13,7 @@ use thiserror::Error;
 
 use crate::auth::userlist::{Userlist, UserlistError};
 use crate::oci::OciSettings;
-use crate::policy::PluginSettings;
+use crate::policy::{PluginSettings, MAX_PLUGIN_INSTANCES, MAX_PLUGIN_MEMORY_MB};
 use crate::tls::{ClientTls, ClientTlsMode, ServerTls, ServerTlsMode, TlsError, TlsFiles};
 
 /// A configuration problem, naming the file and, where there is one, the key.
@@ -46,10 +46,6 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-    /// A `[[plugins]]` entry failed to load (unreadable, its registry unreachable, a digest
-    /// mismatch, not a pgvane:policy component, or its `init` refused its config).
-    #[error(transparent)]
-    Plugins(crate::lifecycle::LoadError),
     /// A TLS certificate, key or CA file is unusable.
     #[error("{path}: key `{key}`: {source}")]
     Tls {
@@ -72,12 +68,6 @@ pub enum ConfigError {
         #[source]
         source: AuthFileError,
     },
-}
-
-impl From<crate::lifecycle::LoadError> for ConfigError {
-    fn from(e: crate::lifecycle::LoadError) -> Self {
-        ConfigError::Plugins(e)
-    }
 }
 
 /// Why the auth file could not be loaded.
@@ -239,11 +229,6 @@ pub struct Settings {
     #[serde(serialize_with = "none_as_empty")]
     pub server_tls_key_file: Option<PathBuf>,
 }
-
-/// The largest `memory_limit_mb` of a plugin: a 32-bit WebAssembly memory cannot be larger.
-pub const MAX_PLUGIN_MEMORY_MB: usize = 4096;
-/// The largest `max_instances` of a plugin.
-pub const MAX_PLUGIN_INSTANCES: u32 = 256;
 
 /// Keys of `[pgvane]` that RELOAD cannot change: they take effect at the next start.
 pub const RESTART_KEYS: &[&str] = &["listen_addr", "listen_port", "worker_threads"];
@@ -649,12 +634,6 @@ impl Config {
     /// The folder relative paths in the file are resolved against.
     pub fn dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
-    }
-
-    /// Loads the `[[plugins]]` chain (reading or fetching each component, compiling it and
-    /// running its `init`).
-    pub async fn load_plugins(&self) -> Result<crate::policy::Chain, crate::lifecycle::LoadError> {
-        crate::lifecycle::load(self).await
     }
 
     /// The server-side name of database `name`.

@@ -5,10 +5,17 @@
 //! authentication and query loop, [`pool`] provides server connections. [`protocol`] holds
 //! the wire format (no I/O), [`auth`] the password mechanisms, [`config`] the configuration, [`tls`]
 //! encryption on both legs.
+//!
+//! The modules read bottom-up, each importing only ones below it: [`protocol`], [`auth`],
+//! [`tls`], [`oci`], [`policy`] (the plugin engine and its settings), [`config`], [`lifecycle`]
+//! (loading a plugin set), [`pool`], [`cluster`], [`clients`] (cancel keys, states, signals),
+//! [`shared`] (the state every session shares, and the reload), [`session`], [`admin`],
+//! [`listener`]; `main` on top.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod auth;
+pub mod clients;
 pub mod cluster;
 pub mod config;
 pub mod lifecycle;
@@ -19,6 +26,7 @@ pub mod policy;
 pub mod pool;
 pub mod protocol;
 pub mod session;
+pub mod shared;
 pub mod tls;
 
 /// The virtual database of the admin console; no `[databases]` entry may use it.

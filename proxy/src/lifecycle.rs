@@ -1,24 +1,21 @@
 //! The plugin lifecycle: where a `[[plugins]]` set comes from (files, OCI artifacts), loading
-//! it away from the threads that serve clients, the record of failed loads the admin console
-//! shows, and the watcher that reloads when a `watch = true` plugin file changes.
+//! it away from the threads that serve clients, and the record of failed loads the admin
+//! console shows. The watcher that reloads when a `watch = true` plugin file changes lives
+//! with the reload, in `shared`.
 //!
-//! Loading is all or nothing and never touches the set in force: [`crate::listener::Shared`]
-//! switches to the new chain only once every plugin has loaded.
+//! Loading is all or nothing and never touches the set in force: the shared state switches
+//! to the new chain only once every plugin has loaded.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use thiserror::Error;
 
 use crate::config::Config;
-use crate::listener::Shared;
 use crate::oci::{self, OciError, Reference};
 use crate::policy::{Chain, Loadable, Origin, PluginSettings, PolicyError};
-
-/// How often the watcher looks at the watched files.
-const WATCH_POLL: Duration = Duration::from_millis(250);
 
 /// Why a plugin set could not be loaded.
 #[derive(Debug, Error)]
@@ -156,71 +153,5 @@ impl Failures {
     /// The failures, by plugin name.
     pub fn snapshot(&self) -> BTreeMap<String, Failure> {
         self.lock().clone()
-    }
-}
-
-/// What the watcher compares: a file's size and modification time (None: missing).
-type Fingerprint = Option<(u64, SystemTime)>;
-
-fn fingerprint(path: &std::path::Path) -> Fingerprint {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.len(), meta.modified().ok()?))
-}
-
-/// True when the file at `path` no longer holds the component the plugin loaded from it
-/// (compared by digest).
-fn differs_from_loaded(shared: &Shared, path: &std::path::Path) -> bool {
-    let source = path.display().to_string();
-    let policy = shared.policy();
-    let Some(plugin) = policy.plugins().iter().find(|p| p.origin.source == source) else { return false };
-    match std::fs::read(path) {
-        Ok(wasm) => oci::sha256_digest(&wasm) != plugin.origin.digest,
-        Err(_) => true,
-    }
-}
-
-/// The files of the `watch = true` plugins in force.
-fn watched(config: &Config) -> Vec<PathBuf> {
-    config.plugins.iter().filter(|p| p.watch).filter_map(|p| p.path.as_ref()).map(|p| config.dir().join(p)).collect()
-}
-
-/// Reloads (as RELOAD does) when a watched plugin file changes, once it has stopped changing
-/// for one poll (a file being written is not loaded half-written; if it is anyway, the load
-/// fails, the set in force stays, and the next change tries again). Ends with the process.
-pub async fn watch(shared: Weak<Shared>) {
-    let mut seen: BTreeMap<PathBuf, Fingerprint> = BTreeMap::new();
-    // Files that changed at the last poll: reload once they hold still.
-    let mut settling = false;
-    loop {
-        tokio::time::sleep(WATCH_POLL).await;
-        let Some(shared) = shared.upgrade() else { return };
-        let paths = watched(&shared.config());
-        let mut changed = false;
-        let mut now: BTreeMap<PathBuf, Fingerprint> = BTreeMap::new();
-        for path in paths {
-            let print = fingerprint(&path);
-            match seen.get(&path) {
-                Some(old) => changed |= *old != print,
-                // First seen (new in the config): it may have changed since it was loaded.
-                None => changed |= differs_from_loaded(&shared, &path),
-            }
-            now.insert(path, print);
-        }
-        seen = now;
-        if changed {
-            settling = true;
-            continue;
-        }
-        if !settling {
-            continue;
-        }
-        settling = false;
-        tracing::info!("a watched plugin file changed: reloading");
-        match shared.reload().await {
-            Ok(outcome) => tracing::info!(?outcome, "watched plugin file changed: configuration reloaded"),
-            Err(e) => {
-                tracing::error!(error = %e, "watched plugin file changed: not reloaded; the plugins in force stay")
-            }
-        }
     }
 }

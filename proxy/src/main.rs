@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pgvane::config::Config;
-use pgvane::listener::{Listener, Shared};
+use pgvane::lifecycle::LoadError;
+use pgvane::listener::Listener;
+use pgvane::shared::{ReloadError, Shared};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// A PostgreSQL proxy whose routing and rewrite decisions are made by sandboxed WebAssembly plugins.
@@ -309,13 +311,13 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<bool> {
 }
 
 /// Loads the configuration and its plugins, as a start would.
-fn check(path: &std::path::Path) -> Result<(pgvane::policy::Chain, Config), pgvane::config::ConfigError> {
+fn check(path: &std::path::Path) -> Result<(pgvane::policy::Chain, Config), ReloadError> {
     let config = Config::load(path)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| pgvane::config::ConfigError::Plugins(pgvane::policy::PolicyError::Engine(e.to_string()).into()))?;
-    let chain = runtime.block_on(config.load_plugins())?;
+        .map_err(|e| LoadError::Policy(pgvane::policy::PolicyError::Engine(e.to_string())))?;
+    let chain = runtime.block_on(pgvane::lifecycle::load(&config))?;
     Ok((chain, config))
 }
 
@@ -335,7 +337,7 @@ fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?,
     };
     runtime.block_on(async {
-        let policy = config.load_plugins().await?;
+        let policy = pgvane::lifecycle::load(&config).await?;
         let listener = Listener::bind(config, policy).await.context("cannot listen")?;
         let addr = listener.local_addr()?;
         let shared = listener.shared();

@@ -2,6 +2,7 @@
 //!
 //! Keywords are case-insensitive; statements are separated by `;` (a trailing one is fine);
 //! a database name is a bare word taken as written, or a double-quoted name (`""` for `"`).
+//! Comments (`--`, `/* */`) are skipped; the text is lexed as the proxy lexes SQL.
 
 use super::AdminError;
 
@@ -86,44 +87,36 @@ pub fn parse_script(sql: &str) -> Result<Vec<Command>, AdminError> {
     Ok(commands)
 }
 
-/// Splits at `;` outside double quotes, trimming each statement.
+/// Splits at `;` with the lexer the proxy uses (so a `;` in a quoted name, a literal or a
+/// comment does not split, and comments are skipped). A word is a double-quoted name, or a run
+/// of anything else up to white space, a comment, `;` or a double quote, taken as written.
 fn split_statements(sql: &str) -> Result<Vec<Vec<Word>>, AdminError> {
     let mut statements = Vec::new();
-    let mut words = Vec::new();
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            ';' => statements.push(std::mem::take(&mut words)),
-            c if c.is_whitespace() => {}
-            '"' => {
-                let mut text = String::new();
-                loop {
-                    match chars.next() {
-                        Some('"') if chars.peek() == Some(&'"') => {
-                            chars.next();
-                            text.push('"');
-                        }
-                        Some('"') => break,
-                        Some(c) => text.push(c),
-                        None => return Err(AdminError::Syntax("unterminated quoted name".into())),
-                    }
+    for statement in pgvane_sql_lexer::statements(sql) {
+        let mut words: Vec<Word> = Vec::new();
+        // Where the last unquoted word ends: a token starting there continues it.
+        let mut word_end = None;
+        for (range, token) in pgvane_sql_lexer::spanned_tokens(statement) {
+            let text = statement.get(range.clone()).unwrap_or_default();
+            match token.ident().filter(|ident| ident.is_quoted()) {
+                Some(ident) if !ident.is_terminated() => {
+                    return Err(AdminError::Syntax("unterminated quoted name".into()))
                 }
-                words.push(Word { text, quoted: true });
-            }
-            c => {
-                let mut text = String::from(c);
-                while let Some(&next) = chars.peek() {
-                    if next.is_whitespace() || next == ';' || next == '"' {
-                        break;
-                    }
-                    text.push(next);
-                    chars.next();
+                Some(ident) => {
+                    words.push(Word { text: ident.name().into_owned(), quoted: true });
+                    word_end = None;
+                    continue;
                 }
-                words.push(Word { text, quoted: false });
+                None => {}
             }
+            match words.last_mut() {
+                Some(word) if word_end == Some(range.start) => word.text.push_str(text),
+                _ => words.push(Word { text: text.to_owned(), quoted: false }),
+            }
+            word_end = Some(range.end);
         }
+        statements.push(words);
     }
-    statements.push(words);
     Ok(statements)
 }
 
@@ -204,6 +197,14 @@ mod tests {
         );
         assert!(parse_script("").unwrap().is_empty());
         assert!(parse_script(" ; ;").unwrap().is_empty());
+    }
+
+    #[test]
+    fn semicolons_split_only_outside_quotes_and_comments() {
+        assert_eq!(one("pause my-db.x$1"), Command::Pause(Some("my-db.x$1".into())));
+        assert_eq!(one("kill 'a;b'"), Command::Kill(Some("'a;b'".into())));
+        assert_eq!(one("show /* ; */ pools -- ; kill\n"), Command::Show(Show::Pools));
+        assert!(matches!(parse_script("resume app\"x;y\""), Err(AdminError::Syntax(_))));
     }
 
     #[test]

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use crate::listener::Shared;
-use crate::session::registry::ClientHandle;
+use crate::clients::ClientHandle;
+use crate::shared::Shared;
 
 use super::{notice, AdminError};
 

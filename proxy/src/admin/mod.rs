@@ -11,15 +11,17 @@ pub mod commands;
 mod control;
 pub mod show;
 
+use std::future::Future;
+
 use bytes::BytesMut;
 use thiserror::Error;
 
-use crate::config::ConfigError;
-use crate::listener::Shared;
+use crate::clients::{ClientHandle, ClientState};
 use crate::protocol::messages::{self, tag, Authentication, ErrorResponse, TransactionStatus};
 use crate::protocol::FrontendMessage;
-use crate::session::registry::{ClientHandle, ClientState};
-use crate::session::{ClientConn, SessionError};
+use crate::session::{self, ClientConn, SessionError};
+use crate::shared::ReloadError;
+use crate::shared::Shared;
 use commands::{Command, Show};
 
 /// Why a console command failed. Each becomes an ERROR for the console's client (the
@@ -49,7 +51,7 @@ pub enum AdminError {
     StateHint(String, &'static str),
     /// RELOAD found a bad configuration file; the old configuration stays in force.
     #[error("configuration not reloaded, the old one stays in force: {0}")]
-    Reload(ConfigError),
+    Reload(ReloadError),
     /// The settings could not be shown.
     #[error("cannot show the configuration: {0}")]
     ShowConfig(toml::ser::Error),
@@ -112,6 +114,22 @@ enum After {
     Shutdown,
     /// End the session with this FATAL error.
     Terminate(ErrorResponse),
+}
+
+/// The admin console as sessions see it: the listener hands it to each session.
+#[derive(Debug, Clone, Copy)]
+pub struct Console;
+
+impl session::Console for Console {
+    fn serve<'a>(
+        &'a self,
+        client: &'a mut ClientConn,
+        handle: &'a ClientHandle,
+        shared: &'a Shared,
+        user: &'a str,
+    ) -> impl Future<Output = Result<(), SessionError>> + Send + 'a {
+        serve(client, handle, shared, user)
+    }
 }
 
 /// Serves an authenticated admin client until it leaves. AuthenticationOk has not been sent.

@@ -6,11 +6,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 
+use crate::clients::{ClientInfo, ClientState};
 use crate::config::Settings;
-use crate::listener::Shared;
 use crate::pool::{ServerInfo, ServerState, StatsSnapshot};
 use crate::protocol::messages;
-use crate::session::registry::{ClientInfo, ClientState};
+use crate::shared::Shared;
 
 use super::AdminError;
 

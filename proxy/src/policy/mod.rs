@@ -45,6 +45,11 @@ pub enum OnError {
     Reject,
 }
 
+/// The largest `memory_limit_mb` of a plugin: a 32-bit WebAssembly memory cannot be larger.
+pub const MAX_PLUGIN_MEMORY_MB: usize = 4096;
+/// The largest `max_instances` of a plugin.
+pub const MAX_PLUGIN_INSTANCES: u32 = 256;
+
 /// A `[[plugins]]` entry.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -155,7 +160,7 @@ fn engine(settings: &[PluginSettings]) -> Result<wasmtime::Engine, PolicyError> 
     // No settings: `pgvane plugin inspect` compiling a component with no chain around it
     // (one slot, the largest memory a plugin may have; nothing is instantiated).
     let instances = settings.iter().map(|s| s.max_instances).fold(0u32, u32::saturating_add).max(1);
-    let max_memory_mb = settings.iter().map(|s| s.memory_limit_mb).max().unwrap_or(crate::config::MAX_PLUGIN_MEMORY_MB);
+    let max_memory_mb = settings.iter().map(|s| s.memory_limit_mb).max().unwrap_or(MAX_PLUGIN_MEMORY_MB);
     let max_memory_bytes = max_memory_mb.saturating_mul(MIB);
     let mut pool = wasmtime::PoolingAllocationConfig::new();
     pool.total_component_instances(instances)

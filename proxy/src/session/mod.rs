@@ -4,7 +4,6 @@
 mod auth;
 pub(crate) mod client;
 mod pipeline;
-pub mod registry;
 mod relay;
 pub(crate) mod router;
 mod settings;
@@ -12,6 +11,7 @@ mod sql;
 mod startup;
 mod statements;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,14 +20,14 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
+use crate::clients::{ClientHandle, ClientState};
 use crate::config::PoolMode;
-use crate::listener::Shared;
 use crate::pool::{PoolError, PooledConn, ServerError};
 use crate::protocol::messages::{self, Authentication, ErrorResponse, TransactionStatus};
 use crate::protocol::ProtocolError;
+use crate::shared::Shared;
 
 pub use client::{ClientConn, TlsStart};
-use registry::ClientState;
 use relay::{End, Identity, Relay, Start};
 use settings::{sync_sql, ClientSettings};
 use startup::Login;
@@ -59,15 +59,30 @@ pub enum SessionError {
     Refused(ErrorResponse),
 }
 
-/// Serves one accepted client connection until it ends.
-pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// What serves a client of the admin database (`pgvane`) once it has logged in and is known
+/// to be in `admin_users`: the admin console. The listener hands it in, so that sessions do
+/// not import the console, which sits above them.
+pub trait Console: Send + Sync + 'static {
+    /// Serves the admin client `user` until it leaves. AuthenticationOk has not been sent.
+    fn serve<'a>(
+        &'a self,
+        client: &'a mut ClientConn,
+        handle: &'a ClientHandle,
+        shared: &'a Shared,
+        user: &'a str,
+    ) -> impl Future<Output = Result<(), SessionError>> + Send + 'a;
+}
+
+/// Serves one accepted client connection until it ends; `console` serves it if it logs in to
+/// the admin database.
+pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, console: impl Console) {
     let span = tracing::info_span!("session", %peer, user = tracing::field::Empty, database = tracing::field::Empty);
     async move {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
         let mut client = ClientConn::new(stream);
-        match serve(&mut client, peer, &shared).await {
+        match serve(&mut client, peer, &shared, &console).await {
             Ok(()) => tracing::debug!("session ended"),
             Err(SessionError::Refused(error)) => {
                 tracing::info!(code = error.code(), message = error.message(), "client refused");
@@ -89,7 +104,12 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     .await
 }
 
-async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Result<(), SessionError> {
+async fn serve(
+    client: &mut ClientConn,
+    peer: SocketAddr,
+    shared: &Shared,
+    console: &impl Console,
+) -> Result<(), SessionError> {
     let config = shared.config();
     let settings = &config.settings;
     let login = tokio::time::timeout(settings.client_login_timeout(), startup::login(client, peer, shared, &config))
@@ -109,7 +129,7 @@ async fn serve(client: &mut ClientConn, peer: SocketAddr, shared: &Shared) -> Re
                 format!("permission denied: \"{user}\" is not in admin_users"),
             )));
         }
-        return crate::admin::serve(client, &handle, shared, &user).await;
+        return console.serve(client, &handle, shared, &user).await;
     }
     let scram_keys = authenticated.scram_keys;
     let pool = match router::home_pool(shared, &database, &user, scram_keys.as_ref()).await {

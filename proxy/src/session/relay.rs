@@ -25,16 +25,16 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 
 use crate::auth::scram::ScramKeys;
+use crate::clients::{ClientHandle, ClientState};
 use crate::config::PoolMode;
-use crate::listener::Shared;
 use crate::pool::{Pool, PooledConn, ServerError};
 use crate::protocol::messages::{self, ErrorResponse, TransactionStatus};
 use crate::protocol::{decode_frame, reserve_for_partial, Frame, FrontendMessage, ProtocolError};
+use crate::shared::Shared;
 use crate::tls::Progress;
 
 use super::client::ClientConn;
 use super::pipeline::{Batch, Condition, Kind, Pipeline, Purpose, Undo};
-use super::registry::{ClientHandle, ClientState};
 use super::router::{Placement, Router};
 use super::settings::ClientSettings;
 use super::statements::ClientStatements;

@@ -16,12 +16,12 @@ use std::sync::Arc;
 use crate::auth::scram::ScramKeys;
 use crate::cluster::{Cluster, Want};
 use crate::config::{Config, DatabaseConfig, NodeAddr};
-use crate::listener::Shared;
+use crate::shared::Shared;
 use crate::policy::Route;
 use crate::pool::{self, Pool, PoolError, PoolSettings, PooledConn, ServerCredential, ServerError};
 use crate::protocol::messages::ErrorResponse;
 
-use super::registry::Signals;
+use crate::clients::Signals;
 
 /// The pool a statement runs on, as placed by [`Router::place`].
 #[derive(Debug, Clone)]
@@ -436,7 +436,7 @@ mod tests {
             port = 2
         "#;
         let config = Config::from_toml(std::path::Path::new("/nonexistent/pgvane.toml"), text).unwrap();
-        Shared::new(config, Chain::default())
+        Shared::new(config, Chain::default(), |_| {})
     }
 
     fn router(shared: &Shared) -> Router {

@@ -1,7 +1,10 @@
 //! Just enough SQL lexing to see which session-state commands a query runs: SET, RESET,
-//! DISCARD, DEALLOCATE. Statements are split at top-level `;`, skipping string literals,
+//! DISCARD, DEALLOCATE. Statements are split at top-level `;` by the lexer pgvane shares with
+//! the admin console and the plugin SDK (`pgvane-sql-lexer`), which skips string literals,
 //! dollar quotes, quoted identifiers and comments; only the first words of each statement
 //! are looked at.
+
+use pgvane_sql_lexer::{statements, tokens, Token};
 
 /// A session-state command found in a query.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,148 +117,39 @@ fn special_name(word: &str, next: &str) -> Option<String> {
     Some(name.to_owned())
 }
 
-/// Splits `sql` into statements and returns the first [`WORDS`] words of each (lowercased
-/// keywords and unquoted identifiers, quoted identifiers as written; `.`-joined names kept
-/// whole). Statements without words are dropped.
+/// Splits `sql` into statements (with the shared lexer: at top-level `;` outside literals,
+/// quoted identifiers and comments) and returns the first [`WORDS`] words of each: keywords and
+/// unquoted identifiers lower-cased, quoted identifiers as written, `.`-joined names kept
+/// whole, `'` for a string literal, `$` for a dollar-quoted one, other tokens as written.
 fn split_words(sql: &str) -> Vec<Vec<String>> {
-    let mut statements = Vec::new();
-    let mut words: Vec<String> = Vec::new();
-    let mut chars = sql.char_indices().peekable();
-    let bytes = sql.as_bytes();
-    // After a word, a `.` continues a qualified name (e.g. `myapp.setting`).
-    let mut continues_word = false;
-    while let Some((i, c)) = chars.next() {
-        let push = |words: &mut Vec<String>, word: String, joined: bool| {
-            if joined {
-                if let Some(last) = words.last_mut() {
-                    last.push_str(&word);
-                    return;
-                }
-            }
-            if words.len() < WORDS {
-                words.push(word);
-            }
-        };
-        match c {
-            ';' => {
-                if !words.is_empty() {
-                    statements.push(std::mem::take(&mut words));
-                }
-                continues_word = false;
-            }
-            '-' if bytes.get(i + 1) == Some(&b'-') => {
-                for (_, c) in chars.by_ref() {
-                    if c == '\n' {
-                        break;
-                    }
-                }
-                continues_word = false;
-            }
-            '/' if bytes.get(i + 1) == Some(&b'*') => {
-                chars.next();
-                let mut depth = 1;
-                while depth > 0 {
-                    match chars.next() {
-                        Some((j, '*')) if bytes.get(j + 1) == Some(&b'/') => {
-                            chars.next();
-                            depth -= 1;
-                        }
-                        Some((j, '/')) if bytes.get(j + 1) == Some(&b'*') => {
-                            chars.next();
-                            depth += 1;
-                        }
-                        Some(_) => {}
-                        None => break,
-                    }
-                }
-                continues_word = false;
-            }
-            '\'' => {
-                // E'...' strings allow backslash escapes; in standard strings '' is a quote.
-                let escapes = words.last().is_some_and(|w| w == "e") && i > 0 && matches!(bytes[i - 1], b'e' | b'E');
-                skip_string(&mut chars, escapes);
-                push(&mut words, "'".into(), false);
-                continues_word = false;
-            }
-            '"' => {
-                let mut ident = String::new();
-                while let Some((_, c)) = chars.next() {
-                    if c == '"' {
-                        if chars.peek().map(|&(_, c)| c) == Some('"') {
-                            chars.next();
-                            ident.push('"');
-                        } else {
-                            break;
-                        }
-                    } else {
-                        ident.push(c);
-                    }
-                }
-                push(&mut words, ident, continues_word);
-                continues_word = false;
-            }
-            '$' => {
-                // A dollar quote $tag$ … $tag$ (a positional parameter $1 is just skipped).
-                let rest = &sql[i + 1..];
-                let tag_len = rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len());
-                if rest[tag_len..].starts_with('$') && !rest.starts_with(|c: char| c.is_ascii_digit()) {
-                    let delimiter = &sql[i..i + tag_len + 2];
-                    let body_start = i + tag_len + 2;
-                    let end = sql[body_start..].find(delimiter).map_or(sql.len(), |e| body_start + e + delimiter.len());
-                    while chars.peek().is_some_and(|&(j, _)| j < end) {
-                        chars.next();
-                    }
-                    push(&mut words, "$".into(), false);
-                }
-                continues_word = false;
-            }
-            '.' => continues_word = !words.is_empty(),
-            c if c.is_alphabetic() || c == '_' => {
-                let mut word = c.to_lowercase().to_string();
-                while let Some(&(_, c)) = chars.peek() {
-                    if c.is_alphanumeric() || c == '_' || c == '$' {
-                        word.extend(c.to_lowercase());
-                        chars.next();
-                    } else {
-                        break;
-                    }
-                }
-                let joined = continues_word;
-                if joined {
-                    word.insert(0, '.');
-                }
-                push(&mut words, word, joined);
-                continues_word = false;
-            }
-            c if c.is_whitespace() => continues_word = false,
-            c => {
-                push(&mut words, c.to_string(), false);
-                continues_word = false;
-            }
-        }
-    }
-    if !words.is_empty() {
-        statements.push(words);
-    }
-    statements
+    statements(sql).map(first_words).filter(|words| !words.is_empty()).collect()
 }
 
-fn skip_string(chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>, escapes: bool) {
-    while let Some((_, c)) = chars.next() {
-        match c {
-            '\\' if escapes => {
-                chars.next();
-            }
-            '\'' => {
-                if chars.peek().map(|&(_, c)| c) == Some('\'') {
-                    chars.next();
-                } else {
-                    return;
-                }
-            }
-            _ => {}
+fn first_words(statement: &str) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    let mut tokens = tokens(statement).peekable();
+    // After `name.`: the next name continues the last word (e.g. `myapp.setting`).
+    let mut continues_word = false;
+    while let Some(token) = tokens.next() {
+        let is_name = matches!(token, Token::Ident(_));
+        let word = match token {
+            Token::Ident(ident) => ident.name().into_owned(),
+            Token::Literal(text) if text.starts_with('$') => "$".to_owned(),
+            Token::Literal(_) => "'".to_owned(),
+            Token::Number(text) | Token::Param(text) => text.to_owned(),
+            Token::Punct(c) => c.to_string(),
+        };
+        if let (true, Some(last)) = (continues_word && is_name, words.last_mut()) {
+            last.push('.');
+            last.push_str(&word);
+        } else if words.len() == WORDS {
+            break;
+        } else {
+            words.push(word);
         }
+        continues_word = is_name && tokens.next_if(|t| t.is_punct('.')).is_some();
     }
+    words
 }
 
 #[cfg(test)]

@@ -3,14 +3,14 @@
 
 use std::net::SocketAddr;
 
+use crate::clients::ClientHandle;
 use crate::config::Config;
-use crate::listener::Shared;
 use crate::protocol::messages::{self, ErrorResponse};
 use crate::protocol::{Startup, StartupParams};
+use crate::shared::Shared;
 
 use super::auth::{self, Authenticated};
 use super::client::{ClientConn, TlsStart};
-use super::registry::ClientHandle;
 use super::SessionError;
 
 /// A client that has logged in.

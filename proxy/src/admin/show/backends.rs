@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::cluster::topology::{Health, Origin, Writer};
-use crate::listener::Shared;
+use crate::shared::Shared;
 
 use super::{text, timestamp, ResultSet};
 

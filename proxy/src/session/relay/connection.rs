@@ -9,7 +9,7 @@ use crate::pool::{PoolError, PooledConn, ServerError};
 use crate::protocol::messages::{self, ErrorResponse};
 
 use super::super::pipeline::{Condition, Kind, Purpose, Undo};
-use super::super::registry::ClientState;
+use crate::clients::ClientState;
 use super::super::router::Placement;
 use super::super::settings::sync_sql;
 use super::{End, Relay, SESSION_STATE_RESET};

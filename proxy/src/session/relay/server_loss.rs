@@ -11,7 +11,7 @@ use crate::protocol::messages::{self, ErrorResponse, TransactionStatus};
 use crate::protocol::BackendMessage;
 
 use super::super::pipeline::{Batch, Expect, Kind, Purpose};
-use super::super::registry::ClientState;
+use crate::clients::ClientState;
 use super::{End, Relay};
 
 impl Relay<'_> {

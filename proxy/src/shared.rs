@@ -1,0 +1,235 @@
+//! The state every session shares: the configuration and plugin chain in force, the pools,
+//! the clusters and the connected clients; and the reload that replaces the configuration
+//! (admin RELOAD, SIGHUP, a watched plugin file changing).
+//!
+//! It sits below the sessions, the admin console and the listener, and imports none of them: what a reload must also do above it (the pools on every cluster node) is handed in
+//! as a hook when the state is made.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use thiserror::Error;
+use tokio::sync::Notify;
+
+use crate::clients::ClientRegistry;
+use crate::cluster::Clusters;
+use crate::config::{Config, ConfigError, Settings, RESTART_KEYS};
+use crate::lifecycle::{self, Failures, LoadError};
+use crate::oci;
+use crate::policy::Chain;
+use crate::pool::Pools;
+
+/// How often the watcher looks at the watched files.
+const WATCH_POLL: Duration = Duration::from_millis(250);
+
+/// What every session shares.
+#[derive(Debug)]
+pub struct Shared {
+    config: RwLock<Arc<Config>>,
+    policy: RwLock<Arc<Chain>>,
+    /// Server connection pools.
+    pub pools: Arc<Pools>,
+    /// Connected clients: cancel keys, states, signals.
+    pub clients: Arc<ClientRegistry>,
+    /// Cluster databases: topology, health, the writer (the listener starts their monitors).
+    pub clusters: Arc<Clusters>,
+    /// Failed plugin loads since each plugin last loaded (SHOW PLUGINS).
+    pub plugin_failures: Failures,
+    /// Run at the end of every reload that succeeded, the new configuration in force.
+    after_reload: fn(&Shared),
+    /// Held while a reload runs, so two reloads cannot interleave.
+    reloading: tokio::sync::Mutex<()>,
+    shutdown: Notify,
+}
+
+/// Why [`Shared::reload`] changed nothing.
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    /// The configuration file does not load.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A `[[plugins]]` entry failed to load (unreadable, its registry unreachable, a digest
+    /// mismatch, not a pgvane:policy component, or its `init` refused its config).
+    #[error(transparent)]
+    Plugins(#[from] LoadError),
+}
+
+/// What a successful [`Shared::reload`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    /// Databases newly configured.
+    pub added: BTreeSet<String>,
+    /// Databases no longer configured: their clients get an error at their next
+    /// transaction, their server connections close as they come free.
+    pub removed: BTreeSet<String>,
+    /// Databases whose entry changed.
+    pub changed: BTreeSet<String>,
+    /// Databases whose server target (host, port, dbname or user) changed: their server
+    /// connections are being replaced as they come free.
+    pub reconnecting: BTreeSet<String>,
+    /// `[pgvane]` keys that changed but only take effect at the next start.
+    pub restart_needed: Vec<&'static str>,
+}
+
+/// The keys of [`RESTART_KEYS`] whose values differ between `old` and `new`.
+fn restart_keys_changed(old: &Settings, new: &Settings) -> Vec<&'static str> {
+    let (Ok(old), Ok(new)) = (toml::Table::try_from(old), toml::Table::try_from(new)) else {
+        return Vec::new();
+    };
+    RESTART_KEYS.iter().copied().filter(|key| old.get(*key) != new.get(*key)).collect()
+}
+
+impl Shared {
+    /// Shared state for `config`. `after_reload` runs at the end of every reload that
+    /// succeeded, once the new configuration is in force.
+    pub fn new(config: Config, policy: Chain, after_reload: fn(&Shared)) -> Self {
+        Shared {
+            config: RwLock::new(Arc::new(config)),
+            policy: RwLock::new(Arc::new(policy)),
+            pools: Arc::new(Pools::default()),
+            clients: Arc::new(ClientRegistry::default()),
+            clusters: Arc::default(),
+            plugin_failures: Failures::default(),
+            after_reload,
+            reloading: tokio::sync::Mutex::new(()),
+            shutdown: Notify::new(),
+        }
+    }
+
+    /// The plugin chain in force. A statement is decided by the chain it finds here.
+    pub fn policy(&self) -> Arc<Chain> {
+        self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The configuration in force. A session takes it once and keeps it.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts a new configuration in force for sessions that start from now on.
+    pub fn set_config(&self, config: Arc<Config>) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+
+    /// Re-reads the configuration file (admin RELOAD, SIGHUP). A file that does not load
+    /// changes nothing: the error is returned and the configuration in force stays.
+    ///
+    /// Otherwise the new configuration is in force for sessions that start from now on, and
+    /// the pools follow it at once (see [`Pools::apply_config`]): sessions already running
+    /// keep their pool and get the new target and limits at their next checkout.
+    pub async fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let old = self.config();
+        let new = Arc::new(Config::load(&old.path)?);
+        // Plugins are fetched, compiled and initialised (on a thread that serves no client)
+        // before anything switches: a plugin that fails to load leaves the whole old
+        // configuration in force, and is recorded for SHOW PLUGINS. Statements decided from now
+        // on see the new chain; those already in a plugin call finish on the old one, which
+        // their `Arc` keeps alive.
+        let policy = match lifecycle::load_off_the_serving_threads(new.clone()).await {
+            Ok(chain) => Arc::new(chain),
+            Err(e) => {
+                tracing::error!(error = %e, "plugins not reloaded; the plugins in force stay");
+                self.plugin_failures.record(&new, &e);
+                return Err(e.into());
+            }
+        };
+        self.plugin_failures.clear();
+        let mut outcome = ReloadOutcome {
+            restart_needed: restart_keys_changed(&old.settings, &new.settings),
+            ..ReloadOutcome::default()
+        };
+        for (name, db) in &new.databases {
+            match old.databases.get(name) {
+                None => outcome.added.insert(name.clone()),
+                Some(old_db) if old_db != db => outcome.changed.insert(name.clone()),
+                Some(_) => false,
+            };
+        }
+        outcome.removed = old.databases.keys().filter(|name| !new.databases.contains_key(*name)).cloned().collect();
+        self.set_config(new.clone());
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
+        outcome.reconnecting = self.pools.apply_config(&new).moved;
+        self.clusters.apply_config(&new, &self.pools);
+        (self.after_reload)(self);
+        Ok(outcome)
+    }
+
+    /// Asks the process to shut down (admin SHUTDOWN); `main` waits for it.
+    pub fn request_shutdown(&self) {
+        self.shutdown.notify_one();
+    }
+
+    /// Resolves once [`Shared::request_shutdown`] has been called.
+    pub async fn shutdown_requested(&self) {
+        self.shutdown.notified().await;
+    }
+}
+
+/// What the watcher compares: a file's size and modification time (None: missing).
+type Fingerprint = Option<(u64, SystemTime)>;
+
+fn fingerprint(path: &std::path::Path) -> Fingerprint {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
+/// True when the file at `path` no longer holds the component the plugin loaded from it
+/// (compared by digest).
+fn differs_from_loaded(shared: &Shared, path: &std::path::Path) -> bool {
+    let source = path.display().to_string();
+    let policy = shared.policy();
+    let Some(plugin) = policy.plugins().iter().find(|p| p.origin.source == source) else { return false };
+    match std::fs::read(path) {
+        Ok(wasm) => oci::sha256_digest(&wasm) != plugin.origin.digest,
+        Err(_) => true,
+    }
+}
+
+/// The files of the `watch = true` plugins in force.
+fn watched(config: &Config) -> Vec<PathBuf> {
+    config.plugins.iter().filter(|p| p.watch).filter_map(|p| p.path.as_ref()).map(|p| config.dir().join(p)).collect()
+}
+
+/// Reloads (as RELOAD does) when a watched plugin file changes, once it has stopped changing
+/// for one poll (a file being written is not loaded half-written; if it is anyway, the load
+/// fails, the set in force stays, and the next change tries again). Ends with the process.
+pub async fn watch_plugins(shared: Weak<Shared>) {
+    let mut seen: BTreeMap<PathBuf, Fingerprint> = BTreeMap::new();
+    // Files that changed at the last poll: reload once they hold still.
+    let mut settling = false;
+    loop {
+        tokio::time::sleep(WATCH_POLL).await;
+        let Some(shared) = shared.upgrade() else { return };
+        let paths = watched(&shared.config());
+        let mut changed = false;
+        let mut now: BTreeMap<PathBuf, Fingerprint> = BTreeMap::new();
+        for path in paths {
+            let print = fingerprint(&path);
+            match seen.get(&path) {
+                Some(old) => changed |= *old != print,
+                // First seen (new in the config): it may have changed since it was loaded.
+                None => changed |= differs_from_loaded(&shared, &path),
+            }
+            now.insert(path, print);
+        }
+        seen = now;
+        if changed {
+            settling = true;
+            continue;
+        }
+        if !settling {
+            continue;
+        }
+        settling = false;
+        tracing::info!("a watched plugin file changed: reloading");
+        match shared.reload().await {
+            Ok(outcome) => tracing::info!(?outcome, "watched plugin file changed: configuration reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "watched plugin file changed: not reloaded; the plugins in force stay")
+            }
+        }
+    }
+}
