@@ -14,14 +14,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::auth::scram::ScramKeys;
+use crate::clients::Signals;
 use crate::cluster::{Cluster, Want};
 use crate::config::{Config, DatabaseConfig, NodeAddr};
-use crate::shared::Shared;
 use crate::policy::Route;
 use crate::pool::{self, Pool, PoolError, PoolSettings, PooledConn, ServerCredential, ServerError};
 use crate::protocol::messages::ErrorResponse;
-
-use crate::clients::Signals;
+use crate::shared::Shared;
 
 /// The pool a statement runs on, as placed by [`Router::place`].
 #[derive(Debug, Clone)]

@@ -5,11 +5,11 @@
 
 use std::time::Instant;
 
+use crate::clients::ClientState;
 use crate::pool::{PoolError, PooledConn, ServerError};
 use crate::protocol::messages::{self, ErrorResponse};
 
 use super::super::pipeline::{Condition, Kind, Purpose, Undo};
-use crate::clients::ClientState;
 use super::super::router::Placement;
 use super::super::settings::sync_sql;
 use super::{End, Relay, SESSION_STATE_RESET};

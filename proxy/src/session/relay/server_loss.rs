@@ -6,12 +6,12 @@ use std::collections::VecDeque;
 
 use bytes::BytesMut;
 
+use crate::clients::ClientState;
 use crate::pool::{PooledConn, ServerError};
 use crate::protocol::messages::{self, ErrorResponse, TransactionStatus};
 use crate::protocol::BackendMessage;
 
 use super::super::pipeline::{Batch, Expect, Kind, Purpose};
-use crate::clients::ClientState;
 use super::{End, Relay};
 
 impl Relay<'_> {
