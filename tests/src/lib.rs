@@ -25,6 +25,7 @@
 
 pub mod drivers;
 pub mod fixture;
+pub mod load;
 pub mod registry;
 pub mod tls;
 pub mod wire;

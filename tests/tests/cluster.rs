@@ -9,6 +9,7 @@ use anyhow::Context;
 use std::time::{Duration, Instant};
 
 use pgvane_tests::fixture::{plugin_path, APP_DB, APP_PASSWORD, APP_USER};
+use pgvane_tests::load::{Outcome, WriteLoad, Writes};
 use pgvane_tests::{connect_via, tail, PgCluster, Pgvane, SUPERUSER, SUPERUSER_PASSWORD};
 use tokio_postgres::SimpleQueryMessage;
 
@@ -354,19 +355,8 @@ async fn a_cluster_with_no_reachable_primary_gives_a_clear_error_and_pgvane_keep
     Ok(())
 }
 
-/// One statement of the write load: when it started and ended (since the load began), and
-/// its SQLSTATE if it failed.
-struct Outcome {
-    client: usize,
-    start: Duration,
-    end: Duration,
-    error: Option<String>,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn planned_switchover_under_write_load() -> anyhow::Result<()> {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
     const CLIENTS: usize = 4;
     let mut r = Replicated::start(Setup::default()).await?;
     r.wait_backend(&r.replica, "reads", "1").await?;
@@ -374,33 +364,19 @@ async fn planned_switchover_under_write_load() -> anyhow::Result<()> {
     assert_eq!(where_ran(&idle, WHERE).await?, (false, r.primary.port()));
 
     // The load: each client inserts in autocommit, as fast as it can.
-    let t0 = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let outcomes = Arc::new(Mutex::new(Vec::new()));
-    let mut load = Vec::new();
-    for client_id in 0..CLIENTS {
-        let client = r.client().await?;
-        let (stop, outcomes) = (stop.clone(), outcomes.clone());
-        load.push(tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let start = t0.elapsed();
-                let value = client_id as i32 * 1_000_000 + i;
-                // Half the clients use the simple protocol, half the extended one (a named
-                // statement prepared, bound, executed and closed each time).
-                let result = match client_id % 2 {
-                    0 => client.simple_query(&format!("insert into t values ({value})")).await.map(drop),
-                    _ => client.execute("insert into t values ($1)", &[&value]).await.map(drop),
-                };
-                let error = result.err().map(|e| match e.as_db_error() {
-                    Some(d) => format!("{} {}", d.code().code(), d.message()),
-                    None => format!("{e}"),
-                });
-                outcomes.lock().unwrap().push(Outcome { client: client_id, start, end: t0.elapsed(), error });
-                i += 1;
-            }
-        }));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(r.client().await?);
     }
+    let load = WriteLoad::start(
+        clients,
+        Writes {
+            simple: |client, i| format!("insert into t values ({})", client as i32 * 1_000_000 + i),
+            extended: "insert into t values ($1)",
+            params: |client, i| vec![client as i32 * 1_000_000 + i],
+        },
+    );
+    let t0 = load.t0;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // The planned switchover: stop the primary (fast shutdown), promote the replica.
@@ -416,12 +392,7 @@ async fn planned_switchover_under_write_load() -> anyhow::Result<()> {
     let promoted = t0.elapsed();
     r.primary = old_primary;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::SeqCst);
-    for task in load {
-        task.await?;
-    }
-
-    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
+    let outcomes = load.stop().await?;
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.error.is_some()).collect();
     let mut ok_ends: Vec<Duration> = outcomes.iter().filter(|o| o.error.is_none()).map(|o| o.end).collect();
     ok_ends.sort();

@@ -7,11 +7,10 @@
 //! was the leader when the write committed there.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgvane_tests::fixture::{APP_DB, APP_PASSWORD, APP_USER};
+use pgvane_tests::load::{Outcome, WriteLoad, Writes};
 use pgvane_tests::{connect_via, tail, PgCluster, Pgvane, SUPERUSER, SUPERUSER_PASSWORD};
 use tokio_postgres::SimpleQueryMessage;
 
@@ -153,15 +152,6 @@ async fn write_port(client: &tokio_postgres::Client) -> anyhow::Result<String> {
     anyhow::bail!("no row from {INSERT_RETURNING_PORT}")
 }
 
-/// One statement of the write load: when it started and ended (since the load began), and
-/// its error if it failed.
-struct Outcome {
-    client: usize,
-    start: Duration,
-    end: Duration,
-    error: Option<String>,
-}
-
 /// A text bar `width` characters long at most, proportional to `value / max`.
 fn bar(value: u128, max: u128, width: u128) -> String {
     "█".repeat((value * width / max.max(1)).max(u128::from(value > 0)) as usize)
@@ -186,34 +176,19 @@ async fn the_write_leader_moves_under_write_load() -> anyhow::Result<()> {
 
     // The load: each client writes in autocommit as fast as it can, half over the simple
     // protocol, half over the extended one.
-    let t0 = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let outcomes = Arc::new(Mutex::new(Vec::new()));
-    let mut load = Vec::new();
-    for client_id in 0..CLIENTS {
-        let client = g.client().await?;
-        let (stop, outcomes) = (stop.clone(), outcomes.clone());
-        load.push(tokio::spawn(async move {
-            let mut i = 0i32;
-            while !stop.load(Ordering::SeqCst) {
-                let start = t0.elapsed();
-                let id = client_id as i32;
-                let result = match client_id % 2 {
-                    0 => client
-                        .simple_query(&format!("insert into t select {id}, {i}, role from node_role"))
-                        .await
-                        .map(drop),
-                    _ => client.execute("insert into t select $1, $2, role from node_role", &[&id, &i]).await.map(drop),
-                };
-                let error = result.err().map(|e| match e.as_db_error() {
-                    Some(d) => format!("{} {}", d.code().code(), d.message()),
-                    None => format!("{e}"),
-                });
-                outcomes.lock().unwrap().push(Outcome { client: client_id, start, end: t0.elapsed(), error });
-                i += 1;
-            }
-        }));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(g.client().await?);
     }
+    let load = WriteLoad::start(
+        clients,
+        Writes {
+            simple: |client, i| format!("insert into t select {client}, {i}, role from node_role"),
+            extended: "insert into t select $1, $2, role from node_role",
+            params: |client, i| vec![client as i32, i],
+        },
+    );
+    let t0 = load.t0;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Two moves, 0 → 1 then 1 → 2, each as an election shows on the nodes: the new leader
@@ -236,12 +211,7 @@ async fn the_write_leader_moves_under_write_load() -> anyhow::Result<()> {
         moves.push((from, to, began, split_seen, stepped_down, resolved, switchover_ms));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    stop.store(true, Ordering::SeqCst);
-    for task in load {
-        task.await?;
-    }
-
-    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
+    let outcomes = load.stop().await?;
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.error.is_some()).collect();
     let mut ok_ends: Vec<Duration> = outcomes.iter().filter(|o| o.error.is_none()).map(|o| o.end).collect();
     ok_ends.sort();
