@@ -183,6 +183,20 @@ pub async fn login_error(port: u16, user: &str, password: &str, db: &str) -> any
 /// A row of a console result: column → value.
 pub type ConsoleRow = std::collections::BTreeMap<String, String>;
 
+/// `SHOW <what>` on the admin console of the pgvane at `port`, over tokio-postgres, as rows of
+/// column → value (NULL as "").
+pub async fn console_rows(port: u16, what: &str) -> Result<Vec<ConsoleRow>> {
+    let (console, _task) = connect_via(port, APP_USER, APP_PASSWORD, "pgvane").await?;
+    let mut rows = Vec::new();
+    for message in console.simple_query(&format!("SHOW {what}")).await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+            let columns = row.columns().iter().enumerate();
+            rows.push(columns.map(|(i, c)| (c.name().to_owned(), row.get(i).unwrap_or("").to_owned())).collect());
+        }
+    }
+    Ok(rows)
+}
+
 impl Proxied {
     /// Runs `sql` on the admin console with `psql --csv` as `app` (who must be in
     /// `admin_users`): Ok(stdout) when it succeeded, Err(stderr) when psql reported an error.

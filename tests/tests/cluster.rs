@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use std::time::{Duration, Instant};
 
-use pgvane_tests::fixture::{plugin_path, APP_DB, APP_PASSWORD, APP_USER};
+use pgvane_tests::fixture::{console_rows, plugin_path, APP_DB, APP_PASSWORD, APP_USER};
 use pgvane_tests::load::{Outcome, WriteLoad, Writes};
 use pgvane_tests::{connect_via, tail, PgCluster, Pgvane, SUPERUSER, SUPERUSER_PASSWORD};
 use tokio_postgres::SimpleQueryMessage;
@@ -94,15 +94,7 @@ impl Replicated {
 
     /// `SHOW BACKENDS` as rows of column → value (NULL as "").
     async fn backends(&self) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
-        let (console, _task) = connect_via(self.pgvane.port(), APP_USER, APP_PASSWORD, "pgvane").await?;
-        let mut rows = Vec::new();
-        for message in console.simple_query("SHOW BACKENDS").await? {
-            if let SimpleQueryMessage::Row(row) = message {
-                let columns = row.columns().iter().enumerate();
-                rows.push(columns.map(|(i, c)| (c.name().to_owned(), row.get(i).unwrap_or("").to_owned())).collect());
-            }
-        }
-        Ok(rows)
+        console_rows(self.pgvane.port(), "BACKENDS").await
     }
 
     /// The nodes SHOW POOLS lists pools of the database `app` on.
