@@ -4,8 +4,7 @@
 //! (rows, descriptions, COPY data, notices) is [`BackendMessage::Other`] and forwarded as it
 //! came. A DataRow's values are read only when pgvane asked for the row itself.
 
-use super::codec::Reader;
-use super::messages::{parse_data_row, parse_parameter_status, parse_ready_for_query, tag};
+use super::messages::{parse_command_complete, parse_data_row, parse_parameter_status, parse_ready_for_query, tag};
 use super::messages::{ErrorResponse, TransactionStatus};
 use super::{Frame, ProtocolError};
 
@@ -41,12 +40,7 @@ impl<'a> BackendMessage<'a> {
                 BackendMessage::ParameterStatus { name, value }
             }
             tag::READY_FOR_QUERY => BackendMessage::ReadyForQuery(parse_ready_for_query(body)?),
-            tag::COMMAND_COMPLETE => {
-                let mut r = Reader::new("CommandComplete", body);
-                let command_tag = r.cstr()?;
-                r.finish()?;
-                BackendMessage::CommandComplete(command_tag)
-            }
+            tag::COMMAND_COMPLETE => BackendMessage::CommandComplete(parse_command_complete(body)?),
             tag::ERROR_RESPONSE => BackendMessage::ErrorResponse(ErrorResponse::parse(body)?),
             tag::DATA_ROW => BackendMessage::DataRow(body),
             other => BackendMessage::Other(other),
