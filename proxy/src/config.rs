@@ -155,8 +155,10 @@ pub struct Settings {
     pub pool_mode: PoolMode,
     /// Server connections per (database, user) pool.
     pub default_pool_size: usize,
-    /// Most client connections at once.
+    /// Most client connections at once, counted from accept (logins in progress included).
     pub max_client_conn: usize,
+    /// Most connections still logging in; beyond it the oldest of them is dropped.
+    pub max_pending_logins: usize,
     /// Threads running sessions: 0 = one per CPU core, 1 = everything on one thread.
     pub worker_threads: usize,
     /// Client authentication method.
@@ -168,6 +170,9 @@ pub struct Settings {
     pub admin_users: Vec<String>,
     /// Largest message accepted from a client.
     pub max_packet_size_bytes: usize,
+    /// What pgvane holds of large client messages over all clients at once; a client whose
+    /// message does not fit waits (it is not read from) until there is room.
+    pub client_message_budget_bytes: usize,
     /// Longest statement text (Query or Parse) the policy chain judges; a longer one is
     /// refused with 54000 before any plugin runs. Only with plugins loaded.
     pub policy_max_sql_bytes: usize,
@@ -179,6 +184,8 @@ pub struct Settings {
     pub query_wait_timeout_ms: u64,
     /// How long a client may take to log in.
     pub client_login_timeout_ms: u64,
+    /// A client idle inside a transaction longer than this is disconnected; 0: never.
+    pub idle_transaction_timeout_ms: u64,
     /// Idle server connections older than this (since last use) are closed.
     pub server_idle_timeout_ms: u64,
     /// Server connections older than this are closed when next idle.
@@ -189,6 +196,8 @@ pub struct Settings {
     pub server_reset_query: String,
     /// Prepared statements kept per server connection in transaction and statement modes.
     pub max_prepared_statements: usize,
+    /// Named prepared statements a client may hold at once; one more is refused with 53400.
+    pub max_client_prepared_statements: usize,
     /// Clusters: how often the monitor checks every node's role, health and lag.
     pub health_check_period_ms: u64,
     /// Clusters: a node that failed a check is not checked (nor used) again for this long.
@@ -231,7 +240,7 @@ pub struct Settings {
 }
 
 /// Keys of `[pgvane]` that RELOAD cannot change: they take effect at the next start.
-pub const RESTART_KEYS: &[&str] = &["listen_addr", "listen_port", "worker_threads"];
+pub const RESTART_KEYS: &[&str] = &["listen_addr", "listen_port", "worker_threads", "client_message_budget_bytes"];
 
 /// Serializes an unset optional key as an empty string, so it still has a row in SHOW CONFIG
 /// (TOML has no null).
@@ -250,20 +259,24 @@ impl Default for Settings {
             pool_mode: PoolMode::Session,
             default_pool_size: 20,
             max_client_conn: 1000,
+            max_pending_logins: 100,
             worker_threads: 0,
             auth_type: AuthType::ScramSha256,
             auth_file: None,
             admin_users: Vec::new(),
             max_packet_size_bytes: 1 << 30,
+            client_message_budget_bytes: 256 << 20,
             policy_max_sql_bytes: 16 << 20,
             function_calls: None,
             query_wait_timeout_ms: 120_000,
             client_login_timeout_ms: 60_000,
+            idle_transaction_timeout_ms: 0,
             server_idle_timeout_ms: 600_000,
             server_lifetime_ms: 3_600_000,
             server_connect_timeout_ms: 15_000,
             server_reset_query: "DISCARD ALL".into(),
             max_prepared_statements: 200,
+            max_client_prepared_statements: 10_000,
             health_check_period_ms: 1_000,
             server_failed_delay_ms: 5_000,
             max_replica_lag_ms: 5_000,
@@ -292,6 +305,11 @@ impl Settings {
     /// `client_login_timeout_ms` as a Duration.
     pub fn client_login_timeout(&self) -> Duration {
         Duration::from_millis(self.client_login_timeout_ms)
+    }
+
+    /// `idle_transaction_timeout_ms` as a Duration, `None` when off.
+    pub fn idle_transaction_timeout(&self) -> Option<Duration> {
+        (self.idle_transaction_timeout_ms > 0).then(|| Duration::from_millis(self.idle_transaction_timeout_ms))
     }
 
     /// `server_connect_timeout_ms` as a Duration.
@@ -481,15 +499,21 @@ impl Config {
         if s.listen_addr.parse::<std::net::IpAddr>().is_err() {
             return Err(invalid("pgvane.listen_addr", "must be an IP address, e.g. \"127.0.0.1\" or \"0.0.0.0\""));
         }
-        for (key, value) in
-            [("pgvane.default_pool_size", s.default_pool_size), ("pgvane.max_client_conn", s.max_client_conn)]
-        {
+        for (key, value) in [
+            ("pgvane.default_pool_size", s.default_pool_size),
+            ("pgvane.max_client_conn", s.max_client_conn),
+            ("pgvane.max_pending_logins", s.max_pending_logins),
+            ("pgvane.max_client_prepared_statements", s.max_client_prepared_statements),
+        ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
         if s.max_packet_size_bytes < 1024 {
             return Err(invalid("pgvane.max_packet_size_bytes", "must be at least 1024"));
+        }
+        if s.client_message_budget_bytes < 1 << 20 {
+            return Err(invalid("pgvane.client_message_budget_bytes", "must be at least 1048576 (1 MiB)"));
         }
         if s.server_connect_timeout_ms == 0 || s.client_login_timeout_ms == 0 {
             let key = if s.server_connect_timeout_ms == 0 {

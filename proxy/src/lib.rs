@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod budget;
 pub mod clients;
 pub mod cluster;
 pub mod config;

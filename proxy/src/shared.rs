@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use thiserror::Error;
 use tokio::sync::Notify;
 
+use crate::budget::MessageBudget;
 use crate::clients::ClientRegistry;
 use crate::cluster::Clusters;
 use crate::config::{Config, ConfigError, Settings, RESTART_KEYS};
@@ -33,6 +34,9 @@ pub struct Shared {
     pub pools: Arc<Pools>,
     /// Connected clients: cancel keys, states, signals.
     pub clients: Arc<ClientRegistry>,
+    /// What pgvane may hold of large client messages (`client_message_budget_bytes`, read at
+    /// startup).
+    pub message_budget: MessageBudget,
     /// Cluster databases: topology, health, the writer (the listener starts their monitors).
     pub clusters: Arc<Clusters>,
     /// Failed plugin loads since each plugin last loaded (SHOW PLUGINS).
@@ -86,6 +90,7 @@ impl Shared {
     /// succeeded, once the new configuration is in force.
     pub fn new(config: Config, policy: Chain, after_reload: fn(&Shared)) -> Self {
         Shared {
+            message_budget: MessageBudget::new(config.settings.client_message_budget_bytes),
             config: RwLock::new(Arc::new(config)),
             policy: RwLock::new(Arc::new(policy)),
             pools: Arc::new(Pools::default()),

@@ -906,6 +906,15 @@ fn locate_or_build_pgvane() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Resident memory of a process, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// Resident set size now.
+    pub rss: u64,
+    /// Peak resident set size.
+    pub peak: u64,
+}
+
 /// A running pgvane process with its own temp dir holding `pgvane.toml`, any
 /// extra files, and `pgvane.log` (its stderr). Dropping it SIGKILLs the
 /// process, reaps it and deletes the dir.
@@ -1047,6 +1056,23 @@ impl Pgvane {
     }
 
     /// Whether the process is still running (false once it exited or was killed).
+    /// The process's resident set size and its peak since the last
+    /// [`Pgvane::reset_peak_memory`], in bytes (from `/proc/<pid>/status`).
+    pub fn memory(&self) -> Result<Memory> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let field = |name: &str| -> Result<u64> {
+            let line = status.lines().find(|l| l.starts_with(name)).with_context(|| format!("no {name} in status"))?;
+            let kib: u64 = line.split_whitespace().nth(1).context("no value")?.parse()?;
+            Ok(kib * 1024)
+        };
+        Ok(Memory { rss: field("VmRSS:")?, peak: field("VmHWM:")? })
+    }
+
+    /// Starts measuring the peak resident set size afresh (`/proc/<pid>/clear_refs`).
+    pub fn reset_peak_memory(&self) -> Result<()> {
+        fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").context("resetting the peak RSS")
+    }
+
     pub fn is_running(&self) -> bool {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         matches!(child.try_wait(), Ok(None))

@@ -62,6 +62,7 @@ pub struct Wire {
     stream: TcpStream,
     buf: Vec<u8>,
     out: Vec<u8>,
+    read_timeout: Duration,
 }
 
 fn cstr(out: &mut Vec<u8>, s: &str) {
@@ -73,7 +74,7 @@ impl Wire {
     /// Connects to 127.0.0.1:`port` as `user` on `database` and reads up to ReadyForQuery.
     pub async fn connect(port: u16, user: &str, database: &str) -> Result<Wire> {
         let stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        let mut wire = Wire { stream, buf: Vec::new(), out: Vec::new() };
+        let mut wire = Wire { stream, buf: Vec::new(), out: Vec::new(), read_timeout: Duration::from_secs(10) };
         let mut body = (3u32 << 16).to_be_bytes().to_vec();
         for (k, v) in [("user", user), ("database", database)] {
             cstr(&mut body, k);
@@ -178,7 +179,18 @@ impl Wire {
         Ok(())
     }
 
-    /// Reads one message (10 s timeout).
+    /// How long a read may wait for bytes (10 s unless set).
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.read_timeout = timeout;
+    }
+
+    /// Writes `bytes` as they are (e.g. one message prepared once for many connections).
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Reads one message (10 s timeout unless set).
     pub async fn read(&mut self) -> Result<Msg> {
         loop {
             if self.buf.len() >= 5 {
@@ -190,8 +202,8 @@ impl Wire {
                     return Ok(Msg { tag, body });
                 }
             }
-            let mut chunk = [0u8; 8192];
-            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+            let mut chunk = [0u8; 65536];
+            let n = tokio::time::timeout(self.read_timeout, self.stream.read(&mut chunk))
                 .await
                 .context("timed out waiting for a message")??;
             ensure!(n > 0, "connection closed");

@@ -87,6 +87,23 @@ pub struct PluginSettings {
 fn default_fuel() -> u64 {
     5_000_000
 }
+/// Fuel a call gets per byte of its statement, beyond `fuel`: reading a statement costs in
+/// proportion to its length, and bulk statements of several MiB must not run out.
+pub const FUEL_PER_SQL_BYTE: u64 = 200;
+/// A call's deadline grows by 1 ms per this many bytes of its statement, beyond `timeout_ms`.
+pub const SQL_BYTES_PER_EXTRA_MS: u64 = 16 * 1024;
+
+impl PluginSettings {
+    /// Fuel and deadline (ms) of a call judging a statement of `sql_len` bytes.
+    pub fn allowance(&self, sql_len: usize) -> (u64, u64) {
+        let len = sql_len as u64;
+        (
+            self.fuel.saturating_add(len.saturating_mul(FUEL_PER_SQL_BYTE)),
+            self.timeout_ms.saturating_add(len / SQL_BYTES_PER_EXTRA_MS),
+        )
+    }
+}
+
 fn default_memory_limit_mb() -> usize {
     16
 }

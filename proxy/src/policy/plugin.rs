@@ -262,15 +262,16 @@ impl Plugin {
             Some(warm) => warm,
             None => self.instantiate().await?,
         };
-        self.arm(&mut warm.store, self.settings.fuel, self.settings.timeout_ms)?;
+        let (fuel, timeout_ms) = self.settings.allowance(ctx.sql.len());
+        self.arm(&mut warm.store, fuel, timeout_ms)?;
         let started = Instant::now();
         let outcome = warm.policy.call_decide(&mut warm.store, ctx).await;
         let fuel_left = warm.store.get_fuel().unwrap_or(0);
-        self.stats.fuel_used.fetch_add(self.settings.fuel.saturating_sub(fuel_left), Relaxed);
+        self.stats.fuel_used.fetch_add(fuel.saturating_sub(fuel_left), Relaxed);
         self.note_memory(&warm.store);
         match outcome {
             Ok(verdict) => {
-                tracing::trace!(plugin = %self.settings.name, elapsed = ?started.elapsed(), fuel = self.settings.fuel - fuel_left, "plugin call");
+                tracing::trace!(plugin = %self.settings.name, elapsed = ?started.elapsed(), fuel = fuel - fuel_left, "plugin call");
                 self.warm().push(warm);
                 Ok(verdict)
             }

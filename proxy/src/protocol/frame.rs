@@ -1,6 +1,6 @@
 //! Framing of typed messages: one tag byte, a 4-byte big-endian length (counting itself), a body.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use super::ProtocolError;
 
@@ -35,11 +35,10 @@ impl Frame {
     }
 }
 
-/// Length of the next complete frame at the start of `buf`, `None` if more bytes are needed.
-///
-/// The declared length is checked against `max_len` before anything is reserved, so a peer
-/// cannot make pgvane allocate what it claims.
-pub fn frame_len(buf: &[u8], max_len: usize) -> Result<Option<usize>, ProtocolError> {
+/// The type byte and total length (header included) of the frame starting `buf`, once its
+/// header has arrived. The declared length is checked against `max_len`, so a peer cannot
+/// make pgvane hold what it claims.
+pub fn peek_header(buf: &[u8], max_len: usize) -> Result<Option<(u8, usize)>, ProtocolError> {
     let Some(header) = buf.get(..Frame::HEADER_LEN) else {
         return Ok(None);
     };
@@ -51,36 +50,37 @@ pub fn frame_len(buf: &[u8], max_len: usize) -> Result<Option<usize>, ProtocolEr
     if declared > max_len {
         return Err(ProtocolError::LengthTooLarge { len: declared as u64, limit: max_len as u64 });
     }
-    let total = declared + 1;
-    Ok((buf.len() >= total).then_some(total))
+    Ok(Some((header[0], declared + 1)))
 }
 
-/// Splits the next complete frame off the front of `buf`.
-///
-/// Returns `Ok(None)` when the frame is not complete yet; in that case `buf` is left as it was
-/// but has room reserved for the rest of the frame.
+/// Length of the next complete frame at the start of `buf`, `None` if more bytes are needed.
+fn frame_len(buf: &[u8], max_len: usize) -> Result<Option<usize>, ProtocolError> {
+    Ok(peek_header(buf, max_len)?.and_then(|(_, total)| (buf.len() >= total).then_some(total)))
+}
+
+/// Splits the next complete frame off the front of `buf`, `Ok(None)` when it is not complete
+/// yet. Nothing is reserved for the rest: buffers grow as bytes arrive.
 pub fn decode_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, ProtocolError> {
-    match frame_len(buf, max_len)? {
-        Some(total) => Ok(Some(Frame { raw: buf.split_to(total).freeze() })),
-        None => {
-            if buf.len() >= Frame::HEADER_LEN {
-                let declared = (&buf[1..5]).get_u32() as usize;
-                buf.reserve(declared + 1 - buf.len());
-            }
-            Ok(None)
-        }
-    }
+    Ok(frame_len(buf, max_len)?.map(|total| Frame { raw: buf.split_to(total).freeze() }))
 }
 
-/// Makes sure a read can make progress on the partial frame at the front of `buf`.
+/// Most bytes one read asks for.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// Makes room for the next read into `buf`, whose front is the start of a frame (or empty):
+/// what the partial frame still lacks, at least 8 KiB and at most [`READ_CHUNK`]. The room
+/// follows the bytes that arrived, never the length a peer declared.
 pub fn reserve_for_partial(buf: &mut BytesMut) {
     const MIN_READ: usize = 8 * 1024;
     let wanted = match buf.get(1..5) {
         Some(l) => (u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize + 1).saturating_sub(buf.len()),
         None => 0,
     };
-    // Bounded: the frame length was already checked when decoding (or will be, before use).
-    let wanted = wanted.clamp(MIN_READ, 64 * 1024 * 1024);
+    reserve_read(buf, wanted.clamp(MIN_READ, READ_CHUNK));
+}
+
+/// Makes sure `buf` has room for a read of `wanted` bytes.
+pub fn reserve_read(buf: &mut BytesMut, wanted: usize) {
     if buf.capacity() - buf.len() < wanted {
         buf.reserve(wanted);
     }
@@ -94,10 +94,10 @@ mod tests {
     fn partial_frames_get_room_bounded_by_their_length() {
         let mut buf = BytesMut::from(&b"D\0\x01\0\0abc"[..]);
         reserve_for_partial(&mut buf);
-        assert!(buf.capacity() >= 0x1_0001);
+        assert!(buf.capacity() >= READ_CHUNK);
         let mut huge = BytesMut::from(&b"Q\x7f\xff\xff\xff"[..]);
         reserve_for_partial(&mut huge);
-        assert!(huge.capacity() <= 64 * 1024 * 1024 + 1024);
+        assert!(huge.capacity() <= 2 * READ_CHUNK, "room follows arrivals, not the declared length");
     }
 
     #[test]
@@ -119,6 +119,22 @@ mod tests {
     fn rejects_lengths_below_four() {
         let mut buf = BytesMut::from(&b"Q\0\0\0\x03"[..]);
         assert_eq!(decode_frame(&mut buf, 1024), Err(ProtocolError::LengthTooSmall(3)));
+    }
+
+    #[test]
+    fn headers_are_checked_before_the_body_arrives() {
+        assert_eq!(peek_header(b"Q\0\0", 1024), Ok(None));
+        assert_eq!(peek_header(b"Q\0\0\x01\0", 1024), Ok(Some((b'Q', 257))));
+        assert_eq!(peek_header(b"Q\0\0\0\x03", 1024), Err(ProtocolError::LengthTooSmall(3)));
+        assert!(peek_header(b"Q\xff\xff\xff\xff", 1024).is_err());
+    }
+
+    #[test]
+    fn an_incomplete_frame_reserves_nothing() {
+        let mut buf = BytesMut::from(&b"Q\x3f\xff\xff\xffabc"[..]);
+        let before = buf.capacity();
+        assert_eq!(decode_frame(&mut buf, usize::MAX), Ok(None));
+        assert_eq!(buf.capacity(), before);
     }
 
     #[test]

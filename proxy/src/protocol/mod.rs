@@ -12,7 +12,7 @@ pub mod messages;
 mod startup;
 
 pub use backend::BackendMessage;
-pub use frame::{decode_frame, reserve_for_partial, Frame};
+pub use frame::{decode_frame, peek_header, reserve_for_partial, reserve_read, Frame, READ_CHUNK};
 pub use frontend::{encode_describe_or_close, Bind, FrontendMessage, Parse, Target};
 pub use startup::{decode_startup, Startup, StartupParams, MAX_STARTUP_PACKET_BYTES};
 

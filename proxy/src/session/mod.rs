@@ -3,6 +3,7 @@
 
 mod auth;
 pub(crate) mod client;
+mod outbound;
 mod pipeline;
 mod relay;
 pub(crate) mod router;

@@ -25,22 +25,26 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 
 use crate::auth::scram::ScramKeys;
+use crate::budget::Reservation;
 use crate::clients::{ClientHandle, ClientState};
 use crate::config::PoolMode;
 use crate::pool::{Pool, PooledConn, ServerError};
 use crate::protocol::messages::{self, ErrorResponse, TransactionStatus};
-use crate::protocol::{decode_frame, reserve_for_partial, Frame, FrontendMessage, ProtocolError};
+use crate::protocol::{decode_frame, Frame, FrontendMessage, ProtocolError};
 use crate::shared::Shared;
 use crate::tls::Progress;
 
 use super::client::ClientConn;
+use super::outbound::Outbound;
 use super::pipeline::{Batch, Condition, Kind, Pipeline, Purpose, Undo};
 use super::router::{Placement, Router};
 use super::settings::ClientSettings;
 use super::statements::ClientStatements;
+use large::LargeMessages;
 
 mod connection;
 mod gate;
+mod large;
 mod responses;
 mod server_loss;
 mod statements;
@@ -142,7 +146,7 @@ pub struct Relay<'a> {
     /// Which server runs each statement.
     router: Router,
     server: Option<PooledConn>,
-    server_out: BytesMut,
+    server_out: Outbound,
     /// What is in flight on the server, and the states around it.
     pipeline: Pipeline,
     /// A message waiting to move to another server.
@@ -158,6 +162,8 @@ pub struct Relay<'a> {
     /// Values reported by the server while pgvane's own queries ran, not yet told.
     settling_parameters: BTreeMap<String, String>,
     meter: Meter,
+    /// Large messages in either direction (`relay/large.rs`).
+    large: LargeMessages,
 }
 
 impl<'a> Relay<'a> {
@@ -181,7 +187,7 @@ impl<'a> Relay<'a> {
             max_packet_bytes,
             query_wait,
             server,
-            server_out: BytesMut::with_capacity(16 * 1024),
+            server_out: Outbound::with_capacity(16 * 1024),
             pipeline: Pipeline::default(),
             deferred: None,
             replay: VecDeque::new(),
@@ -191,6 +197,7 @@ impl<'a> Relay<'a> {
             reported_parameters,
             settling_parameters: BTreeMap::new(),
             meter: Meter::default(),
+            large: LargeMessages::default(),
         }
     }
 
@@ -239,6 +246,7 @@ impl<'a> Relay<'a> {
                 }
             }
             self.maybe_release();
+            self.release_budget();
             let can_move = match self.deferred {
                 Some(_) => !self.in_flight(), // the waiting message can move now
                 None => !self.replay.is_empty(),
@@ -263,13 +271,18 @@ impl<'a> Relay<'a> {
             ClientWrote(std::io::Result<usize>),
             ServerRead(std::io::Result<usize>),
             ServerWrote(std::io::Result<usize>),
+            Budget(Option<Reservation>),
             Killed,
         }
-        reserve_for_partial(&mut self.client.read_buf);
+        self.reserve_client_read();
+        self.reserve_server_read();
         let client_out = &self.client.out;
         let server_out = &self.server_out;
         let kill = self.handle.signals.kill.raised();
-        let can_read_client = server_out.len() < HIGH_WATER_BYTES;
+        // A long client message is read once the budget has room for it.
+        let wanted = self.large.wanted_budget();
+        let budget = self.shared.message_budget.reserve(wanted.unwrap_or_default());
+        let can_read_client = server_out.len() < HIGH_WATER_BYTES && wanted.is_none();
         let can_read_server = client_out.len() < HIGH_WATER_BYTES;
         // Each stream reads and writes in one future (a TLS stream cannot be split without a lock).
         let client_io = self.client.stream.progress(can_read_client.then_some(&mut self.client.read_buf), client_out);
@@ -280,8 +293,7 @@ impl<'a> Relay<'a> {
         let io = match self.server.as_mut() {
             Some(server) => {
                 let conn = server.conn();
-                reserve_for_partial(&mut conn.read_buf);
-                let server_io = conn.stream.progress(can_read_server.then_some(&mut conn.read_buf), server_out);
+                let server_io = conn.stream.progress(can_read_server.then_some(&mut conn.read_buf), server_out.front());
                 // In order, without select!'s random start (it costs on every wait): the
                 // high-water marks above already keep one busy socket from starving the other.
                 tokio::select! {
@@ -292,12 +304,14 @@ impl<'a> Relay<'a> {
                         Progress::Read(r) => Io::ServerRead(r),
                         Progress::Wrote(r) => Io::ServerWrote(r),
                     },
+                    r = budget, if wanted.is_some() => Io::Budget(r),
                 }
             }
             None => tokio::select! {
                 biased;
                 () = kill => Io::Killed,
                 p = client_io => client(p),
+                r = budget, if wanted.is_some() => Io::Budget(r),
             },
         };
         match io {
@@ -314,6 +328,11 @@ impl<'a> Relay<'a> {
                 self.server_out.advance(n);
                 Ok(())
             }
+            Io::Budget(Some(reservation)) => {
+                self.budget_reserved(reservation);
+                Ok(())
+            }
+            Io::Budget(None) => Err(End::Fatal(ErrorResponse::fatal("54000", "client message larger than the budget"))),
             Io::Killed => Err(End::Killed),
         }
     }
@@ -336,6 +355,9 @@ impl<'a> Relay<'a> {
             && self.server_out.len() < HIGH_WATER_BYTES
             && self.client.out.len() < HIGH_WATER_BYTES
         {
+            if !self.check_client_message()? {
+                return Ok(());
+            }
             let frame = match decode_frame(&mut self.client.read_buf, self.max_packet_bytes) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
@@ -447,7 +469,11 @@ impl<'a> Relay<'a> {
 
     /// [`Relay::send`], with what undoes the message's effect if the server skips it.
     fn send_undoable(&mut self, raw: &[u8], kind: Kind, frame: &Frame, undo: Undo) {
-        self.server_out.extend_from_slice(raw);
+        if raw.as_ptr() == frame.raw().as_ptr() && raw.len() == frame.raw().len() {
+            self.server_out.push(frame.raw()); // as the client sent it: queued without a copy
+        } else {
+            self.server_out.extend_from_slice(raw);
+        }
         let replay = self.replayable().then(|| frame.clone());
         self.pipeline.expect(kind, Purpose::Client, undo, replay);
         self.started(kind);

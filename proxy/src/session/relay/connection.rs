@@ -46,7 +46,7 @@ impl Relay<'_> {
                 // The client's settings (in session mode: its startup parameters, for a
                 // server of another database the policy routed to).
                 if let Some(sql) = sync_sql(&self.settings.current, &mut server.conn().applied_settings) {
-                    messages::encode_query(&sql, &mut self.server_out);
+                    messages::encode_query(&sql, self.server_out.buf());
                     self.pipeline.expect(Kind::Query, Purpose::ApplySettings, Undo::default(), None);
                 }
                 self.server = Some(server);
@@ -142,11 +142,11 @@ impl Relay<'_> {
     pub(super) fn carry_settings(&mut self) {
         let Some(server) = self.server.as_mut() else { return };
         if let Some(sql) = self.settings.restore_startup(&mut server.conn().applied_settings) {
-            messages::encode_query(&sql, &mut self.server_out);
+            messages::encode_query(&sql, self.server_out.buf());
             self.pipeline.expect(Kind::Query, Purpose::ApplySettings, Undo::default(), None);
         }
         if let Some((sql, names)) = self.settings.capture_query() {
-            messages::encode_query(&sql, &mut self.server_out);
+            messages::encode_query(&sql, self.server_out.buf());
             let purpose = Purpose::CaptureSettings(names, Vec::new());
             self.pipeline.expect(Kind::Query, purpose, Undo::default(), None);
         }

@@ -15,6 +15,9 @@ use super::{End, Relay};
 impl Relay<'_> {
     pub(super) fn handle_server_frames(&mut self) -> Result<(), End> {
         loop {
+            if !self.pass_server_message()? {
+                return Ok(());
+            }
             let Some(server) = self.server.as_mut() else { return Ok(()) };
             let frame = match decode_frame(&mut server.conn().read_buf, MAX_SERVER_FRAME_BYTES) {
                 Ok(Some(frame)) => frame,

@@ -39,7 +39,8 @@ impl Relay<'_> {
     /// as before: a client inside a transaction must not mistake a lost one for a live one.
     pub(super) fn survive_server_loss(&mut self, end: End) -> Result<(), End> {
         let End::Server(error) = &end else { return Err(end) };
-        if !self.pooled() || self.status != TransactionStatus::Idle {
+        // Part of a message has reached the client: it cannot be taken back.
+        if !self.pooled() || self.status != TransactionStatus::Idle || self.large.passing.is_some() {
             return Err(end);
         }
         let Some(pool) = self.server.as_ref().map(|s| s.pool().clone()) else { return Err(end) };

@@ -124,7 +124,7 @@ impl Relay<'_> {
     fn remember_on_server(&mut self, server_name: &str) {
         let Some(server) = self.server.as_mut() else { return };
         if let Some(evicted) = server.conn().statements.insert(server_name.to_owned()) {
-            encode_describe_or_close(tag::CLOSE, Target::Statement, &evicted, &mut self.server_out);
+            encode_describe_or_close(tag::CLOSE, Target::Statement, &evicted, self.server_out.buf());
             let undo = Undo { closed_statement: Some(evicted), ..Undo::default() };
             self.pipeline.expect(Kind::Close, Purpose::Injected, undo, None);
         }
