@@ -70,6 +70,20 @@ struct Entry {
     info: ClientInfo,
     target: Option<CancelTarget>,
     signals: Arc<Signals>,
+    /// Dropped to admit a newer connection while still logging in; gone once its task ends.
+    evicted: bool,
+}
+
+/// Connections beyond `max_client_conn` kept for the admin console's users.
+pub const ADMIN_RESERVED_CONNECTIONS: usize = 3;
+
+/// The connection limits, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `max_client_conn`: logged-in clients (admin console users excepted).
+    pub max_client_conn: usize,
+    /// `max_pending_logins`: connections still logging in.
+    pub max_pending_logins: usize,
 }
 
 /// Signals a session listens for.
@@ -138,12 +152,24 @@ impl ClientRegistry {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a new client with a fresh, unique key, unless `max` clients are registered
-    /// already. The entry is removed when the handle drops.
-    pub fn admit(self: &Arc<Self>, peer: SocketAddr, max: usize) -> Option<ClientHandle> {
+    /// Registers a connection just accepted, with a fresh, unique key; the entry is removed
+    /// when the handle drops. Connections count from here: when as many are logging in as
+    /// `max_pending_logins` allows, or all connections are taken (`max_client_conn` plus
+    /// [`ADMIN_RESERVED_CONNECTIONS`]), the oldest connection still logging in is dropped to
+    /// make room, so that silent or stalled connections cannot lock anyone out. `None` when
+    /// every connection is logged in already.
+    pub fn admit(self: &Arc<Self>, peer: SocketAddr, limits: Limits) -> Option<ClientHandle> {
         let mut entries = self.entries();
-        if entries.len() >= max {
-            return None;
+        let live = entries.values().filter(|e| !e.evicted);
+        let (total, pending) = live.fold((0, 0), |(t, p), e| (t + 1, p + usize::from(e.info.state == ClientState::Login)));
+        if pending >= limits.max_pending_logins || total >= limits.max_client_conn + ADMIN_RESERVED_CONNECTIONS {
+            let oldest = entries
+                .values_mut()
+                .filter(|e| !e.evicted && e.info.state == ClientState::Login)
+                .min_by_key(|e| e.info.state_since)?;
+            tracing::info!(peer = %oldest.info.peer, "dropping the oldest connection still logging in to admit a new one");
+            oldest.evicted = true;
+            oldest.signals.kill.raise();
         }
         let secret = rand::random::<u32>();
         let pid = loop {
@@ -165,7 +191,7 @@ impl ClientRegistry {
             state_since: Instant::now(),
             server_pid: None,
         };
-        entries.insert(pid, Entry { secret, info, target: None, signals: signals.clone() });
+        entries.insert(pid, Entry { secret, info, target: None, signals: signals.clone(), evicted: false });
         Some(ClientHandle { registry: self.clone(), pid, secret, signals })
     }
 
@@ -247,13 +273,28 @@ impl ClientHandle {
         }
     }
 
-    /// Records who the client is once it has logged in.
-    pub fn set_identity(&self, user: &str, database: &str, application_name: &str) {
-        self.update(|e| {
-            e.info.user = user.to_owned();
-            e.info.database = database.to_owned();
-            e.info.application_name = application_name.to_owned();
-        });
+    /// Records who the client is once it has logged in, and that it has: false when that
+    /// makes more logged-in clients than `max_client_conn` (admin console users may use the
+    /// connections reserved for them).
+    pub fn logged_in(&self, user: &str, database: &str, application_name: &str, max: usize, admin: bool) -> bool {
+        let mut entries = self.registry.entries();
+        let logged_in =
+            entries.values().filter(|e| !e.evicted && e.info.state != ClientState::Login && e.info.pid != self.pid).count();
+        let Some(entry) = entries.get_mut(&self.pid) else { return false };
+        if !admin && logged_in >= max {
+            return false;
+        }
+        entry.info.user = user.to_owned();
+        entry.info.database = database.to_owned();
+        entry.info.application_name = application_name.to_owned();
+        entry.info.state = ClientState::Idle;
+        entry.info.state_since = Instant::now();
+        true
+    }
+
+    /// True once the connection was dropped to admit a newer one (it was still logging in).
+    pub fn evicted(&self) -> bool {
+        self.registry.entries().get(&self.pid).is_none_or(|e| e.evicted)
     }
 
     /// Records what the client is doing and which server it holds (cancels go there).
@@ -271,7 +312,10 @@ impl ClientHandle {
 
 impl Drop for ClientHandle {
     fn drop(&mut self) {
-        self.registry.entries().remove(&self.pid);
+        let mut entries = self.registry.entries();
+        if entries.get(&self.pid).is_some_and(|e| e.secret == self.secret) {
+            entries.remove(&self.pid);
+        }
     }
 }
 
@@ -298,22 +342,43 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), switch.raised()).await.expect("still raised");
     }
 
+    fn limits(max_client_conn: usize, max_pending_logins: usize) -> Limits {
+        Limits { max_client_conn, max_pending_logins }
+    }
+
     #[test]
-    fn admit_enforces_the_limit_and_frees_on_drop() {
+    fn the_oldest_pending_login_makes_room_and_logged_in_clients_are_limited() {
         let registry = Arc::new(ClientRegistry::default());
-        let a = registry.admit(peer(), 2).unwrap();
-        let b = registry.admit(peer(), 2).unwrap();
+        let l = limits(2, 2);
+        let a = registry.admit(peer(), l).unwrap();
+        let b = registry.admit(peer(), l).unwrap();
         assert_ne!(a.pid, b.pid);
-        assert!(registry.admit(peer(), 2).is_none());
-        drop(a);
-        assert!(registry.admit(peer(), 2).is_some());
+        // Two logging in already: the oldest (a) is dropped for the third.
+        let c = registry.admit(peer(), l).unwrap();
+        assert!(a.evicted() && !b.evicted() && !c.evicted());
+        assert!(b.logged_in("u", "d", "", 2, false));
+        assert!(c.logged_in("u", "d", "", 2, false));
+        // Two logged in: a third ordinary login is refused, an admin's is not.
+        let d = registry.admit(peer(), l).unwrap();
+        assert!(!d.logged_in("u", "d", "", 2, false));
+        assert!(d.logged_in("admin", "pgvane", "", 2, true));
+        // Everyone logged in and every reserved connection taken: nothing to drop.
+        let rest: Vec<_> = (0..ADMIN_RESERVED_CONNECTIONS - 1).map(|_| registry.admit(peer(), l).unwrap()).collect();
+        for r in &rest {
+            assert!(r.logged_in("admin", "pgvane", "", 2, true));
+        }
+        assert!(registry.admit(peer(), l).is_none());
+        drop(b);
+        assert!(registry.admit(peer(), l).is_some());
+        drop(a); // evicted earlier: dropping it removes nothing else
+        assert_eq!(registry.len(), 1 + 1 + ADMIN_RESERVED_CONNECTIONS - 1 + 1);
     }
 
     #[test]
     fn identity_and_state_show_in_snapshots() {
         let registry = Arc::new(ClientRegistry::default());
-        let a = registry.admit(peer(), 10).unwrap();
-        a.set_identity("alice", "app", "psql");
+        let a = registry.admit(peer(), limits(10, 10)).unwrap();
+        assert!(a.logged_in("alice", "app", "psql", 10, false));
         let target = CancelTarget { addr: peer(), pid: 99, secret: 7 };
         a.set_state(ClientState::Active, Some(target));
         let snap = registry.snapshot();

@@ -21,7 +21,7 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use crate::clients::{ClientHandle, ClientState};
+use crate::clients::{ClientHandle, ClientState, Limits};
 use crate::config::PoolMode;
 use crate::pool::{PoolError, PooledConn, ServerError};
 use crate::protocol::messages::{self, Authentication, ErrorResponse, TransactionStatus};
@@ -83,7 +83,14 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, conso
             tracing::debug!(error = %e, "set_nodelay failed");
         }
         let mut client = ClientConn::new(stream);
-        match serve(&mut client, peer, &shared, &console).await {
+        let settings = &shared.config().settings;
+        let limits = Limits { max_client_conn: settings.max_client_conn, max_pending_logins: settings.max_pending_logins };
+        let Some(handle) = shared.clients.admit(peer, limits) else {
+            tracing::info!("client refused: every connection is taken by logged-in clients");
+            let _ = client.send_error(&ErrorResponse::fatal("53300", "sorry, too many clients already")).await;
+            return;
+        };
+        match serve(&mut client, &handle, peer, &shared, &console).await {
             Ok(()) => tracing::debug!("session ended"),
             Err(SessionError::Refused(error)) => {
                 tracing::info!(code = error.code(), message = error.message(), "client refused");
@@ -107,16 +114,28 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, conso
 
 async fn serve(
     client: &mut ClientConn,
+    handle: &ClientHandle,
     peer: SocketAddr,
     shared: &Shared,
     console: &impl Console,
 ) -> Result<(), SessionError> {
     let config = shared.config();
     let settings = &config.settings;
-    let login = tokio::time::timeout(settings.client_login_timeout(), startup::login(client, peer, shared, &config))
-        .await
-        .map_err(|_| SessionError::LoginTimeout)??;
-    let Some(Login { user, database, params, handle, authenticated }) = login else {
+    let login = tokio::select! {
+        login = tokio::time::timeout(settings.client_login_timeout(), startup::login(client, handle, shared, &config)) => {
+            login.map_err(|_| SessionError::LoginTimeout)??
+        }
+        () = handle.signals.kill.raised() => {
+            return Err(match handle.evicted() {
+                true => SessionError::Refused(ErrorResponse::fatal(
+                    "53300",
+                    "too many connections are logging in (max_pending_logins): this one waited longest",
+                )),
+                false => killed(),
+            });
+        }
+    };
+    let Some(Login { user, database, params, authenticated }) = login else {
         return Ok(()); // a cancel request: answered, nothing more to do
     };
     let span = tracing::Span::current();

@@ -1,8 +1,6 @@
 //! The start of a connection: SSL/GSS requests, cancel requests, the StartupMessage, protocol
 //! version negotiation, the client limit and authentication.
 
-use std::net::SocketAddr;
-
 use crate::clients::ClientHandle;
 use crate::config::Config;
 use crate::protocol::messages::{self, ErrorResponse};
@@ -22,8 +20,6 @@ pub struct Login {
     pub database: String,
     /// Settings to apply on the server (with `set_config`), names validated.
     pub params: Vec<(String, String)>,
-    /// The client's registry entry (counts against `max_client_conn` while held).
-    pub handle: ClientHandle,
     /// What authentication proved.
     pub authenticated: Authenticated,
 }
@@ -36,7 +32,7 @@ fn refuse(code: &str, message: impl Into<String>) -> SessionError {
 /// CancelRequest, which has been handled.
 pub async fn login(
     client: &mut ClientConn,
-    peer: SocketAddr,
+    handle: &ClientHandle,
     shared: &Shared,
     config: &Config,
 ) -> Result<Option<Login>, SessionError> {
@@ -86,11 +82,6 @@ pub async fn login(
             ),
         ));
     }
-    let handle = shared
-        .clients
-        .admit(peer, config.settings.max_client_conn)
-        .ok_or_else(|| refuse("53300", "sorry, too many clients already"))?;
-
     let unrecognized: Vec<&str> = params.iter().map(|(k, _)| k).filter(|k| k.starts_with("_pq_.")).collect();
     if minor > 0 || !unrecognized.is_empty() {
         messages::encode_negotiate_protocol_version(0, &unrecognized, &mut client.out);
@@ -107,8 +98,12 @@ pub async fn login(
     let settings = server_settings(&params).map_err(SessionError::Refused)?;
 
     let authenticated = auth::authenticate(client, config.settings.auth_type, config.userlist.as_ref(), &user).await?;
-    handle.set_identity(&user, &database, params.get("application_name").unwrap_or(""));
-    Ok(Some(Login { user, database, params: settings, handle, authenticated }))
+    let admin = database == crate::ADMIN_DATABASE && config.settings.admin_users.contains(&user);
+    let application_name = params.get("application_name").unwrap_or("");
+    if !handle.logged_in(&user, &database, application_name, config.settings.max_client_conn, admin) {
+        return Err(refuse("53300", "sorry, too many clients already"));
+    }
+    Ok(Some(Login { user, database, params: settings, authenticated }))
 }
 
 /// Parameters that are not settings: handled by pgvane itself.
