@@ -3,7 +3,8 @@
 //!
 //! pgvane gives each client its own BackendKeyData and maps it to the server connection the
 //! client currently uses, so a CancelRequest reaches that server and nothing else; a cancel
-//! for an idle client is dropped.
+//! for an idle client is dropped. A server connection with a cancel on its way goes to no
+//! other client until the cancel has arrived (see `pool::CancelsInFlight`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -161,7 +162,8 @@ impl ClientRegistry {
     pub fn admit(self: &Arc<Self>, peer: SocketAddr, limits: Limits) -> Option<ClientHandle> {
         let mut entries = self.entries();
         let live = entries.values().filter(|e| !e.evicted);
-        let (total, pending) = live.fold((0, 0), |(t, p), e| (t + 1, p + usize::from(e.info.state == ClientState::Login)));
+        let (total, pending) =
+            live.fold((0, 0), |(t, p), e| (t + 1, p + usize::from(e.info.state == ClientState::Login)));
         if pending >= limits.max_pending_logins || total >= limits.max_client_conn + ADMIN_RESERVED_CONNECTIONS {
             let oldest = entries
                 .values_mut()
@@ -236,7 +238,9 @@ impl ClientRegistry {
                 return;
             };
             match &entry.target {
-                Some(target) => target.clone(),
+                // Noted under the lock: the client still holds the connection, and it goes
+                // to no other client until this cancel has arrived.
+                Some(target) => (target.clone(), target.in_flight.begin()),
                 None => {
                     // Wakes a session waiting for a pool slot; no permit is stored, so a
                     // stale cancel cannot hit a later wait.
@@ -246,6 +250,7 @@ impl ClientRegistry {
                 }
             }
         };
+        let (target, _in_flight) = target;
         match tokio::time::timeout(connect_timeout, target.send()).await {
             Ok(Ok(())) => tracing::debug!(pid, server_pid = target.pid, "cancel request forwarded"),
             Ok(Err(e)) => tracing::warn!(pid, error = %e, "could not forward cancel request"),
@@ -278,8 +283,10 @@ impl ClientHandle {
     /// connections reserved for them).
     pub fn logged_in(&self, user: &str, database: &str, application_name: &str, max: usize, admin: bool) -> bool {
         let mut entries = self.registry.entries();
-        let logged_in =
-            entries.values().filter(|e| !e.evicted && e.info.state != ClientState::Login && e.info.pid != self.pid).count();
+        let logged_in = entries
+            .values()
+            .filter(|e| !e.evicted && e.info.state != ClientState::Login && e.info.pid != self.pid)
+            .count();
         let Some(entry) = entries.get_mut(&self.pid) else { return false };
         if !admin && logged_in >= max {
             return false;
@@ -379,7 +386,7 @@ mod tests {
         let registry = Arc::new(ClientRegistry::default());
         let a = registry.admit(peer(), limits(10, 10)).unwrap();
         assert!(a.logged_in("alice", "app", "psql", 10, false));
-        let target = CancelTarget { addr: peer(), pid: 99, secret: 7 };
+        let target = CancelTarget { addr: peer(), pid: 99, secret: 7, in_flight: Arc::default() };
         a.set_state(ClientState::Active, Some(target));
         let snap = registry.snapshot();
         assert_eq!(snap.len(), 1);

@@ -488,6 +488,15 @@ impl PooledConn {
     /// generation is closed instead.
     pub fn release(self) {
         let PooledConn { conn, ticket, pool, _slot: slot } = self;
+        if conn.cancels.pending() {
+            // Another client must not get it before the cancel has arrived.
+            tokio::spawn(async move {
+                conn.cancels.clone().settled().await;
+                pool.put_back(conn, ticket);
+                drop(slot);
+            });
+            return;
+        }
         pool.put_back(conn, ticket);
         drop(slot);
     }
@@ -512,6 +521,8 @@ impl PooledConn {
         }
         ticket.set_state(ServerState::Tested);
         tokio::spawn(async move {
+            // Another client must not get it before a cancel on its way has arrived.
+            conn.cancels.clone().settled().await;
             if !reset.is_empty() {
                 match conn.simple_query(&reset).await {
                     Ok(Ok(TransactionStatus::Idle)) => {}

@@ -3,12 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use crate::auth::md5;
 use crate::auth::scram::{ClientBinding, ClientCredential, ClientExchange, ScramError, ScramKeys, MECHANISM_PLUS};
@@ -112,10 +115,12 @@ pub struct ServerConn {
     pub statements: ServerStatements,
     /// Settings pgvane applied on it for the client using it, beyond the connection's defaults.
     pub applied_settings: BTreeMap<String, String>,
+    /// Cancel requests on their way to its backend.
+    pub cancels: Arc<CancelsInFlight>,
 }
 
 /// Where and how to cancel what runs on a server connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct CancelTarget {
     /// The server's address.
     pub addr: std::net::SocketAddr,
@@ -123,16 +128,69 @@ pub struct CancelTarget {
     pub pid: u32,
     /// The server's secret key.
     pub secret: u32,
+    /// The connection's cancels in flight.
+    pub in_flight: Arc<CancelsInFlight>,
 }
 
 impl CancelTarget {
-    /// Sends a CancelRequest for it on a new connection.
+    /// Sends a CancelRequest for it on a new connection, and waits until the server has
+    /// closed that connection: by then the backend has been signalled.
     pub async fn send(&self) -> io::Result<()> {
         let mut stream = TcpStream::connect(self.addr).await?;
         let mut buf = BytesMut::new();
         messages::encode_cancel(self.pid, self.secret, &mut buf);
         stream.write_all(&buf).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        let mut rest = [0u8; 64];
+        while stream.read(&mut rest).await? > 0 {}
+        Ok(())
+    }
+}
+
+/// Cancel requests on their way to a server connection's backend. The connection goes to no
+/// other client until they have arrived (or been given up): a late cancel must not hit the
+/// next client's query.
+#[derive(Debug, Default)]
+pub struct CancelsInFlight {
+    count: AtomicUsize,
+    settled: Notify,
+}
+
+/// One cancel in flight; dropping it marks it arrived or given up.
+#[derive(Debug)]
+pub struct CancelInFlight(Arc<CancelsInFlight>);
+
+impl CancelsInFlight {
+    /// Notes a cancel on its way.
+    pub fn begin(self: &Arc<Self>) -> CancelInFlight {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        CancelInFlight(self.clone())
+    }
+
+    /// True while a cancel is on its way.
+    pub fn pending(&self) -> bool {
+        self.count.load(Ordering::SeqCst) > 0
+    }
+
+    /// Completes once no cancel is on its way.
+    pub async fn settled(&self) {
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.pending() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for CancelInFlight {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.settled.notify_waiters();
+        }
     }
 }
 
@@ -228,6 +286,7 @@ impl ServerConn {
             last_used: now,
             statements: ServerStatements::new(max_prepared_statements),
             applied_settings: BTreeMap::new(),
+            cancels: Arc::default(),
         };
         let mut out = BytesMut::new();
         messages::encode_startup([("user", target.user.as_str()), ("database", target.dbname.as_str())], &mut out);
@@ -379,7 +438,12 @@ impl ServerConn {
 
     /// Where a cancel for this connection goes.
     pub fn cancel_target(&self) -> CancelTarget {
-        CancelTarget { addr: self.peer, pid: self.backend_key.0, secret: self.backend_key.1 }
+        CancelTarget {
+            addr: self.peer,
+            pid: self.backend_key.0,
+            secret: self.backend_key.1,
+            in_flight: self.cancels.clone(),
+        }
     }
 
     /// Asks the server to cancel whatever this connection is running (a CancelRequest on a

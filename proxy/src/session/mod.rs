@@ -84,7 +84,8 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, conso
         }
         let mut client = ClientConn::new(stream);
         let settings = &shared.config().settings;
-        let limits = Limits { max_client_conn: settings.max_client_conn, max_pending_logins: settings.max_pending_logins };
+        let limits =
+            Limits { max_client_conn: settings.max_client_conn, max_pending_logins: settings.max_pending_logins };
         let Some(handle) = shared.clients.admit(peer, limits) else {
             tracing::info!("client refused: every connection is taken by logged-in clients");
             let _ = client.send_error(&ErrorResponse::fatal("53300", "sorry, too many clients already")).await;

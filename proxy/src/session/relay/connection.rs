@@ -130,12 +130,13 @@ impl Relay<'_> {
     pub(super) fn give_back(&mut self, server: PooledConn) {
         tracing::trace!("server connection released");
         self.flush_stats();
+        // First: from now on a cancel of this client no longer goes to this connection.
+        self.handle.set_state(ClientState::Idle, None);
         match std::mem::replace(&mut self.pipeline.condition, Condition::Clean) {
             Condition::Unusable => server.discard(),
             Condition::NeedsReset => server.release_after(SESSION_STATE_RESET.to_owned()),
             Condition::Clean => server.release(),
         }
-        self.handle.set_state(ClientState::Idle, None);
     }
 
     /// Queues the queries that restore or read back the settings the client changed.
