@@ -227,6 +227,7 @@ async fn serve(
         reported_parameters: reported,
         max_packet_bytes: settings.max_packet_size_bytes,
         query_wait: settings.query_wait_timeout(),
+        idle_transaction_timeout: settings.idle_transaction_timeout(),
         scram_keys,
     };
     let end = Relay::new(client, &handle, shared, pool, start).run().await;

@@ -120,6 +120,8 @@ pub struct Start {
     pub max_packet_bytes: usize,
     /// `query_wait_timeout_ms`.
     pub query_wait: Duration,
+    /// `idle_transaction_timeout_ms`, when set.
+    pub idle_transaction_timeout: Option<Duration>,
     /// The SCRAM keys the client's proof yielded: pgvane logs in with them to the servers of
     /// other databases the policy routes to, when the configuration gives no password.
     pub scram_keys: Option<ScramKeys>,
@@ -143,6 +145,7 @@ pub struct Relay<'a> {
     mode: PoolMode,
     max_packet_bytes: usize,
     query_wait: Duration,
+    idle_transaction_timeout: Option<Duration>,
     /// Which server runs each statement.
     router: Router,
     server: Option<PooledConn>,
@@ -175,8 +178,17 @@ impl<'a> Relay<'a> {
         pool: Arc<Pool>,
         start: Start,
     ) -> Self {
-        let Start { identity, mode, server, settings, reported_parameters, max_packet_bytes, query_wait, scram_keys } =
-            start;
+        let Start {
+            identity,
+            mode,
+            server,
+            settings,
+            reported_parameters,
+            max_packet_bytes,
+            query_wait,
+            idle_transaction_timeout,
+            scram_keys,
+        } = start;
         Relay {
             client,
             handle,
@@ -186,6 +198,7 @@ impl<'a> Relay<'a> {
             mode,
             max_packet_bytes,
             query_wait,
+            idle_transaction_timeout,
             server,
             server_out: Outbound::with_capacity(16 * 1024),
             pipeline: Pipeline::default(),
@@ -272,6 +285,7 @@ impl<'a> Relay<'a> {
             ServerRead(std::io::Result<usize>),
             ServerWrote(std::io::Result<usize>),
             Budget(Option<Reservation>),
+            IdleInTransaction,
             Killed,
         }
         self.reserve_client_read();
@@ -283,6 +297,14 @@ impl<'a> Relay<'a> {
         let wanted = self.large.wanted_budget();
         let budget = self.shared.message_budget.reserve(wanted.unwrap_or_default());
         let can_read_client = server_out.len() < HIGH_WATER_BYTES && wanted.is_none();
+        // Idle inside a transaction: nothing in flight, the server waits for the client.
+        let idle_limit =
+            match self.status != TransactionStatus::Idle && self.pipeline.is_empty() && server_out.is_empty() {
+                true => self.idle_transaction_timeout,
+                false => None,
+            };
+        // Lazy: the timer exists only when the branch is enabled and polled.
+        let idle = async { tokio::time::sleep(idle_limit.unwrap_or_default()).await };
         let can_read_server = client_out.len() < HIGH_WATER_BYTES;
         // Each stream reads and writes in one future (a TLS stream cannot be split without a lock).
         let client_io = self.client.stream.progress(can_read_client.then_some(&mut self.client.read_buf), client_out);
@@ -305,6 +327,7 @@ impl<'a> Relay<'a> {
                         Progress::Wrote(r) => Io::ServerWrote(r),
                     },
                     r = budget, if wanted.is_some() => Io::Budget(r),
+                    () = idle, if idle_limit.is_some() => Io::IdleInTransaction,
                 }
             }
             None => tokio::select! {
@@ -312,6 +335,7 @@ impl<'a> Relay<'a> {
                 () = kill => Io::Killed,
                 p = client_io => client(p),
                 r = budget, if wanted.is_some() => Io::Budget(r),
+                () = idle, if idle_limit.is_some() => Io::IdleInTransaction,
             },
         };
         match io {
@@ -333,6 +357,14 @@ impl<'a> Relay<'a> {
                 Ok(())
             }
             Io::Budget(None) => Err(End::Fatal(ErrorResponse::fatal("54000", "client message larger than the budget"))),
+            Io::IdleInTransaction => {
+                tracing::info!("client idle in transaction longer than idle_transaction_timeout_ms; disconnecting it");
+                // Its server connection is closed at the end of the session: that rolls back.
+                Err(End::Fatal(ErrorResponse::fatal(
+                    "25P03",
+                    "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout_ms)",
+                )))
+            }
             Io::Killed => Err(End::Killed),
         }
     }

@@ -76,6 +76,11 @@ impl ClientStatements {
         }
     }
 
+    /// Named statements the client holds.
+    pub fn named(&self) -> usize {
+        self.by_name.len()
+    }
+
     /// True if the client has a statement called `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.get(name).is_some()

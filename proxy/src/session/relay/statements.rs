@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use crate::protocol::messages::{self, tag};
+use crate::protocol::messages::{self, tag, ErrorResponse};
 use crate::protocol::{encode_describe_or_close, Bind, Frame, Parse, Target};
 
 use super::super::pipeline::{Condition, Kind, Purpose, Undo};
@@ -50,6 +50,17 @@ impl Relay<'_> {
         judged_by: u64,
     ) -> Result<(), End> {
         let parse = Parse { query: rewritten.as_deref().unwrap_or(original.query), ..original.clone() };
+        if !parse.name.is_empty() && !self.statements.contains(parse.name) {
+            let max = self.shared.config().settings.max_client_prepared_statements;
+            if self.statements.named() >= max {
+                let message = format!(
+                    "cannot prepare \"{}\": the client holds {max} prepared statements already (max_client_prepared_statements)",
+                    parse.name
+                );
+                self.fail(Kind::Parse, ErrorResponse::error("53400", message));
+                return Ok(());
+            }
+        }
         if self.pooled() {
             let commands = state_commands(parse.query);
             self.track_statement(parse.query, &commands);
@@ -85,7 +96,7 @@ impl Relay<'_> {
         }
         if self.statements.contains(parse.name) {
             let message = format!("prepared statement \"{}\" already exists", parse.name);
-            self.fail(Kind::Parse, crate::protocol::messages::ErrorResponse::error("42P05", message));
+            self.fail(Kind::Parse, ErrorResponse::error("42P05", message));
             return Ok(());
         }
         self.router.note_statement(parse.name);
