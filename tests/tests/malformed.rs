@@ -82,10 +82,12 @@ async fn hostile_startup_packets_are_refused_without_harm() -> anyhow::Result<()
     s.write_all(&10_001u32.to_be_bytes()).await?;
     assert!(read_to_close(&mut s).await.is_empty());
 
-    // A length below the minimum.
-    let mut s = connect(&p).await?;
-    s.write_all(&3u32.to_be_bytes()).await?;
-    assert!(read_to_close(&mut s).await.is_empty());
+    // Lengths below the minimum, -1 and 1 GiB.
+    for declared in [3u32, 0, u32::MAX, 1 << 30] {
+        let mut s = connect(&p).await?;
+        s.write_all(&declared.to_be_bytes()).await?;
+        assert!(read_to_close(&mut s).await.is_empty(), "startup length {declared}");
+    }
 
     // Garbage parameters (no terminator).
     let mut s = connect(&p).await?;
@@ -120,8 +122,12 @@ async fn bad_message_lengths_after_login_get_fatal_08p01() -> anyhow::Result<()>
     for bad in [
         // A Query claiming 1 GB, above max_packet_size_bytes.
         [b'Q', 0x40, 0, 0, 0].to_vec(),
-        // A length below 4.
+        // Lengths below 4, 0 and -1.
         [b'Q', 0, 0, 0, 2].to_vec(),
+        [b'Q', 0, 0, 0, 0].to_vec(),
+        [b'P', 0xff, 0xff, 0xff, 0xff].to_vec(),
+        // One byte over the limit.
+        [b'Q', 0, 1, 0, 1].to_vec(),
     ] {
         let mut s = connect(&p).await?;
         s.write_all(&startup_packet(3 << 16, &[("user", APP_USER), ("database", APP_DB)])).await?;
@@ -131,6 +137,45 @@ async fn bad_message_lengths_after_login_get_fatal_08p01() -> anyhow::Result<()>
         assert_eq!(error_code(&reply).as_deref(), Some("08P01"), "reply to {bad:?}");
     }
     still_serving(&p).await
+}
+
+#[tokio::test]
+async fn truncated_and_slow_huge_messages_hold_no_memory() -> anyhow::Result<()> {
+    let p = Proxied::start(ProxyOptions {
+        auth_type: "trust",
+        secret: SecretKind::Plain,
+        settings: "pool_mode = \"transaction\"".into(),
+        ..ProxyOptions::default()
+    })
+    .await?;
+    let before = p.pgvane.memory()?.rss;
+    p.pgvane.reset_peak_memory()?;
+    // A message cut short by a closed connection.
+    let mut s = connect(&p).await?;
+    s.write_all(&startup_packet(3 << 16, &[("user", APP_USER), ("database", APP_DB)])).await?;
+    read_until_ready(&mut s).await?;
+    s.write_all(&[b'Q', 0, 0, 0, 100, b's', b'e', b'l']).await?;
+    drop(s);
+    // Twenty clients declaring 1 GiB statements and sending them a trickle at a time.
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut s = connect(&p).await?;
+        s.write_all(&startup_packet(3 << 16, &[("user", APP_USER), ("database", APP_DB)])).await?;
+        read_until_ready(&mut s).await?;
+        s.write_all(&[b'Q', 0x3f, 0xff, 0xff, 0xff]).await?;
+        slow.push(s);
+    }
+    for _ in 0..10 {
+        for s in &mut slow {
+            s.write_all(&[b'x'; 4096]).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    still_serving(&p).await?;
+    let grown = p.pgvane.memory()?.peak.saturating_sub(before);
+    println!("peak RSS growth with 20 slow 1 GiB declarations: {} KiB", grown / 1024);
+    assert!(grown < 32 << 20, "peak RSS grew by {grown} bytes");
+    Ok(())
 }
 
 #[tokio::test]
