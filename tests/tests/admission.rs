@@ -100,7 +100,7 @@ async fn logged_in_clients_are_limited_and_admins_keep_their_reserved_connection
     for _ in 0..3 {
         held.push(p.client().await?);
     }
-    let refused = p.client().await.err().expect("a fourth client must be refused");
+    let refused = p.client().await.map(|_| ()).expect_err("a fourth client must be refused");
     ensure!(pgvane_tests::fixture::sqlstate(&refused).as_deref() == Some("53300"), "{refused:#}");
     // The admin console still takes a login.
     let clients = console_rows(p.port(), "CLIENTS").await?;

@@ -150,7 +150,7 @@ async fn serve(
                 format!("permission denied: \"{user}\" is not in admin_users"),
             )));
         }
-        return console.serve(client, &handle, shared, &user).await;
+        return console.serve(client, handle, shared, &user).await;
     }
     let scram_keys = authenticated.scram_keys;
     let pool = match router::home_pool(shared, &database, &user, scram_keys.as_ref()).await {
@@ -230,7 +230,7 @@ async fn serve(
         idle_transaction_timeout: settings.idle_transaction_timeout(),
         scram_keys,
     };
-    let end = Relay::new(client, &handle, shared, pool, start).run().await;
+    let end = Relay::new(client, handle, shared, pool, start).run().await;
     match end {
         End::Terminated | End::ClientGone => Ok(()),
         End::ClientProtocol(e) => Err(e.into()),
