@@ -546,7 +546,12 @@ impl Config {
             Some(auth_file) => {
                 let auth_file = resolve(path, auth_file);
                 let load = || -> Result<Userlist, AuthFileError> {
-                    Ok(Userlist::parse(&std::fs::read_to_string(&auth_file)?)?)
+                    let mut userlist = Userlist::parse(&std::fs::read_to_string(&auth_file)?)?;
+                    // Once per load (PBKDF2 per plain password): logins then derive nothing.
+                    if s.auth_type == AuthType::ScramSha256 {
+                        userlist.derive_scram_verifiers();
+                    }
+                    Ok(userlist)
                 };
                 Some(load().map_err(|source| ConfigError::AuthFile {
                     path: path.to_owned(),
