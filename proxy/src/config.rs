@@ -228,6 +228,8 @@ pub struct Settings {
     /// The private key of `server_tls_cert_file` (PEM).
     #[serde(serialize_with = "none_as_empty")]
     pub server_tls_key_file: Option<PathBuf>,
+    /// Answer a server's request for a clear-text password over a connection without TLS.
+    pub server_allow_cleartext_password: bool,
 }
 
 /// Keys of `[pgvane]` that RELOAD cannot change: they take effect at the next start.
@@ -279,6 +281,7 @@ impl Default for Settings {
             server_tls_ca_file: None,
             server_tls_cert_file: None,
             server_tls_key_file: None,
+            server_allow_cleartext_password: false,
         }
     }
 }
