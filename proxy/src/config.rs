@@ -619,6 +619,9 @@ impl Config {
                 (Some(_), None) => {}
             }
         }
+        if let Some(key) = file.oci.zero_limit() {
+            return Err(invalid(key, "must be greater than 0"));
+        }
         for registry in file.oci.registries.keys() {
             if registry.is_empty() || registry.contains('/') {
                 return Err(invalid(
