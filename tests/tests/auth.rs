@@ -116,8 +116,8 @@ async fn server_refusal_reaches_the_client() -> anyhow::Result<()> {
 #[tokio::test]
 async fn cleartext_password_only_over_tls_or_when_allowed() -> anyhow::Result<()> {
     // The server asks pgvane for a clear-text password (pg_hba.conf `password`), over plain TCP.
-    let p = Proxied::start(ProxyOptions { server_auth: "password", ..options("scram-sha-256", SecretKind::Plain) })
-        .await?;
+    let p =
+        Proxied::start(ProxyOptions { server_auth: "password", ..options("scram-sha-256", SecretKind::Plain) }).await?;
     let err = login_error(p.port(), APP_USER, APP_PASSWORD, APP_DB).await;
     let db = db_error(&err).unwrap_or_else(|| panic!("expected an error from pgvane, got {err:#}"));
     assert_eq!((db.severity(), db.code().code()), ("FATAL", "08004"), "{}", db.message());
@@ -133,7 +133,10 @@ async fn cleartext_password_only_over_tls_or_when_allowed() -> anyhow::Result<()
     assert_login_works(&p).await?;
     let direct = p.direct_superuser().await?;
     let over_tls: bool = direct
-        .query_one("select bool_and(ssl) from pg_stat_ssl join pg_stat_activity using (pid) where usename = $1", &[&APP_USER])
+        .query_one(
+            "select bool_and(ssl) from pg_stat_ssl join pg_stat_activity using (pid) where usename = $1",
+            &[&APP_USER],
+        )
         .await?
         .get(0);
     assert!(over_tls, "pgvane's connections to the server use TLS");

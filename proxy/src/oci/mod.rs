@@ -36,7 +36,6 @@ pub const USERNAME_ENV: &str = "PGVANE_REGISTRY_USERNAME";
 /// See [`USERNAME_ENV`].
 pub const PASSWORD_ENV: &str = "PGVANE_REGISTRY_PASSWORD";
 
-
 /// The manifest media types a pull accepts.
 const MANIFEST_MEDIA_TYPES: &[&str] = &["application/vnd.oci.image.manifest.v1+json"];
 

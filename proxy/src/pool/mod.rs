@@ -30,7 +30,8 @@ use tokio::sync::watch;
 pub use members::{ServerInfo, ServerState};
 pub use pause::PauseState;
 pub use server::{
-    CancelTarget, Cleartext, ServerConn, ServerCredential, ServerError, ServerStatements, ServerTarget, MAX_SERVER_FRAME_BYTES,
+    CancelTarget, Cleartext, ServerConn, ServerCredential, ServerError, ServerStatements, ServerTarget,
+    MAX_SERVER_FRAME_BYTES,
 };
 pub use stats::{PoolStats, StatsSnapshot};
 
@@ -256,8 +257,8 @@ impl Pool {
             )
         };
         let ticket = self.members.join(generation);
-        let conn =
-            ServerConn::connect(&target, &credential, &tls, connect_timeout, max_prepared_statements, cleartext).await?;
+        let conn = ServerConn::connect(&target, &credential, &tls, connect_timeout, max_prepared_statements, cleartext)
+            .await?;
         ticket.connected(&conn);
         ticket.set_state(ServerState::Active);
         *lock(&self.welcome) = Some(conn.params.clone());
