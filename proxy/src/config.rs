@@ -237,6 +237,8 @@ pub struct Settings {
     /// The private key of `server_tls_cert_file` (PEM).
     #[serde(serialize_with = "none_as_empty")]
     pub server_tls_key_file: Option<PathBuf>,
+    /// Answer a server's request for a clear-text password over a connection without TLS.
+    pub server_allow_cleartext_password: bool,
 }
 
 /// Keys of `[pgvane]` that RELOAD cannot change: they take effect at the next start.
@@ -292,6 +294,7 @@ impl Default for Settings {
             server_tls_ca_file: None,
             server_tls_cert_file: None,
             server_tls_key_file: None,
+            server_allow_cleartext_password: false,
         }
     }
 }
@@ -570,7 +573,12 @@ impl Config {
             Some(auth_file) => {
                 let auth_file = resolve(path, auth_file);
                 let load = || -> Result<Userlist, AuthFileError> {
-                    Ok(Userlist::parse(&std::fs::read_to_string(&auth_file)?)?)
+                    let mut userlist = Userlist::parse(&std::fs::read_to_string(&auth_file)?)?;
+                    // Once per load (PBKDF2 per plain password): logins then derive nothing.
+                    if s.auth_type == AuthType::ScramSha256 {
+                        userlist.derive_scram_verifiers();
+                    }
+                    Ok(userlist)
                 };
                 Some(load().map_err(|source| ConfigError::AuthFile {
                     path: path.to_owned(),
@@ -634,6 +642,9 @@ impl Config {
                 }
                 (Some(_), None) => {}
             }
+        }
+        if let Some(key) = file.oci.zero_limit() {
+            return Err(invalid(key, "must be greater than 0"));
         }
         for registry in file.oci.registries.keys() {
             if registry.is_empty() || registry.contains('/') {

@@ -54,6 +54,9 @@ pub enum ReloadError {
     /// The configuration file does not load.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The thread loading the configuration failed.
+    #[error("loading the configuration failed: {0}")]
+    LoadTask(#[from] tokio::task::JoinError),
     /// A `[[plugins]]` entry failed to load (unreadable, its registry unreachable, a digest
     /// mismatch, not a pgvane:policy component, or its `init` refused its config).
     #[error(transparent)]
@@ -127,7 +130,10 @@ impl Shared {
     pub async fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
         let old = self.config();
-        let new = Arc::new(Config::load(&old.path)?);
+        // Loading derives the SCRAM verifiers of the auth file's plain passwords (PBKDF2):
+        // on a blocking thread, not on a worker that serves clients.
+        let path = old.path.clone();
+        let new = Arc::new(tokio::task::spawn_blocking(move || Config::load(&path)).await??);
         // Plugins are fetched, compiled and initialised (on a thread that serves no client)
         // before anything switches: a plugin that fails to load leaves the whole old
         // configuration in force, and is recorded for SHOW PLUGINS. Statements decided from now

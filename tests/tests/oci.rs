@@ -193,6 +193,88 @@ async fn content_that_does_not_match_its_digest_is_refused() -> anyhow::Result<(
     Ok(())
 }
 
+/// `PUT http://<host><path>` of `body` as `content_type`; the registry must answer 201.
+fn http_put(host: &str, path: &str, content_type: &str, body: &[u8]) -> anyhow::Result<()> {
+    let mut stream = std::net::TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "PUT {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )?;
+    stream.write_all(body)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    anyhow::ensure!(response.contains(" 201 "), "PUT {path}: {response}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn downloads_beyond_the_size_caps_are_refused() -> anyhow::Result<()> {
+    let registry = Registry::start().await?;
+    let wasm_path = plugin_path("query_rewrite")?;
+    let wasm_len = std::fs::read(&wasm_path)?.len();
+    let digest = push(&registry, &wasm_path, "rewrite", "v1")?;
+    let pinned = format!("oci://{}/pgvane/rewrite:v1@{digest}", registry.host());
+    let dir = cache_dir()?;
+    let start = |source: &str, caps: &str| {
+        let mut options = options(&probe_plugin(source, "capped"), dir.path());
+        options.extra.push_str(caps);
+        Proxied::start(options)
+    };
+    let refused = |err: anyhow::Error, what: &str, key: &str| {
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("plugin \"probe\"") && text.contains(&format!("the {what} is larger than {key}")),
+            "{text}"
+        );
+    };
+
+    // A layer one byte over the cap (the manifest says so): refused.
+    let caps = format!("max_layer_size_bytes = {}\n", wasm_len - 1);
+    refused(start(&pinned, &caps).await.err().expect("must not start"), "Wasm layer", "max_layer_size_bytes");
+    // A manifest over its cap.
+    let caps = "max_manifest_size_bytes = 64\n";
+    refused(start(&pinned, caps).await.err().expect("must not start"), "manifest", "max_manifest_size_bytes");
+    // The cache stays empty: nothing refused was kept.
+    assert!(!dir.path().join("blobs/sha256").join(&digest[7..]).exists());
+
+    // A manifest that understates its layer's size (10 bytes): the cap holds while the bytes
+    // arrive, whatever the manifest said.
+    let manifest = http_get(
+        &registry.host(),
+        &format!("/v2/pgvane/rewrite/manifests/{digest}"),
+        "application/vnd.oci.image.manifest.v1+json",
+    )?;
+    let lying = manifest.replace(&format!("\"size\":{wasm_len}"), "\"size\":10");
+    assert_ne!(lying, manifest, "{manifest}");
+    http_put(
+        &registry.host(),
+        "/v2/pgvane/rewrite/manifests/liar",
+        "application/vnd.oci.image.manifest.v1+json",
+        lying.as_bytes(),
+    )?;
+    let liar = format!("oci://{}/pgvane/rewrite:liar", registry.host());
+    let caps = format!("max_layer_size_bytes = {}\n", wasm_len - 1);
+    refused(start(&liar, &caps).await.err().expect("must not start"), "Wasm layer", "max_layer_size_bytes");
+
+    // At the caps exactly, the same artifact loads.
+    let caps = format!("max_layer_size_bytes = {wasm_len}\nmax_manifest_size_bytes = {}\n", manifest.len());
+    let p = start(&pinned, &caps).await?;
+    assert_eq!(probe(&p.client().await?).await?, "capped");
+
+    // Zero is not a cap.
+    let config = dir.path().join("zero.toml");
+    std::fs::write(
+        &config,
+        "[pgvane]\nauth_type = \"trust\"\n[databases.app]\nhost = \"127.0.0.1\"\n[oci]\npull_timeout_ms = 0\n",
+    )?;
+    let out = pgvane_cli(&["check", "--config", &config.display().to_string()], &[])?;
+    assert!(!out.status.success(), "{}", describe_output(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("oci.pull_timeout_ms"), "{}", describe_output(&out));
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_registry_down_at_startup_is_fine_with_a_warm_cache() -> anyhow::Result<()> {
     let mut registry = Registry::start().await?;

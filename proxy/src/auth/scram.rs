@@ -47,14 +47,16 @@ const KEY_LEN: usize = 32;
 /// Random bytes in a nonce before base64 (PostgreSQL's SCRAM_RAW_NONCE_LEN).
 const RAW_NONCE_LEN: usize = 18;
 
-/// Iteration count of a mock exchange (PostgreSQL's SCRAM_DEFAULT_ITERATIONS).
-const MOCK_ITERATIONS: u32 = 4096;
+/// Iteration count of verifiers pgvane makes itself (derived from plain passwords, or mock
+/// ones for unknown users) when nothing else decides it (PostgreSQL's
+/// SCRAM_DEFAULT_ITERATIONS).
+pub const DEFAULT_ITERATIONS: u32 = 4096;
 
-/// Salt length of a mock exchange (PostgreSQL's SCRAM_DEFAULT_SALT_LEN).
-const MOCK_SALT_LEN: usize = 16;
+/// Length of the salts pgvane makes (PostgreSQL's SCRAM_DEFAULT_SALT_LEN).
+const SALT_LEN: usize = 16;
 
-/// Length of the per-process secret mixed into mock salts (PostgreSQL's MOCK_AUTH_NONCE_LEN).
-const MOCK_SECRET_LEN: usize = 32;
+/// Length of the per-process secret salts are derived with (PostgreSQL's MOCK_AUTH_NONCE_LEN).
+const SALT_SECRET_LEN: usize = 32;
 
 /// Why a SCRAM exchange failed.
 ///
@@ -150,6 +152,13 @@ impl ScramVerifier {
             stored_key: decode_key(stored_key)?,
             server_key: decode_key(server_key)?,
         })
+    }
+
+    /// The verifier pgvane uses for `user` whose auth-file secret is the plain `password`:
+    /// salted with [`user_salt`], so that it shows the salt a mock exchange for the same name
+    /// would. Runs PBKDF2: call it where the auth file is loaded, never on a session's path.
+    pub fn derived(user: &str, password: &str, iterations: u32) -> ScramVerifier {
+        ScramVerifier::from_password(password, &user_salt(user), iterations)
     }
 
     /// Computes the verifier PostgreSQL would store for `password` with this salt and
@@ -270,18 +279,33 @@ pub struct ServerExchange {
 }
 
 impl ServerExchange {
-    /// `verifier: None` means the user is unknown (or has no usable secret): run a mock
-    /// exchange with a salt derived deterministically from `user` and a per-process random
-    /// secret, like PostgreSQL's scram_mock_salt, so the client cannot tell unknown users
-    /// from wrong passwords; the final step then always fails.
+    /// `verifier: None` means the user is unknown (or has no usable secret): the same as
+    /// [`ServerExchange::mock`] with [`DEFAULT_ITERATIONS`].
     ///
-    /// For a user whose secret is a plain password, pass
-    /// `ScramVerifier::from_password(password, random_salt, 4096)`.
+    /// For a user whose secret is a plain password, pass a verifier derived once, with
+    /// [`ScramVerifier::derived`] (the user list does it when it is loaded).
     pub fn new(user: &str, verifier: Option<ScramVerifier>) -> ServerExchange {
-        let (verifier, mock) = match verifier {
-            Some(verifier) => (verifier, false),
-            None => (mock_verifier(user), true),
+        match verifier {
+            Some(verifier) => ServerExchange::with_verifier(verifier, false),
+            None => ServerExchange::mock(user, DEFAULT_ITERATIONS),
+        }
+    }
+
+    /// A mock exchange for a user without a usable verifier: the salt is [`user_salt`], the
+    /// one a plain password of this user would get, and `iterations` should be what real
+    /// verifiers show (see `Userlist::scram_iterations`), so the client cannot tell unknown
+    /// users from wrong passwords; the final step always fails.
+    pub fn mock(user: &str, iterations: u32) -> ServerExchange {
+        let verifier = ScramVerifier {
+            iterations: iterations.max(1),
+            salt: user_salt(user),
+            stored_key: [0; KEY_LEN],
+            server_key: [0; KEY_LEN],
         };
+        ServerExchange::with_verifier(verifier, true)
+    }
+
+    fn with_verifier(verifier: ScramVerifier, mock: bool) -> ServerExchange {
         ServerExchange { verifier, mock, state: ServerState::AwaitingClientFirst, binding: ServerBinding::Unsupported }
     }
 
@@ -699,23 +723,21 @@ fn random_nonce() -> String {
     BASE64.encode(raw)
 }
 
-/// A verifier for a user who has none: a salt that is the same every time for the same
-/// name (SHA-256 of the name and a per-process random secret, cut to 16 bytes, as
-/// PostgreSQL's scram_mock_salt does), the default iteration count, and zero keys.
-fn mock_verifier(user: &str) -> ScramVerifier {
-    static MOCK_SECRET: OnceLock<[u8; MOCK_SECRET_LEN]> = OnceLock::new();
-    let secret = MOCK_SECRET.get_or_init(|| {
-        let mut secret = [0u8; MOCK_SECRET_LEN];
+/// The salt pgvane gives `user` when it makes a verifier itself, for a plain password in the
+/// auth file or a mock one for an unknown user: HMAC-SHA-256 of the name under a per-process
+/// random secret, cut to 16 bytes (like PostgreSQL's scram_mock_salt). It is the same for
+/// every login and every auth-file load of this process, whether the user exists or not, and
+/// unpredictable from outside; a new process draws a new secret.
+pub fn user_salt(user: &str) -> Vec<u8> {
+    static SALT_SECRET: OnceLock<[u8; SALT_SECRET_LEN]> = OnceLock::new();
+    let secret = SALT_SECRET.get_or_init(|| {
+        let mut secret = [0u8; SALT_SECRET_LEN];
         rand::rng().fill_bytes(&mut secret);
         secret
     });
-    let digest = Sha256::new().chain_update(user.as_bytes()).chain_update(secret).finalize();
-    ScramVerifier {
-        iterations: MOCK_ITERATIONS,
-        salt: digest.iter().take(MOCK_SALT_LEN).copied().collect(),
-        stored_key: [0; KEY_LEN],
-        server_key: [0; KEY_LEN],
-    }
+    let mut message = b"pgvane scram salt\0".to_vec();
+    message.extend_from_slice(user.as_bytes());
+    hmac_sha256(secret, &message).iter().take(SALT_LEN).copied().collect()
 }
 
 fn sha256(data: &[u8]) -> [u8; KEY_LEN] {
@@ -995,8 +1017,8 @@ mod tests {
         let parsed = parse_server_first(&server_first).unwrap();
         assert!(parsed.nonce.starts_with(client_nonce));
         assert_eq!(parsed.nonce.len(), client_nonce.len() + 24);
-        assert_eq!(parsed.salt.len(), MOCK_SALT_LEN);
-        assert_eq!(parsed.iterations, MOCK_ITERATIONS);
+        assert_eq!(parsed.salt.len(), SALT_LEN);
+        assert_eq!(parsed.iterations, DEFAULT_ITERATIONS);
 
         let client_final = client.server_first(server_first.as_bytes()).unwrap();
         assert_eq!(server.client_final(&client_final).err(), Some(ScramError::InvalidProof));
@@ -1023,7 +1045,30 @@ mod tests {
         assert_eq!(salt_of("ghost"), salt_of("ghost"));
         assert_ne!(salt_of("ghost"), salt_of("phantom"));
         // The salt is not simply a hash of the name.
-        assert_ne!(salt_of("ghost"), sha256(b"ghost")[..MOCK_SALT_LEN].to_vec());
+        assert_ne!(salt_of("ghost"), sha256(b"ghost")[..SALT_LEN].to_vec());
+    }
+
+    #[test]
+    fn mock_and_derived_verifiers_look_alike() {
+        let server_first = |mut server: ServerExchange| {
+            let reply = server.client_first(b"n,,n=,r=abc").unwrap();
+            let parsed = parse_server_first(text(&reply)).unwrap();
+            (parsed.salt, parsed.iterations)
+        };
+        // The salt and count a mock exchange shows for "ghost" are those a plain password of
+        // "ghost" gets: adding or removing the user changes nothing the client can see.
+        let derived = ScramVerifier::derived("ghost", "pw", 10_000);
+        assert_eq!(
+            server_first(ServerExchange::mock("ghost", 10_000)),
+            server_first(ServerExchange::new("ghost", Some(derived.clone())))
+        );
+        assert_eq!(derived.salt, user_salt("ghost"));
+        assert_eq!(derived.iterations, 10_000);
+        assert!(derived == ScramVerifier::derived("ghost", "pw", 10_000), "derivation is stable");
+        assert_ne!(user_salt("ghost"), user_salt("ghost2"));
+        // The derived verifier accepts the password.
+        let mut client = ClientExchange::new(ClientCredential::Password("pw".into()));
+        run(&mut ServerExchange::new("ghost", Some(derived)), &mut client).unwrap();
     }
 
     #[test]

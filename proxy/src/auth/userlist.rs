@@ -16,10 +16,10 @@
 //! may separate the two fields, both must be on the same line, and a malformed line is an
 //! error for the whole file rather than the end of loading.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use super::scram::ScramVerifier;
+use super::scram::{ScramVerifier, DEFAULT_ITERATIONS};
 
 /// Why a user list could not be read. Every variant carries the 1-based line number;
 /// none carries a secret.
@@ -100,13 +100,24 @@ impl fmt::Debug for Secret {
 }
 
 /// Users and their secrets, read from an `auth_file`.
+///
+/// For SCRAM logins every listed user needs a verifier. Those of plain-password users are
+/// derived once per load, by [`Userlist::derive_scram_verifiers`] (PBKDF2, so it runs where
+/// the file is loaded, off the sessions' path), with the salt a mock exchange shows for the
+/// same name and the iteration count [`Userlist::scram_iterations`]: an unknown user, a
+/// plain-password user and (in the common case) a user stored as a SCRAM secret show the
+/// client the same kind of salt and the same count.
 #[derive(Debug, Clone, Default)]
 pub struct Userlist {
     users: HashMap<String, Secret>,
+    /// SCRAM verifiers of the plain-password users, once derived.
+    derived: HashMap<String, ScramVerifier>,
+    /// See [`Userlist::scram_iterations`].
+    scram_iterations: u32,
 }
 
 impl Userlist {
-    /// Parses the text of an `auth_file`.
+    /// Parses the text of an `auth_file`. Cheap: no verifier is derived yet.
     pub fn parse(text: &str) -> Result<Userlist, UserlistError> {
         let mut users = HashMap::new();
         for (index, line) in text.lines().enumerate() {
@@ -114,7 +125,53 @@ impl Userlist {
                 users.insert(user, secret);
             }
         }
-        Ok(Userlist { users })
+        let scram_iterations = most_common_iterations(&users);
+        Ok(Userlist { users, derived: HashMap::new(), scram_iterations })
+    }
+
+    /// Derives the SCRAM verifier of every plain-password user (PBKDF2 each): call it once,
+    /// where the file is loaded, when clients log in with SCRAM.
+    pub fn derive_scram_verifiers(&mut self) {
+        let iterations = self.scram_iterations();
+        self.derived = self
+            .users
+            .iter()
+            .filter_map(|(user, secret)| match secret {
+                Secret::Plain(password) => Some((user.clone(), ScramVerifier::derived(user, password, iterations))),
+                Secret::Md5(_) | Secret::Scram(_) => None,
+            })
+            .collect();
+    }
+
+    /// The iteration count of the verifiers pgvane makes (derived and mock): the count most
+    /// SCRAM secrets in the file use (the larger one on a tie), or PostgreSQL's default 4096
+    /// when the file holds none. A user stored with another count than most is the one case
+    /// where the count tells the client something: that such a user exists.
+    pub fn scram_iterations(&self) -> u32 {
+        if self.scram_iterations == 0 {
+            DEFAULT_ITERATIONS
+        } else {
+            self.scram_iterations
+        }
+    }
+
+    /// The verifier to check `user` against in a SCRAM exchange: the stored one, or the one
+    /// derived from a plain password. `None` for unknown users, users with only an MD5
+    /// hash, and plain-password users when [`Userlist::derive_scram_verifiers`] has not run.
+    pub fn scram_verifier(&self, user: &str) -> Option<&ScramVerifier> {
+        match self.users.get(user)? {
+            Secret::Scram(verifier) => Some(verifier),
+            Secret::Plain(_) => self.derived.get(user),
+            Secret::Md5(_) => None,
+        }
+    }
+
+    /// Whether most users have a SCRAM secret (rather than a plain password or an MD5
+    /// hash): with `auth_type = "md5"`, unknown users then get a (mock) SCRAM exchange, as
+    /// those users do, instead of an MD5 one.
+    pub fn mostly_scram(&self) -> bool {
+        let scram = self.users.values().filter(|s| matches!(s, Secret::Scram(_))).count();
+        scram * 2 > self.users.len()
     }
 
     /// The secret of `user`, if listed.
@@ -131,6 +188,18 @@ impl Userlist {
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
     }
+}
+
+/// The iteration count most SCRAM secrets use (the larger on a tie); 0 when there are none.
+fn most_common_iterations(users: &HashMap<String, Secret>) -> u32 {
+    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+    for secret in users.values() {
+        if let Secret::Scram(verifier) = secret {
+            *counts.entry(verifier.iterations).or_default() += 1;
+        }
+    }
+    // max_by_key keeps the last maximum: the larger count on a tie.
+    counts.into_iter().max_by_key(|&(_, n)| n).map_or(0, |(iterations, _)| iterations)
 }
 
 /// Parses one line; `None` for blank lines and comments.
@@ -286,6 +355,40 @@ mod tests {
             assert!(expected.to_string().starts_with(&format!("line {}: ", expected.line())));
         }
         assert_eq!(UserlistError::Syntax { line: 3 }.to_string(), "line 3: expected \"user\" \"secret\"");
+    }
+
+    #[test]
+    fn plain_passwords_get_verifiers_with_the_common_iteration_count() {
+        let high = ScramVerifier::from_password("x", b"0123456789abcdef", 8192);
+        let secret_of = |v: &ScramVerifier| {
+            use base64::Engine as _;
+            let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+            format!("SCRAM-SHA-256${}:{}${}:{}", v.iterations, b64(&v.salt), b64(&v.stored_key), b64(&v.server_key))
+        };
+        let text = format!(
+            "\"alice\" \"pw\"\n\"admin\" \"{MD5}\"\n\"foo\" \"{SCRAM}\"\n\"bar\" \"{}\"\n\"baz\" \"{}\"\n",
+            secret_of(&high),
+            secret_of(&high)
+        );
+        let mut list = Userlist::parse(&text).unwrap();
+        // Two secrets at 8192, one at 4096: 8192 wins.
+        assert_eq!(list.scram_iterations(), 8192);
+        assert!(list.scram_verifier("alice").is_none(), "nothing derived before derive_scram_verifiers");
+        list.derive_scram_verifiers();
+        let alice = list.scram_verifier("alice").unwrap();
+        assert_eq!(alice.iterations, 8192);
+        assert!(*alice == ScramVerifier::derived("alice", "pw", 8192));
+        assert_eq!(list.scram_verifier("foo").unwrap().iterations, 4096);
+        assert!(list.scram_verifier("admin").is_none());
+        assert!(list.scram_verifier("nobody").is_none());
+        assert!(list.mostly_scram());
+
+        // No SCRAM secret at all: PostgreSQL's default count; a tie takes the larger count.
+        let list = Userlist::parse("\"alice\" \"pw\"\n").unwrap();
+        assert_eq!(list.scram_iterations(), DEFAULT_ITERATIONS);
+        assert!(!list.mostly_scram());
+        let text = format!("\"foo\" \"{SCRAM}\"\n\"bar\" \"{}\"\n", secret_of(&high));
+        assert_eq!(Userlist::parse(&text).unwrap().scram_iterations(), 8192);
     }
 
     #[test]

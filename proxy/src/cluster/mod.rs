@@ -220,6 +220,7 @@ impl Cluster {
                 credential,
                 dbname: dbname.clone(),
                 tls: config.server_tls.clone(),
+                cleartext: pool::Cleartext::from_setting(config.settings.server_allow_cleartext_password),
             })
         });
         configured.or_else(|| {
@@ -228,6 +229,7 @@ impl Cluster {
                 credential,
                 dbname,
                 tls: config.server_tls.clone(),
+                cleartext: pool::Cleartext::from_setting(config.settings.server_allow_cleartext_password),
             })
         })
     }

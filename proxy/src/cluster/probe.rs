@@ -9,7 +9,7 @@ use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 
 use crate::config::NodeAddr;
-use crate::pool::{ServerConn, ServerCredential, ServerError, ServerTarget};
+use crate::pool::{Cleartext, ServerConn, ServerCredential, ServerError, ServerTarget};
 use crate::protocol::messages::{self, tag, ErrorResponse};
 use crate::tls::ServerTls;
 
@@ -48,6 +48,8 @@ pub struct Login {
     pub dbname: String,
     /// TLS towards the node (`server_tls_*`, as for the pools).
     pub tls: ServerTls,
+    /// Clear-text passwords over plain TCP (`server_allow_cleartext_password`).
+    pub cleartext: Cleartext,
 }
 
 /// A monitor connection to one node, opened on first use and reopened after a failure.
@@ -142,7 +144,7 @@ impl Probe {
                     dbname: login.dbname.clone(),
                     user: login.user.clone(),
                 };
-                ServerConn::connect(&target, &login.credential, &login.tls, timeout, 1).await?
+                ServerConn::connect(&target, &login.credential, &login.tls, timeout, 1, login.cleartext).await?
             }
         };
         let result = query_rows(&mut conn, sql).await;

@@ -5,17 +5,24 @@
 //!
 //! Every digest is checked here, whatever the registry or the client library did: the
 //! manifest's bytes against the pinned digest, the layer's bytes against the manifest.
+//!
+//! A registry is not trusted with pgvane's memory or time either: the manifest and the layer
+//! are capped in size ([`Limits`]) as they stream in, whatever `Content-Length` or the
+//! manifest's `size` claim, and a pull has connect, read and total timeouts.
 
 mod cache;
 mod reference;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::OciImageManifest;
 use oci_client::secrets::RegistryAuth;
+use oci_client::RegistryOperation;
 use oci_wasm::{WasmClient, WasmConfig, WASM_LAYER_MEDIA_TYPE, WASM_MANIFEST_CONFIG_MEDIA_TYPE};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -28,11 +35,6 @@ pub use reference::{check_digest, Reference, SCHEME};
 pub const USERNAME_ENV: &str = "PGVANE_REGISTRY_USERNAME";
 /// See [`USERNAME_ENV`].
 pub const PASSWORD_ENV: &str = "PGVANE_REGISTRY_PASSWORD";
-
-/// Connecting to a registry gives up after this long…
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// …and a read that stalls, after this long.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The manifest media types a pull accepts.
 const MANIFEST_MEDIA_TYPES: &[&str] = &["application/vnd.oci.image.manifest.v1+json"];
@@ -75,6 +77,26 @@ pub enum OciError {
         reference: String,
         /// What is wrong.
         why: String,
+    },
+    /// The registry sent more than the configured cap (or declared it would).
+    #[error("{reference}: the {what} is larger than {key} ({limit} bytes); refused")]
+    TooLarge {
+        /// The artifact.
+        reference: String,
+        /// `manifest` or `Wasm layer`.
+        what: &'static str,
+        /// The `[oci]` key setting the cap.
+        key: &'static str,
+        /// The cap in bytes.
+        limit: u64,
+    },
+    /// The pull took longer than `[oci] pull_timeout_ms`.
+    #[error("{reference}: pulling took longer than pull_timeout_ms ({ms} ms); gave up")]
+    Timeout {
+        /// The artifact.
+        reference: String,
+        /// The timeout.
+        ms: u64,
     },
     /// The cache or a local file could not be read or written.
     #[error("{path}: {source}")]
@@ -132,11 +154,84 @@ pub struct OciSettings {
     pub cache_dir: PathBuf,
     /// Per-registry settings, by `host` or `host:port` as written in references.
     pub registries: BTreeMap<String, RegistrySettings>,
+    /// Largest manifest accepted from a registry.
+    pub max_manifest_size_bytes: u64,
+    /// Largest Wasm layer (the component) accepted from a registry.
+    pub max_layer_size_bytes: u64,
+    /// Connecting to a registry gives up after this long.
+    pub connect_timeout_ms: u64,
+    /// A read from a registry that stalls this long fails.
+    pub read_timeout_ms: u64,
+    /// A whole pull (manifest and layer, token exchange included) gives up after this long.
+    pub pull_timeout_ms: u64,
 }
 
 impl Default for OciSettings {
     fn default() -> Self {
-        OciSettings { cache_dir: PathBuf::from("plugin-cache"), registries: BTreeMap::new() }
+        let limits = Limits::default();
+        OciSettings {
+            cache_dir: PathBuf::from("plugin-cache"),
+            registries: BTreeMap::new(),
+            max_manifest_size_bytes: limits.max_manifest_bytes,
+            max_layer_size_bytes: limits.max_layer_bytes,
+            connect_timeout_ms: limits.connect_timeout_ms,
+            read_timeout_ms: limits.read_timeout_ms,
+            pull_timeout_ms: limits.pull_timeout_ms,
+        }
+    }
+}
+
+impl OciSettings {
+    /// The caps and timeouts of pulls.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_manifest_bytes: self.max_manifest_size_bytes,
+            max_layer_bytes: self.max_layer_size_bytes,
+            connect_timeout_ms: self.connect_timeout_ms,
+            read_timeout_ms: self.read_timeout_ms,
+            pull_timeout_ms: self.pull_timeout_ms,
+        }
+    }
+
+    /// The first size or timeout key that is 0 (none may be), as `oci.<key>`.
+    pub fn zero_limit(&self) -> Option<&'static str> {
+        [
+            ("oci.max_manifest_size_bytes", self.max_manifest_size_bytes),
+            ("oci.max_layer_size_bytes", self.max_layer_size_bytes),
+            ("oci.connect_timeout_ms", self.connect_timeout_ms),
+            ("oci.read_timeout_ms", self.read_timeout_ms),
+            ("oci.pull_timeout_ms", self.pull_timeout_ms),
+        ]
+        .into_iter()
+        .find_map(|(key, value)| (value == 0).then_some(key))
+    }
+}
+
+/// Size caps and timeouts of registry requests (the `[oci]` keys of the same names; the
+/// defaults are the command line's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `max_manifest_size_bytes`.
+    pub max_manifest_bytes: u64,
+    /// `max_layer_size_bytes`.
+    pub max_layer_bytes: u64,
+    /// `connect_timeout_ms`.
+    pub connect_timeout_ms: u64,
+    /// `read_timeout_ms`.
+    pub read_timeout_ms: u64,
+    /// `pull_timeout_ms`.
+    pub pull_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_manifest_bytes: 4 << 20,
+            max_layer_bytes: 64 << 20,
+            connect_timeout_ms: 5_000,
+            read_timeout_ms: 30_000,
+            pull_timeout_ms: 300_000,
+        }
     }
 }
 
@@ -149,6 +244,8 @@ pub struct Access {
     pub password: Option<Secret>,
     /// Plain HTTP allowed beyond loopback.
     pub insecure: bool,
+    /// Size caps and timeouts.
+    pub limits: Limits,
 }
 
 impl Access {
@@ -156,14 +253,16 @@ impl Access {
     /// [`PASSWORD_ENV`] when the config has none.
     pub fn for_registry(settings: &OciSettings, registry: &str) -> Access {
         let configured = settings.registries.get(registry).cloned().unwrap_or_default();
+        let limits = settings.limits();
         if configured.username.is_some() {
             return Access {
                 username: configured.username,
                 password: configured.password,
                 insecure: configured.insecure,
+                limits,
             };
         }
-        Access { insecure: configured.insecure, ..Access::from_env() }
+        Access { insecure: configured.insecure, limits, ..Access::from_env() }
     }
 
     /// Credentials from the environment only (the command line).
@@ -172,6 +271,7 @@ impl Access {
             username: std::env::var(USERNAME_ENV).ok().filter(|u| !u.is_empty()),
             password: std::env::var(PASSWORD_ENV).ok().map(Secret),
             insecure: false,
+            limits: Limits::default(),
         }
     }
 
@@ -186,21 +286,106 @@ impl Access {
     }
 }
 
-/// A client for the registry of `reference`: plain HTTP for loopback registries and those
-/// marked `insecure`, HTTPS (rustls, the system's and webpki's roots) otherwise.
+/// Whether to talk plain HTTP to the registry of `reference`: loopback registries and those
+/// marked `insecure`; HTTPS (rustls, the system's and webpki's roots) otherwise.
+fn plain_http(reference: &Reference, access: &Access) -> bool {
+    reference.is_loopback() || access.insecure
+}
+
+/// A client for the registry of `reference`.
 fn client(reference: &Reference, access: &Access) -> WasmClient {
-    let protocol = if reference.is_loopback() || access.insecure {
+    let protocol = if plain_http(reference, access) {
         ClientProtocol::HttpsExcept(vec![reference.registry.clone()])
     } else {
         ClientProtocol::Https
     };
     let config = ClientConfig {
         protocol,
-        connect_timeout: Some(CONNECT_TIMEOUT),
-        read_timeout: Some(READ_TIMEOUT),
+        connect_timeout: Some(Duration::from_millis(access.limits.connect_timeout_ms)),
+        read_timeout: Some(Duration::from_millis(access.limits.read_timeout_ms)),
         ..ClientConfig::default()
     };
     WasmClient::new(oci_client::Client::new(config))
+}
+
+/// Fetches the manifest of `reference` (by digest when pinned, else by tag), at most
+/// `max_manifest_bytes` of it: oci-client reads a manifest whole, so the request is made here,
+/// with the token oci-client obtained (or HTTP basic credentials).
+async fn fetch_manifest(client: &WasmClient, reference: &Reference, access: &Access) -> Result<Vec<u8>, OciError> {
+    let image = reference.to_client();
+    let auth = access.auth();
+    let token = client
+        .auth(&image, &auth, RegistryOperation::Pull)
+        .await
+        .map_err(|e| client_error(reference, "manifest", e))?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(access.limits.connect_timeout_ms))
+        .read_timeout(Duration::from_millis(access.limits.read_timeout_ms))
+        .build()
+        .map_err(|e| registry_error(reference, &e))?;
+    let scheme = if plain_http(reference, access) { "http" } else { "https" };
+    let name = reference.digest.as_deref().or(reference.tag.as_deref()).unwrap_or("latest");
+    let url = format!("{scheme}://{}/v2/{}/manifests/{name}", image.resolve_registry(), image.repository());
+    let mut request = http.get(&url).header(reqwest::header::ACCEPT, MANIFEST_MEDIA_TYPES.join(", "));
+    request = match (token, &access.username) {
+        (Some(token), _) => request.bearer_auth(token),
+        (None, Some(user)) => request.basic_auth(user, access.password.as_ref().map(Secret::expose)),
+        (None, None) => request,
+    };
+    let mut response = request.send().await.map_err(|e| registry_error(reference, &e))?;
+    let status = response.status();
+    let limit = access.limits.max_manifest_bytes;
+    let too_large = || OciError::TooLarge {
+        reference: reference.to_string(),
+        what: "manifest",
+        key: "max_manifest_size_bytes",
+        limit,
+    };
+    if status.is_success() && response.content_length().is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    // An error's body is read too (its text says why), within the same cap.
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| registry_error(reference, &e))? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body);
+        let message = format!("GET {url}: {status}: {}", text.trim().chars().take(500).collect::<String>());
+        return Err(OciError::Registry { reference: reference.to_string(), message });
+    }
+    Ok(body)
+}
+
+/// A buffer that takes at most `limit` bytes: a write beyond it fails (and is remembered), so a
+/// download into it stops there.
+struct CappedBuffer {
+    bytes: Vec<u8>,
+    limit: u64,
+    exceeded: bool,
+}
+
+impl tokio::io::AsyncWrite for CappedBuffer {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if (this.bytes.len() + data.len()) as u64 > this.limit {
+            this.exceeded = true;
+            return Poll::Ready(Err(std::io::Error::other("size cap reached")));
+        }
+        this.bytes.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// The error text of a client error with all its causes (credentials are never part of them:
@@ -303,15 +488,19 @@ pub async fn fetch(reference: &Reference, access: &Access, cache: Option<&Cache>
     Ok(artifact)
 }
 
-/// Pulls the artifact from its registry, checking every digest.
+/// Pulls the artifact from its registry, checking every digest, within the size caps and the
+/// timeouts of `access.limits`.
 pub async fn pull(reference: &Reference, access: &Access) -> Result<Artifact, OciError> {
-    let client = client(reference, access);
-    let auth = access.auth();
-    let image = reference.to_client();
-    let (manifest_bytes, _) = client
-        .pull_manifest_raw(&image, &auth, MANIFEST_MEDIA_TYPES)
+    let ms = access.limits.pull_timeout_ms;
+    tokio::time::timeout(Duration::from_millis(ms), pull_within_time(reference, access))
         .await
-        .map_err(|e| client_error(reference, "manifest", e))?;
+        .map_err(|_| OciError::Timeout { reference: reference.to_string(), ms })?
+}
+
+async fn pull_within_time(reference: &Reference, access: &Access) -> Result<Artifact, OciError> {
+    let client = client(reference, access);
+    let image = reference.to_client();
+    let manifest_bytes = fetch_manifest(&client, reference, access).await?;
     let manifest_digest = sha256_digest(&manifest_bytes);
     if let Some(expected) = &reference.digest {
         if *expected != manifest_digest {
@@ -325,8 +514,24 @@ pub async fn pull(reference: &Reference, access: &Access) -> Result<Artifact, Oc
     }
     let manifest = parse_manifest(reference, &manifest_bytes)?;
     let layer = wasm_layer(reference, &manifest)?;
-    let mut wasm = Vec::new();
-    client.pull_blob(&image, &layer, &mut wasm).await.map_err(|e| client_error(reference, "Wasm layer", e))?;
+    let limit = access.limits.max_layer_bytes;
+    let too_large = || OciError::TooLarge {
+        reference: reference.to_string(),
+        what: "Wasm layer",
+        key: "max_layer_size_bytes",
+        limit,
+    };
+    // The manifest's word is enough to refuse; to accept, the bytes are counted as they come.
+    if u64::try_from(layer.size).map_or(true, |size| size > limit) {
+        return Err(too_large());
+    }
+    let mut buffer = CappedBuffer { bytes: Vec::new(), limit, exceeded: false };
+    let pulled = client.pull_blob(&image, &layer, &mut buffer).await;
+    if buffer.exceeded {
+        return Err(too_large());
+    }
+    pulled.map_err(|e| client_error(reference, "Wasm layer", e))?;
+    let wasm = buffer.bytes;
     let actual = sha256_digest(&wasm);
     if actual != layer.digest {
         return Err(OciError::DigestMismatch {
@@ -336,7 +541,7 @@ pub async fn pull(reference: &Reference, access: &Access) -> Result<Artifact, Oc
             actual,
         });
     }
-    Ok(Artifact { wasm, manifest_digest, manifest, from_cache: false, raw_manifest: manifest_bytes.to_vec() })
+    Ok(Artifact { wasm, manifest_digest, manifest, from_cache: false, raw_manifest: manifest_bytes })
 }
 
 /// Publishes `wasm` (a component) at `reference` in the Wasm OCI artifact layout, the layer
@@ -359,11 +564,7 @@ pub async fn push(wasm: Vec<u8>, title: &str, reference: &Reference, access: &Ac
     let auth = access.auth();
     let image = reference.to_client();
     client.push(&image, &auth, layer, config, None).await.map_err(|e| registry_error(reference, e.as_ref()))?;
-    let (manifest_bytes, _) = client
-        .pull_manifest_raw(&image, &auth, MANIFEST_MEDIA_TYPES)
-        .await
-        .map_err(|e| registry_error(reference, &e))?;
-    Ok(sha256_digest(&manifest_bytes))
+    Ok(sha256_digest(&fetch_manifest(&client, reference, access).await?))
 }
 
 /// What `pgvane plugin inspect` shows about a component.

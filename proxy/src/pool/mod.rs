@@ -30,7 +30,8 @@ use tokio::sync::watch;
 pub use members::{ServerInfo, ServerState};
 pub use pause::PauseState;
 pub use server::{
-    CancelTarget, ServerConn, ServerCredential, ServerError, ServerStatements, ServerTarget, MAX_SERVER_FRAME_BYTES,
+    CancelTarget, Cleartext, ServerConn, ServerCredential, ServerError, ServerStatements, ServerTarget,
+    MAX_SERVER_FRAME_BYTES,
 };
 pub use stats::{PoolStats, StatsSnapshot};
 
@@ -68,6 +69,8 @@ pub struct PoolSettings {
     pub max_prepared_statements: usize,
     /// TLS towards the server (`server_tls_*`).
     pub tls: crate::tls::ServerTls,
+    /// Clear-text passwords over plain TCP (`server_allow_cleartext_password`).
+    pub cleartext: Cleartext,
 }
 
 impl PoolSettings {
@@ -82,6 +85,7 @@ impl PoolSettings {
             reset_query: settings.server_reset_query.clone(),
             max_prepared_statements: settings.max_prepared_statements,
             tls: config.server_tls.clone(),
+            cleartext: Cleartext::from_setting(settings.server_allow_cleartext_password),
         }
     }
 }
@@ -240,7 +244,7 @@ impl Pool {
         if let Some((conn, ticket)) = self.take_idle(generation) {
             return Ok(PooledConn { conn, ticket, pool: self.clone(), _slot: slot });
         }
-        let (target, credential, tls, connect_timeout, max_prepared_statements) = {
+        let (target, credential, tls, connect_timeout, max_prepared_statements, cleartext) = {
             let setup = self.setup();
             let s = &setup.settings;
             (
@@ -249,10 +253,12 @@ impl Pool {
                 s.tls.clone(),
                 s.connect_timeout,
                 s.max_prepared_statements,
+                s.cleartext,
             )
         };
         let ticket = self.members.join(generation);
-        let conn = ServerConn::connect(&target, &credential, &tls, connect_timeout, max_prepared_statements).await?;
+        let conn = ServerConn::connect(&target, &credential, &tls, connect_timeout, max_prepared_statements, cleartext)
+            .await?;
         ticket.connected(&conn);
         ticket.set_state(ServerState::Active);
         *lock(&self.welcome) = Some(conn.params.clone());

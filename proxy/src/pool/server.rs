@@ -46,6 +46,27 @@ impl std::fmt::Debug for ServerCredential {
     }
 }
 
+/// Whether pgvane answers a server's AuthenticationCleartextPassword (`server_allow_cleartext_password`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cleartext {
+    /// Only over TLS: on a plain TCP connection anyone on the path would read the password.
+    #[default]
+    OnlyOverTls,
+    /// Over any connection.
+    Allowed,
+}
+
+impl Cleartext {
+    /// From the `server_allow_cleartext_password` setting.
+    pub fn from_setting(allow: bool) -> Cleartext {
+        if allow {
+            Cleartext::Allowed
+        } else {
+            Cleartext::OnlyOverTls
+        }
+    }
+}
+
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
 pub struct ServerTarget {
@@ -83,6 +104,16 @@ pub enum ServerError {
     /// pgvane cannot answer the server's authentication request with the credential it has.
     #[error("cannot log in to the server: {0}")]
     Auth(String),
+    /// The server asked for a clear-text password over a connection without TLS, and
+    /// `server_allow_cleartext_password` is off: pgvane did not send it.
+    #[error(
+        "the server {server} asks for a clear-text password over a connection without TLS; pgvane does not send it \
+         (use TLS to the server, another authentication method, or server_allow_cleartext_password = true)"
+    )]
+    CleartextRefused {
+        /// The server, `host:port`.
+        server: String,
+    },
     /// SCRAM exchange with the server failed.
     #[error("SCRAM authentication with the server failed: {0}")]
     Scram(#[from] ScramError),
@@ -92,6 +123,20 @@ pub enum ServerError {
     /// The TLS handshake failed (the certificate did not verify, for one).
     #[error(transparent)]
     Tls(#[from] TlsConnectError),
+}
+
+impl ServerError {
+    /// The SQLSTATE a client gets when its login or statement cannot have a server
+    /// connection because of this error (a server's own error keeps its code).
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            ServerError::Server(error) => error.code(),
+            // pgvane itself refuses the login for the server's sake: "the server (pgvane)
+            // rejected establishment of the connection".
+            ServerError::CleartextRefused { .. } => "08004",
+            _ => "08006",
+        }
+    }
 }
 
 /// A logged-in server connection, idle (ReadyForQuery seen) whenever it is outside a session.
@@ -252,15 +297,17 @@ impl ServerStatements {
 }
 
 impl ServerConn {
-    /// Connects and logs in, within `timeout`.
+    /// Connects and logs in, within `timeout`. A request for a clear-text password is
+    /// answered over TLS, or over plain TCP only when `cleartext` allows it.
     pub async fn connect(
         target: &ServerTarget,
         credential: &ServerCredential,
         tls: &ServerTls,
         timeout: Duration,
         max_prepared_statements: usize,
+        cleartext: Cleartext,
     ) -> Result<ServerConn, ServerError> {
-        tokio::time::timeout(timeout, Self::connect_inner(target, credential, tls, max_prepared_statements))
+        tokio::time::timeout(timeout, Self::connect_inner(target, credential, tls, max_prepared_statements, cleartext))
             .await
             .map_err(|_| ServerError::ConnectTimeout)?
     }
@@ -270,6 +317,7 @@ impl ServerConn {
         credential: &ServerCredential,
         tls: &ServerTls,
         max_prepared_statements: usize,
+        cleartext: Cleartext,
     ) -> Result<ServerConn, ServerError> {
         let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
         tcp.set_nodelay(true)?;
@@ -291,12 +339,18 @@ impl ServerConn {
         let mut out = BytesMut::new();
         messages::encode_startup([("user", target.user.as_str()), ("database", target.dbname.as_str())], &mut out);
         conn.send(&out).await?;
-        conn.login(&target.user, credential).await?;
+        conn.login(target, credential, cleartext).await?;
         Ok(conn)
     }
 
     /// Answers the server's authentication requests, then reads up to the first ReadyForQuery.
-    async fn login(&mut self, user: &str, credential: &ServerCredential) -> Result<(), ServerError> {
+    async fn login(
+        &mut self,
+        target: &ServerTarget,
+        credential: &ServerCredential,
+        cleartext: Cleartext,
+    ) -> Result<(), ServerError> {
+        let user = target.user.as_str();
         let mut scram: Option<ClientExchange> = None;
         let mut out = BytesMut::new();
         loop {
@@ -307,6 +361,16 @@ impl ServerConn {
                     match Authentication::parse(frame.body())? {
                         Authentication::Ok => continue,
                         Authentication::CleartextPassword => match credential {
+                            _ if !self.stream.is_tls() && cleartext == Cleartext::OnlyOverTls => {
+                                let server = crate::config::NodeAddr { host: target.host.clone(), port: target.port };
+                                tracing::warn!(
+                                    server = %server,
+                                    user,
+                                    "server asks for a clear-text password over plain TCP; refused \
+                                     (server_allow_cleartext_password = false)"
+                                );
+                                return Err(ServerError::CleartextRefused { server: server.to_string() });
+                            }
                             ServerCredential::Password(p) => messages::encode_password(p, &mut out),
                             _ => return Err(no_secret("a clear-text password", credential)),
                         },

@@ -1,11 +1,28 @@
 //! Client authentication: trust, MD5 and SCRAM-SHA-256 (with -PLUS channel binding over TLS)
 //! against the auth file, or a TLS client certificate (`cert`).
 //!
-//! An unknown user and a wrong password look the same to the client: the same exchange (a
-//! mock SCRAM exchange for unknown users) and the same 28P01 error.
+//! A failed login tells the client nothing but "no": an unknown user, a wrong password and
+//! a user whose secret cannot serve the method all get the same exchange and the same
+//! `FATAL 28P01`.
+//!
+//! - SCRAM: an unknown user gets a mock exchange whose salt is the one a plain password of
+//!   that name would get ([`crate::auth::scram::user_salt`], stable per name for the life of
+//!   the process, unpredictable from outside) and whose iteration count is the one derived
+//!   verifiers use ([`Userlist::scram_iterations`]). Plain passwords' verifiers are derived
+//!   once per auth-file load, so a login runs no PBKDF2 at all, and both paths do the same
+//!   work: one HMAC for the proof, checked in constant time, then the mock flag.
+//! - MD5: the salt is random per attempt (the protocol wants it so); an unknown user's
+//!   answer is checked against a response computed as for a real one, then refused.
+//!   Unknown users get the exchange most users of the file get (SCRAM when most secrets are
+//!   SCRAM verifiers, MD5 otherwise), as PostgreSQL picks by `password_encryption`.
+//!
+//! What remains visible: a user stored as a SCRAM secret keeps that secret's salt across
+//! restarts while pgvane's own salts change with the process, and a secret whose iteration
+//! count differs from most of the file's shows that count; with `auth_type = "md5"`, users of
+//! the minority kind of secret get the other exchange.
 
 use crate::auth::md5;
-use crate::auth::scram::{ScramKeys, ScramVerifier, ServerExchange};
+use crate::auth::scram::{ScramKeys, ServerExchange, DEFAULT_ITERATIONS};
 use crate::auth::userlist::{Secret, Userlist};
 use crate::config::AuthType;
 use crate::protocol::messages::{self, tag, Authentication, ErrorResponse};
@@ -16,8 +33,10 @@ use super::SessionError;
 /// PostgreSQL's limit on an authentication message (`PG_MAX_AUTH_TOKEN_LENGTH`).
 const MAX_AUTH_MESSAGE_BYTES: usize = 65_535;
 
-/// Iterations for verifiers pgvane derives from plain passwords in the auth file.
-const SCRAM_ITERATIONS: u32 = 4096;
+/// The stored MD5 hash an unknown user's answer is checked against, so that an MD5 login
+/// does the same work whether the user exists or not (it never matches a real answer: no
+/// one knows a password hashing to it, and the login fails regardless).
+const MOCK_MD5_HASH: &str = "md500000000000000000000000000000000";
 
 /// What a successful authentication yields beyond "yes".
 #[derive(Debug, Default)]
@@ -55,25 +74,47 @@ pub async fn authenticate(
                 }
             }
         }
-        (AuthType::Md5, Some(Secret::Scram(verifier))) => scram(client, user, Some(verifier.clone())).await,
+        (AuthType::Md5, Some(Secret::Scram(verifier))) => {
+            scram(client, user, ServerExchange::new(user, Some(verifier.clone()))).await
+        }
         (AuthType::Md5, Some(Secret::Plain(password))) => {
-            md5_exchange(client, user, |salt| Some(md5::md5_response_from_password(user, password, salt))).await
+            md5_exchange(client, user, |salt| (md5::md5_response_from_password(user, password, salt), true)).await
         }
         (AuthType::Md5, Some(Secret::Md5(hash))) => {
-            md5_exchange(client, user, |salt| Some(md5::md5_response_from_hash(hash, salt))).await
+            md5_exchange(client, user, |salt| (md5::md5_response_from_hash(hash, salt), true)).await
         }
-        (AuthType::Md5, None) => md5_exchange(client, user, |_| None).await,
-        (AuthType::ScramSha256, Some(Secret::Scram(verifier))) => scram(client, user, Some(verifier.clone())).await,
-        (AuthType::ScramSha256, Some(Secret::Plain(password))) => {
-            let salt: [u8; 16] = rand::random();
-            scram(client, user, Some(ScramVerifier::from_password(password, &salt, SCRAM_ITERATIONS))).await
+        (AuthType::Md5, None) if userlist.is_some_and(Userlist::mostly_scram) => {
+            scram(client, user, mock_exchange(userlist, user)).await
         }
-        (AuthType::ScramSha256, Some(Secret::Md5(_))) => {
-            tracing::warn!(user, "auth_file holds an MD5 hash for this user; SCRAM authentication is impossible");
-            scram(client, user, None).await
+        (AuthType::Md5, None) => {
+            md5_exchange(client, user, |salt| (md5::md5_response_from_hash(MOCK_MD5_HASH, salt), false)).await
         }
-        (AuthType::ScramSha256, None) => scram(client, user, None).await,
+        (AuthType::ScramSha256, _) => {
+            let exchange = match userlist.and_then(|u| u.scram_verifier(user)) {
+                Some(verifier) => ServerExchange::new(user, Some(verifier.clone())),
+                None => {
+                    match secret {
+                        Some(Secret::Md5(_)) => tracing::warn!(
+                            user,
+                            "auth_file holds an MD5 hash for this user; SCRAM authentication is impossible"
+                        ),
+                        Some(Secret::Plain(_)) => tracing::error!(
+                            user,
+                            "no SCRAM verifier was derived for this user's password; the login is refused"
+                        ),
+                        Some(Secret::Scram(_)) | None => {}
+                    }
+                    mock_exchange(userlist, user)
+                }
+            };
+            scram(client, user, exchange).await
+        }
     }
+}
+
+/// The mock SCRAM exchange for `user`, with the iteration count real verifiers show.
+fn mock_exchange(userlist: Option<&Userlist>, user: &str) -> ServerExchange {
+    ServerExchange::mock(user, userlist.map_or(DEFAULT_ITERATIONS, Userlist::scram_iterations))
 }
 
 /// The one error for every failed login, whatever the reason.
@@ -93,28 +134,31 @@ async fn read_password_message(client: &mut ClientConn) -> Result<Vec<u8>, Sessi
     Ok(frame.body().to_vec())
 }
 
-/// MD5: `expected(salt)` is the right answer, or `None` when there is none (unknown user).
+/// MD5: `expected(salt)` is the answer to check and whether it may let the client in (false
+/// for an unknown user: the answer is still computed and checked, then refused).
 async fn md5_exchange(
     client: &mut ClientConn,
     user: &str,
-    expected: impl FnOnce([u8; 4]) -> Option<String>,
+    expected: impl FnOnce([u8; 4]) -> (String, bool),
 ) -> Result<Authenticated, SessionError> {
     let salt: [u8; 4] = rand::random();
     Authentication::Md5Password { salt }.encode(&mut client.out);
     client.flush().await?;
     let body = read_password_message(client).await?;
     let response = messages::parse_password(&body)?;
-    match expected(salt) {
-        Some(expected) if md5::verify(&expected, response.as_bytes()) => Ok(Authenticated::default()),
-        _ => Err(failed(user)),
+    let (expected, real) = expected(salt);
+    if md5::verify(&expected, response.as_bytes()) && real {
+        Ok(Authenticated::default())
+    } else {
+        Err(failed(user))
     }
 }
 
-/// SCRAM-SHA-256; `verifier: None` runs the mock exchange that always fails at the end.
+/// SCRAM-SHA-256 with `exchange` (a mock one always fails at the end).
 async fn scram(
     client: &mut ClientConn,
     user: &str,
-    verifier: Option<ScramVerifier>,
+    mut exchange: ServerExchange,
 ) -> Result<Authenticated, SessionError> {
     let protocol_error =
         |e: crate::auth::scram::ScramError| SessionError::Refused(ErrorResponse::fatal("08P01", e.to_string()));
@@ -125,7 +169,6 @@ async fn scram(
             protocol_error(e)
         }
     };
-    let mut exchange = ServerExchange::new(user, verifier);
     if let Some(data) = &client.channel_binding {
         exchange = exchange.with_channel_binding(data.to_vec());
     }

@@ -270,7 +270,7 @@ fn pool_error_to_client(database: &str, wait_ms: u64, e: PoolError) -> ErrorResp
         ),
         PoolError::Connect(ServerError::Server(server_error)) => as_fatal(server_error),
         PoolError::Connect(e) => ErrorResponse::fatal(
-            "08006",
+            e.sqlstate(),
             format!("could not connect to the server for database \"{database}\": {e}"),
         ),
     }
