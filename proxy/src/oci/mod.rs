@@ -6,6 +6,9 @@
 //! Every digest is checked here, whatever the registry or the client library did: the
 //! manifest's bytes against the pinned digest, the layer's bytes against the manifest.
 
+// Without the plugin host (the fuzz targets' build), only references, settings and the cache.
+#![cfg_attr(not(feature = "plugin-host"), allow(dead_code, unused_imports))]
+
 mod cache;
 mod reference;
 
@@ -13,9 +16,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+#[cfg(feature = "plugin-host")]
 use oci_client::client::{ClientConfig, ClientProtocol};
+#[cfg(feature = "plugin-host")]
 use oci_client::manifest::OciImageManifest;
+#[cfg(feature = "plugin-host")]
 use oci_client::secrets::RegistryAuth;
+#[cfg(feature = "plugin-host")]
 use oci_wasm::{WasmClient, WasmConfig, WASM_LAYER_MEDIA_TYPE, WASM_MANIFEST_CONFIG_MEDIA_TYPE};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -175,6 +182,7 @@ impl Access {
         }
     }
 
+    #[cfg(feature = "plugin-host")]
     fn auth(&self) -> RegistryAuth {
         match &self.username {
             Some(user) => RegistryAuth::Basic(
@@ -188,6 +196,7 @@ impl Access {
 
 /// A client for the registry of `reference`: plain HTTP for loopback registries and those
 /// marked `insecure`, HTTPS (rustls, the system's and webpki's roots) otherwise.
+#[cfg(feature = "plugin-host")]
 fn client(reference: &Reference, access: &Access) -> WasmClient {
     let protocol = if reference.is_loopback() || access.insecure {
         ClientProtocol::HttpsExcept(vec![reference.registry.clone()])
@@ -220,6 +229,7 @@ fn registry_error(reference: &Reference, e: &(dyn std::error::Error + 'static)) 
 }
 
 /// A client error: a digest check the client library made is a mismatch like ours.
+#[cfg(feature = "plugin-host")]
 fn client_error(reference: &Reference, what: &'static str, e: oci_client::errors::OciDistributionError) -> OciError {
     use oci_client::errors::{DigestError, OciDistributionError};
     match e {
@@ -231,6 +241,7 @@ fn client_error(reference: &Reference, what: &'static str, e: oci_client::errors
 }
 
 /// A pulled artifact.
+#[cfg(feature = "plugin-host")]
 #[derive(Debug, Clone)]
 pub struct Artifact {
     /// The component.
@@ -246,7 +257,8 @@ pub struct Artifact {
 }
 
 /// Checks the Wasm OCI artifact layout and returns the one layer's descriptor.
-fn wasm_layer(
+#[cfg(feature = "plugin-host")]
+pub fn wasm_layer(
     reference: &Reference,
     manifest: &OciImageManifest,
 ) -> Result<oci_client::manifest::OciDescriptor, OciError> {
@@ -269,7 +281,10 @@ fn wasm_layer(
     }
 }
 
-fn parse_manifest(reference: &Reference, bytes: &[u8]) -> Result<OciImageManifest, OciError> {
+/// Parses a manifest as a registry (or the cache) sent it; what it holds is checked by
+/// [`wasm_layer`].
+#[cfg(feature = "plugin-host")]
+pub fn parse_manifest(reference: &Reference, bytes: &[u8]) -> Result<OciImageManifest, OciError> {
     serde_json::from_slice(bytes).map_err(|e| OciError::NotWasm {
         reference: reference.to_string(),
         why: format!("manifest is not an OCI image manifest: {e}"),
@@ -277,6 +292,7 @@ fn parse_manifest(reference: &Reference, bytes: &[u8]) -> Result<OciImageManifes
 }
 
 /// The artifact from the cache alone, if `reference` is pinned and both blobs are there.
+#[cfg(feature = "plugin-host")]
 pub fn from_cache(reference: &Reference, cache: &Cache) -> Option<Artifact> {
     let digest = reference.digest.as_ref()?;
     let manifest_bytes = cache.get(digest)?;
@@ -288,6 +304,7 @@ pub fn from_cache(reference: &Reference, cache: &Cache) -> Option<Artifact> {
 
 /// Fetches the artifact: from the cache when the reference is pinned and cached, else from
 /// the registry (then cached). Content that does not match the pinned digest is refused.
+#[cfg(feature = "plugin-host")]
 pub async fn fetch(reference: &Reference, access: &Access, cache: Option<&Cache>) -> Result<Artifact, OciError> {
     if let Some(artifact) = cache.and_then(|cache| from_cache(reference, cache)) {
         return Ok(artifact);
@@ -304,6 +321,7 @@ pub async fn fetch(reference: &Reference, access: &Access, cache: Option<&Cache>
 }
 
 /// Pulls the artifact from its registry, checking every digest.
+#[cfg(feature = "plugin-host")]
 pub async fn pull(reference: &Reference, access: &Access) -> Result<Artifact, OciError> {
     let client = client(reference, access);
     let auth = access.auth();
@@ -342,6 +360,7 @@ pub async fn pull(reference: &Reference, access: &Access) -> Result<Artifact, Oc
 /// Publishes `wasm` (a component) at `reference` in the Wasm OCI artifact layout, the layer
 /// titled `title` (`org.opencontainers.image.title`, the file name tools give it, as wkg does);
 /// returns the manifest's digest, as the registry now serves it.
+#[cfg(feature = "plugin-host")]
 pub async fn push(wasm: Vec<u8>, title: &str, reference: &Reference, access: &Access) -> Result<String, OciError> {
     if reference.tag.is_none() || reference.digest.is_some() {
         return Err(OciError::InvalidReference {
@@ -379,6 +398,7 @@ pub struct Inspection {
     pub exports: Vec<String>,
 }
 
+#[cfg(feature = "plugin-host")]
 impl Inspection {
     /// Decodes the component's WIT world (its imports and exports).
     pub fn of(wasm: &[u8]) -> Result<Inspection, String> {
