@@ -161,6 +161,9 @@ write("scram_server", [
     b"\x01y,,n=,r=Kq3HjRD4ZkQ3fN9yXhYpGFgH",
     b"\0n,a=admin,n=,r=abc", b"\0n,,m=ext,n=,r=abc", b"\0n,,n=,r=abc,x=ext\0c=biws,r=%N,e=x,p=AAAA",
     b"\x04pencil", b"\x05p\xc3\xa4ssw\xc3\xb6rd \xe2\x85\xa8", b"\x04",
+    # The first finding (a wrong assertion of the target itself: no client-final-message, so
+    # the exchange was not over yet), kept so the fixed target keeps meeting it.
+    b"\x03p=tls-server-end-point,,n=,r=Kq3HjR0YQ9=,r=%N,p=dHzbZapWIk4jUh\x0e+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
 ])
 write("scram_client", [
     b"\0r=%NhvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096\0" + SERVER_FINAL,
