@@ -11,22 +11,36 @@
 //! (loading a plugin set), [`pool`], [`cluster`], [`clients`] (cancel keys, states, signals),
 //! [`shared`] (the state every session shares, and the reload), [`session`], [`admin`],
 //! [`listener`]; `main` on top.
+//!
+//! Without the default feature `plugin-host` (wasmtime and the OCI client), only the modules
+//! that read outside input without serving it are built: [`protocol`], [`auth`], [`tls`],
+//! [`oci`] (references), [`policy`] (settings and verdict types), [`config`] and
+//! [`plugin_test`]'s parsers. That is the build the fuzz targets use (fuzz/, docs/fuzzing.md).
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "plugin-host")]
 pub mod admin;
 pub mod auth;
+#[cfg(feature = "plugin-host")]
 pub mod budget;
+#[cfg(feature = "plugin-host")]
 pub mod clients;
+#[cfg(feature = "plugin-host")]
 pub mod cluster;
 pub mod config;
+#[cfg(feature = "plugin-host")]
 pub mod lifecycle;
+#[cfg(feature = "plugin-host")]
 pub mod listener;
 pub mod oci;
 pub mod plugin_test;
 pub mod policy;
+#[cfg(feature = "plugin-host")]
 pub mod pool;
 pub mod protocol;
+#[cfg(feature = "plugin-host")]
 pub mod session;
+#[cfg(feature = "plugin-host")]
 pub mod shared;
 pub mod tls;
 

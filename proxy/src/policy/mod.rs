@@ -7,9 +7,15 @@
 //! hit, invalid verdict) is handled by that plugin's `on_error`: `pass` skips it, `reject`
 //! refuses the statement with an error naming the plugin.
 
+// Without the plugin host (the fuzz targets' build), only the settings and the domain types.
+#![cfg_attr(not(feature = "plugin-host"), allow(dead_code, unused_imports))]
+
+#[cfg(feature = "plugin-host")]
 mod plugin;
 
+#[cfg(feature = "plugin-host")]
 use std::sync::atomic::Ordering::Relaxed;
+#[cfg(feature = "plugin-host")]
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -18,15 +24,18 @@ use thiserror::Error;
 
 use crate::protocol::messages::ErrorResponse;
 
+#[cfg(feature = "plugin-host")]
 pub use plugin::{check_component, Plugin, PluginStats};
 
 /// The one place the WIT world becomes Rust.
+#[cfg(feature = "plugin-host")]
 mod bindings {
     // Exports are called with `call_async`: WASI (which Rust's std imports) is the async
     // implementation, which must not block a tokio worker thread.
     wasmtime::component::bindgen!({ path: "../wit", world: "policy", exports: { default: async } });
 }
 
+#[cfg(feature = "plugin-host")]
 use bindings::pgvane::policy::types as wit;
 
 /// The WIT world a plugin implements.
@@ -172,6 +181,7 @@ const MAX_WASM_STACK_BYTES: usize = 512 << 10;
 /// 2 MiB; docs/plugins.md has the formula. The price of slots smaller than wasmtime's default
 /// 4 GiB is an explicit bounds check on each memory access of the guest (measured: see
 /// docs/plugins.md).
+#[cfg(feature = "plugin-host")]
 fn engine(settings: &[PluginSettings]) -> Result<wasmtime::Engine, PolicyError> {
     const MIB: usize = 1024 * 1024;
     // No settings: `pgvane plugin inspect` compiling a component with no chain around it
@@ -286,6 +296,7 @@ pub struct Loadable {
 }
 
 /// The ordered plugins.
+#[cfg(feature = "plugin-host")]
 #[derive(Debug)]
 pub struct Chain {
     plugins: Vec<Plugin>,
@@ -294,12 +305,15 @@ pub struct Chain {
 }
 
 /// The generation the next chain gets.
+#[cfg(feature = "plugin-host")]
 static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+#[cfg(feature = "plugin-host")]
 fn next_generation() -> u64 {
     NEXT_GENERATION.fetch_add(1, Relaxed)
 }
 
+#[cfg(feature = "plugin-host")]
 impl Default for Chain {
     /// A chain without plugins.
     fn default() -> Self {
@@ -307,6 +321,7 @@ impl Default for Chain {
     }
 }
 
+#[cfg(feature = "plugin-host")]
 impl Chain {
     /// Compiles and initialises every plugin, in order; all or nothing.
     pub async fn load(loadables: Vec<Loadable>, databases: &[String]) -> Result<Chain, PolicyError> {
@@ -394,12 +409,14 @@ impl Chain {
     }
 }
 
+#[cfg(feature = "plugin-host")]
 enum Checked {
     Run(Option<Route>, Option<String>),
     Reject(ErrorResponse),
 }
 
 /// Never trust what a guest returns.
+#[cfg(feature = "plugin-host")]
 fn validate(verdict: wit::Verdict, known_database: &impl Fn(&str) -> bool) -> Result<Checked, PluginError> {
     let route = |r: wit::Route| match r {
         wit::Route::Database(name) if known_database(&name) => Ok(Route::Database(name)),
