@@ -253,5 +253,97 @@ async fn prometheus_sees_what_pgbench_and_the_plugins_did() -> anyhow::Result<()
     assert!(log.lines().any(|l| l.contains("client disconnected")), "log_disconnections");
 
     assert_eq!(http_get(addr, "/ready").await?.0, 200, "still ready");
+    dashboard_queries_work(&prom, addr).await
+}
+
+/// Every query of the Grafana dashboard (deploy/grafana/pgvane.json) parses in Prometheus and
+/// names only metrics pgvane exposes.
+async fn dashboard_queries_work(prom: &Prometheus, addr: SocketAddr) -> anyhow::Result<()> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/pgvane.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let (status, exposition) = http_get(addr, "/metrics").await?;
+    assert_eq!(status, 200);
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            let promql = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$__range", "1h")
+                .replace("$instance", ".*")
+                .replace("$database", ".*")
+                .replace("$plugin", ".*");
+            prom.query(&promql).await.map_err(|e| e.context(format!("panel {}", panel["title"])))?;
+            for name in metric_names(expr) {
+                let family = name.strip_suffix("_bucket").unwrap_or(&name);
+                assert!(
+                    exposition.contains(&format!("# TYPE {name} "))
+                        || exposition.contains(&format!("# TYPE {family} histogram")),
+                    "panel {}: pgvane exposes no {name}",
+                    panel["title"]
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "only {checked} queries in the dashboard");
+    Ok(())
+}
+
+/// The `pgvane_…` metric names in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(start) = rest.find("pgvane_") {
+        let tail = &rest[start..];
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        names.push(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// `/ready` answers 503 from the moment a shutdown starts, while the process still ends its
+/// sessions; `/health` stays 200 until the process is gone.
+#[tokio::test]
+async fn ready_turns_false_while_draining() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = Proxied::start(ProxyOptions { settings: settings(), ..ProxyOptions::default() }).await?;
+    let addr = metrics_addr(&p)?;
+    assert_eq!(http_get(addr, "/ready").await?, (200, "ready\n".to_owned()));
+    // A client that stops in the middle of its SCRAM exchange: registered, and slow to end, so
+    // the shutdown has a client to wait for (up to its 2 s grace).
+    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", p.port())).await?;
+    let mut body = (3u32 << 16).to_be_bytes().to_vec();
+    for part in ["user", APP_USER, "database", APP_DB, ""] {
+        body.extend_from_slice(part.as_bytes());
+        body.push(0);
+    }
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend(body);
+    stalled.write_all(&packet).await?;
+    let mut first = [0u8; 1];
+    stalled.read_exact(&mut first).await?;
+    assert_eq!(first[0], b'R', "an authentication request");
+
+    p.pgvane.signal("TERM")?;
+    let mut answers = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        match http_get(addr, "/ready").await {
+            Ok(answer) if answer.0 == 200 => {}
+            Ok(answer) => {
+                let health = http_get(addr, "/health").await.map(|(status, _)| status).ok();
+                answers.push((answer, health));
+                break;
+            }
+            Err(_) => break, // the process is gone
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        matches!(answers.first(), Some(((503, body), health)) if body == "draining\n" && health.is_none_or(|s| s == 200)),
+        "/ready must answer 503 draining before the process ends: {answers:?}"
+    );
     Ok(())
 }

@@ -37,6 +37,8 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// A client that has not sent its request by then is dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests answered at once; more connections wait to be accepted.
+const MAX_CONNECTIONS: usize = 16;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -96,20 +98,20 @@ fn gauges<N: prometheus_client::encoding::EncodeGaugeValue + Send + Sync + std::
     family(encoder, name, help, MetricType::Gauge, rows.into_iter().map(|(l, v)| (l, ConstGauge::new(v))))
 }
 
-/// A histogram family; `scale` turns the recorded unit into the exposed one.
+/// A histogram family; the recorded unit divided by `divisor` is the exposed one.
 fn histograms<'a>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    scale: f64,
+    divisor: f64,
     rows: impl IntoIterator<Item = (Labels, &'a HistogramSnapshot)>,
 ) -> Result<(), FmtError> {
     let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
     for (labels, h) in rows {
         metric.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-            h.sum as f64 * scale,
+            h.sum as f64 / divisor,
             h.count,
-            &h.scaled_buckets(scale),
+            &h.scaled_buckets(divisor),
             None,
         )?;
     }
@@ -260,21 +262,21 @@ fn pools(shared: &Shared, e: &mut DescriptorEncoder) -> Result<(), FmtError> {
         e,
         "pgvane_pools_query_duration_seconds",
         "Query durations: Query message (or extended batch) to ReadyForQuery",
-        1e-6,
+        1e6,
         rows.iter().map(|(key, row)| (pool_labels(key), &row.histograms.query)),
     )?;
     histograms(
         e,
         "pgvane_pools_transaction_duration_seconds",
         "Transaction durations, implicit ones included",
-        1e-6,
+        1e6,
         rows.iter().map(|(key, row)| (pool_labels(key), &row.histograms.xact)),
     )?;
     histograms(
         e,
         "pgvane_pools_client_wait_seconds",
         "Waits for a server connection at each assignment (0 when an idle one was free)",
-        1e-6,
+        1e6,
         rows.iter().map(|(key, row)| (pool_labels(key), &row.histograms.wait)),
     )?;
 
@@ -362,7 +364,7 @@ fn plugins(shared: &Shared, e: &mut DescriptorEncoder) -> Result<(), FmtError> {
         e,
         "pgvane_plugin_decide_duration_seconds",
         "How long a decide call took, waits for an instance included",
-        1e-6,
+        1e6,
         latencies.iter().map(|(l, h)| (l.clone(), h)),
     )?;
     let fuel: Vec<(Labels, HistogramSnapshot)> = plugins.iter().map(|p| (name(p), p.stats.fuel.snapshot())).collect();
@@ -487,10 +489,17 @@ fn clusters(shared: &Shared, e: &mut DescriptorEncoder) -> Result<(), FmtError> 
 
 /// Serves `/metrics`, `/health` and `/ready` on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // Never closed, so this always yields a permit.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(answer(stream, shared.clone()));
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    answer(stream, shared).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "metrics: accept failed");

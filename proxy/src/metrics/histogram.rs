@@ -96,12 +96,13 @@ impl HistogramSnapshot {
         self.count += other.count;
     }
 
-    /// The buckets as (upper bound, count) pairs with the bounds multiplied by `scale` (e.g.
-    /// 1e-6 for microseconds to seconds), +Inf last, as the exposition wants them.
-    pub fn scaled_buckets(&self, scale: f64) -> Vec<(f64, u64)> {
+    /// The buckets as (upper bound, count) pairs with the bounds divided by `divisor` (1e6 for
+    /// microseconds to seconds: a division, so 2500 µs is exactly the double nearest 0.0025 and
+    /// prints as such), +Inf last, as the exposition wants them.
+    pub fn scaled_buckets(&self, divisor: f64) -> Vec<(f64, u64)> {
         self.bounds
             .iter()
-            .map(|&b| b as f64 * scale)
+            .map(|&b| b as f64 / divisor)
             .chain(std::iter::once(f64::INFINITY))
             .zip(self.buckets.iter().copied())
             .collect()
@@ -125,6 +126,8 @@ mod tests {
         total.add(&s);
         total.add(&s);
         assert_eq!((total.buckets.clone(), total.count), (vec![4, 4, 4], 12));
-        assert_eq!(total.scaled_buckets(0.5), vec![(5.0, 4), (50.0, 4), (f64::INFINITY, 4)]);
+        assert_eq!(total.scaled_buckets(2.0), vec![(5.0, 4), (50.0, 4), (f64::INFINITY, 4)]);
+        let micros = Histogram::new(DURATION_BUCKETS_US).snapshot().scaled_buckets(1e6);
+        assert_eq!((micros[0].0, micros[4].0), (0.0001, 0.0025), "bounds print as written");
     }
 }
