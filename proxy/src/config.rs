@@ -239,10 +239,34 @@ pub struct Settings {
     pub server_tls_key_file: Option<PathBuf>,
     /// Answer a server's request for a clear-text password over a connection without TLS.
     pub server_allow_cleartext_password: bool,
+    /// `ip:port` serving `/metrics` (Prometheus), `/health` and `/ready`; unset: none.
+    #[serde(serialize_with = "none_as_empty")]
+    pub metrics_addr: Option<String>,
+    /// Log lines as human-readable text or as one JSON object per line.
+    pub log_format: LogFormat,
+    /// Log every client login (as PgBouncer's `log_connections`).
+    pub log_connections: bool,
+    /// Log every client disconnection, with its reason and age (`log_disconnections`).
+    pub log_disconnections: bool,
+    /// Log a one-line summary per database every `stats_period_ms` (`log_stats`).
+    pub log_stats: bool,
+    /// The period of SHOW STATS_AVERAGES and of the `log_stats` line.
+    pub stats_period_ms: u64,
+}
+
+/// How log lines are written (`log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable text, fields as `key=value`.
+    Text,
+    /// One JSON object per line: timestamp, level, message, fields and the session's span.
+    Json,
 }
 
 /// Keys of `[pgvane]` that RELOAD cannot change: they take effect at the next start.
-pub const RESTART_KEYS: &[&str] = &["listen_addr", "listen_port", "worker_threads", "client_message_budget_bytes"];
+pub const RESTART_KEYS: &[&str] =
+    &["listen_addr", "listen_port", "worker_threads", "metrics_addr", "log_format", "client_message_budget_bytes"];
 
 /// Serializes an unset optional key as an empty string, so it still has a row in SHOW CONFIG
 /// (TOML has no null).
@@ -295,6 +319,12 @@ impl Default for Settings {
             server_tls_cert_file: None,
             server_tls_key_file: None,
             server_allow_cleartext_password: false,
+            metrics_addr: None,
+            log_format: LogFormat::Text,
+            log_connections: true,
+            log_disconnections: true,
+            log_stats: true,
+            stats_period_ms: 60_000,
         }
     }
 }
@@ -323,6 +353,11 @@ impl Settings {
     /// `server_idle_timeout_ms` as a Duration.
     pub fn server_idle_timeout(&self) -> Duration {
         Duration::from_millis(self.server_idle_timeout_ms)
+    }
+
+    /// `stats_period_ms` as a Duration.
+    pub fn stats_period(&self) -> Duration {
+        Duration::from_millis(self.stats_period_ms)
     }
 
     /// `server_lifetime_ms` as a Duration.
@@ -498,6 +533,15 @@ impl Config {
         }
         if s.max_prepared_statements == 0 {
             return Err(invalid("pgvane.max_prepared_statements", "must be at least 1"));
+        }
+        if s.metrics_addr.as_deref().is_some_and(|a| a.parse::<std::net::SocketAddr>().is_err()) {
+            return Err(invalid(
+                "pgvane.metrics_addr",
+                "must be an IP address and a port, e.g. \"127.0.0.1:9127\" or \"[::]:9127\"",
+            ));
+        }
+        if s.stats_period_ms == 0 {
+            return Err(invalid("pgvane.stats_period_ms", "must be greater than 0"));
         }
         if s.listen_addr.parse::<std::net::IpAddr>().is_err() {
             return Err(invalid("pgvane.listen_addr", "must be an IP address, e.g. \"127.0.0.1\" or \"0.0.0.0\""));

@@ -6,7 +6,8 @@
 //! the wire format (no I/O), [`auth`] the password mechanisms, [`config`] the configuration, [`tls`]
 //! encryption on both legs.
 //!
-//! The modules read bottom-up, each importing only ones below it: [`protocol`], [`auth`],
+//! The modules read bottom-up, each importing only ones below it: [`metrics`] (counters and
+//! histograms in atomics), [`protocol`], [`auth`],
 //! [`tls`], [`oci`], [`policy`] (the plugin engine and its settings), [`config`], [`lifecycle`]
 //! (loading a plugin set), [`pool`], [`cluster`], [`clients`] (cancel keys, states, signals),
 //! [`shared`] (the state every session shares, and the reload), [`session`], [`admin`],
@@ -32,6 +33,7 @@ pub mod config;
 pub mod lifecycle;
 #[cfg(feature = "plugin-host")]
 pub mod listener;
+pub mod metrics;
 pub mod oci;
 pub mod plugin_test;
 pub mod policy;
@@ -49,3 +51,6 @@ pub const ADMIN_DATABASE: &str = "pgvane";
 
 /// pgvane's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The commit pgvane was built from (`unknown` outside a git checkout); set by build.rs.
+pub const COMMIT: &str = env!("PGVANE_COMMIT");

@@ -41,6 +41,15 @@ pub enum LoadError {
     /// A plugin did not compile, link or initialise.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// A plugin whose component was read did not compile, link or initialise: the error,
+    /// with the component's digest.
+    #[error("{error}")]
+    Component {
+        /// Why.
+        error: PolicyError,
+        /// `sha256:` of the component.
+        digest: String,
+    },
 }
 
 impl LoadError {
@@ -49,7 +58,18 @@ impl LoadError {
         match self {
             LoadError::Read { plugin, .. } | LoadError::Fetch { plugin, .. } => Some(plugin),
             LoadError::Policy(PolicyError::Load { plugin, .. }) => Some(plugin),
-            LoadError::Policy(PolicyError::Engine(_)) => None,
+            LoadError::Component { error: PolicyError::Load { plugin, .. }, .. } => Some(plugin),
+            LoadError::Policy(PolicyError::Engine(_)) | LoadError::Component { error: PolicyError::Engine(_), .. } => {
+                None
+            }
+        }
+    }
+
+    /// The digest of the component that failed, when it was read.
+    pub fn digest(&self) -> Option<&str> {
+        match self {
+            LoadError::Component { digest, .. } => Some(digest),
+            _ => None,
         }
     }
 }
@@ -71,7 +91,18 @@ pub async fn load(config: &Config) -> Result<Chain, LoadError> {
         loadables.push(loadable(config, settings).await?);
     }
     let databases: Vec<String> = config.databases.keys().cloned().collect();
-    Ok(Chain::load(loadables, &databases).await?)
+    let digests: Vec<(String, String)> =
+        loadables.iter().map(|l| (l.settings.name.clone(), l.origin.digest.clone())).collect();
+    Chain::load(loadables, &databases).await.map_err(|error| {
+        let digest = match &error {
+            PolicyError::Load { plugin, .. } => digests.iter().find(|(name, _)| name == plugin).map(|(_, d)| d.clone()),
+            PolicyError::Engine(_) => None,
+        };
+        match digest {
+            Some(digest) => LoadError::Component { error, digest },
+            None => LoadError::Policy(error),
+        }
+    })
 }
 
 /// [`load`] on a blocking-pool thread: compiling a component takes a while and must not hold

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use pgvane::config::Config;
+use pgvane::config::{Config, LogFormat};
 use pgvane::lifecycle::LoadError;
 use pgvane::listener::Listener;
 use pgvane::shared::{ReloadError, Shared};
@@ -321,15 +321,24 @@ fn check(path: &std::path::Path) -> Result<(pgvane::policy::Chain, Config), Relo
     Ok((chain, config))
 }
 
+/// Logs to stderr as `log_format` asks: text, or one JSON object per line with the fields of
+/// the current span (a session's conn, peer, user, database) and of its parents.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("pgvane=info"));
+    let logger = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logger.init(),
+        LogFormat::Json => logger.json().with_current_span(true).with_span_list(false).init(),
+    }
+}
+
 fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("pgvane=info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let config = Config::load(config_path)?;
+    // The format is read before anything else can log; a file that does not load is
+    // reported below, in text.
+    let config = Config::load(config_path);
+    init_logging(config.as_ref().map_or(LogFormat::Text, |c| c.settings.log_format));
+    let config = config?;
     let runtime = match config.settings.worker_threads {
         // One thread: no work stealing and no wake-ups across threads, the least CPU per query.
         1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
@@ -338,9 +347,22 @@ fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     };
     runtime.block_on(async {
         let policy = pgvane::lifecycle::load(&config).await?;
+        let metrics_addr = config.settings.metrics_addr.clone();
         let listener = Listener::bind(config, policy).await.context("cannot listen")?;
         let addr = listener.local_addr()?;
         let shared = listener.shared();
+        if let Some(metrics_addr) = metrics_addr {
+            let metrics = tokio::net::TcpListener::bind(&metrics_addr)
+                .await
+                .with_context(|| format!("cannot listen on metrics_addr {metrics_addr}"))?;
+            let metrics_addr = metrics.local_addr()?;
+            tokio::spawn(pgvane::admin::exporter::serve(metrics, shared.clone()));
+            tracing::info!(%metrics_addr, "serving /metrics, /health and /ready");
+            println!("pgvane metrics on {metrics_addr}");
+        }
+        tokio::spawn(pgvane::shared::stats_period(Arc::downgrade(&shared)));
+        // Bound: clients connecting from now on are queued by the kernel until accepted.
+        shared.metrics.set_listening(true);
         // Installed before the listening line, so a SIGHUP from then on reloads instead of
         // killing the process (the default action).
         let hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
@@ -348,6 +370,7 @@ fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         tracing::info!(%addr, "pgvane listening");
         // A machine-readable line for scripts and the test harness.
         println!("pgvane listening on {addr}");
+        let draining = shared.clone();
         tokio::select! {
             () = listener.run() => {}
             signal = shutdown_signal() => {
@@ -357,6 +380,8 @@ fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
                 tracing::info!("shutting down: SHUTDOWN on the admin console");
             }
         }
+        // Load balancers take the instance out first (/ready answers 503 from here on).
+        draining.metrics.start_draining();
         // The listening socket is closed now; tell connected clients, as PostgreSQL does.
         disconnect_clients(&shared).await;
         anyhow::Ok(())

@@ -18,9 +18,10 @@ use crate::clients::ClientRegistry;
 use crate::cluster::Clusters;
 use crate::config::{Config, ConfigError, Settings, RESTART_KEYS};
 use crate::lifecycle::{self, Failures, LoadError};
+use crate::metrics::ProcessMetrics;
 use crate::oci;
 use crate::policy::Chain;
-use crate::pool::Pools;
+use crate::pool::{Averages, Pools};
 
 /// How often the watcher looks at the watched files.
 const WATCH_POLL: Duration = Duration::from_millis(250);
@@ -41,6 +42,10 @@ pub struct Shared {
     pub clusters: Arc<Clusters>,
     /// Failed plugin loads since each plugin last loaded (SHOW PLUGINS).
     pub plugin_failures: Failures,
+    /// Process counters and readiness (`/metrics`, `/ready`).
+    pub metrics: ProcessMetrics,
+    /// Per-database averages over the last stats period (SHOW STATS_AVERAGES).
+    pub averages: Averages,
     /// Run at the end of every reload that succeeded, the new configuration in force.
     after_reload: fn(&Shared),
     /// Held while a reload runs, so two reloads cannot interleave.
@@ -92,6 +97,10 @@ impl Shared {
     /// Shared state for `config`. `after_reload` runs at the end of every reload that
     /// succeeded, once the new configuration is in force.
     pub fn new(config: Config, policy: Chain, after_reload: fn(&Shared)) -> Self {
+        let metrics = ProcessMetrics::default();
+        for plugin in policy.plugins() {
+            metrics.plugin_loaded(&plugin.settings.name, &plugin.origin.digest, true);
+        }
         Shared {
             message_budget: MessageBudget::new(config.settings.client_message_budget_bytes),
             config: RwLock::new(Arc::new(config)),
@@ -100,6 +109,8 @@ impl Shared {
             clients: Arc::new(ClientRegistry::default()),
             clusters: Arc::default(),
             plugin_failures: Failures::default(),
+            metrics,
+            averages: Averages::default(),
             after_reload,
             reloading: tokio::sync::Mutex::new(()),
             shutdown: Notify::new(),
@@ -129,6 +140,12 @@ impl Shared {
     /// keep their pool and get the new target and limits at their next checkout.
     pub async fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
+        let result = self.reload_now().await;
+        self.metrics.reloaded(result.is_ok());
+        result
+    }
+
+    async fn reload_now(&self) -> Result<ReloadOutcome, ReloadError> {
         let old = self.config();
         // Loading derives the SCRAM verifiers of the auth file's plain passwords (PBKDF2):
         // on a blocking thread, not on a worker that serves clients.
@@ -144,10 +161,16 @@ impl Shared {
             Err(e) => {
                 tracing::error!(error = %e, "plugins not reloaded; the plugins in force stay");
                 self.plugin_failures.record(&new, &e);
+                if let Some(plugin) = e.plugin() {
+                    self.metrics.plugin_loaded(plugin, e.digest().unwrap_or(""), false);
+                }
                 return Err(e.into());
             }
         };
         self.plugin_failures.clear();
+        for plugin in policy.plugins() {
+            self.metrics.plugin_loaded(&plugin.settings.name, &plugin.origin.digest, true);
+        }
         let mut outcome = ReloadOutcome {
             restart_needed: restart_keys_changed(&old.settings, &new.settings),
             ..ReloadOutcome::default()
@@ -176,6 +199,40 @@ impl Shared {
     /// Resolves once [`Shared::request_shutdown`] has been called.
     pub async fn shutdown_requested(&self) {
         self.shutdown.notified().await;
+    }
+}
+
+/// Every `stats_period_ms`: rolls the per-database averages (SHOW STATS_AVERAGES) and, with
+/// `log_stats`, logs one line per database with traffic, as PgBouncer does. Ends with the
+/// process.
+pub async fn stats_period(shared: Weak<Shared>) {
+    let mut last = tokio::time::Instant::now();
+    loop {
+        let period = match shared.upgrade() {
+            Some(shared) => shared.config().settings.stats_period(),
+            None => return,
+        };
+        tokio::time::sleep_until(last + period).await;
+        let Some(shared) = shared.upgrade() else { return };
+        let now = tokio::time::Instant::now();
+        let averages = shared.averages.roll(shared.pools.totals_by_database(), now - last);
+        last = now;
+        if !shared.config().settings.log_stats {
+            continue;
+        }
+        for (database, a) in averages.iter().filter(|(_, a)| a.query_count > 0 || a.server_assignment_count > 0) {
+            tracing::info!(
+                database,
+                xacts_per_s = a.xact_count,
+                queries_per_s = a.query_count,
+                in_bytes_per_s = a.bytes_received,
+                out_bytes_per_s = a.bytes_sent,
+                xact_us = a.xact_time,
+                query_us = a.query_time,
+                wait_us = a.wait_time,
+                "stats"
+            );
+        }
     }
 }
 

@@ -26,6 +26,7 @@
 pub mod drivers;
 pub mod fixture;
 pub mod load;
+pub mod prometheus;
 pub mod registry;
 pub mod tls;
 pub mod wire;

@@ -38,8 +38,12 @@ pub enum Show {
     Servers,
     /// One row per configured database.
     Databases,
-    /// Counters per database.
+    /// Totals and averages per database.
     Stats,
+    /// Totals per database.
+    StatsTotals,
+    /// Averages per database over the last stats period.
+    StatsAverages,
     /// The `[pgvane]` settings.
     Config,
     /// pgvane's version.
@@ -58,6 +62,8 @@ const SHOW_ITEMS: &[(&str, Show)] = &[
     ("SERVERS", Show::Servers),
     ("DATABASES", Show::Databases),
     ("STATS", Show::Stats),
+    ("STATS_TOTALS", Show::StatsTotals),
+    ("STATS_AVERAGES", Show::StatsAverages),
     ("CONFIG", Show::Config),
     ("VERSION", Show::Version),
     ("BACKENDS", Show::Backends),
@@ -65,7 +71,8 @@ const SHOW_ITEMS: &[(&str, Show)] = &[
 ];
 
 /// Every command, as the HINT of an unknown one lists them.
-pub const USAGE: &str = "SHOW HELP|POOLS|CLIENTS|SERVERS|DATABASES|STATS|CONFIG|VERSION|BACKENDS|PLUGINS; \
+pub const USAGE: &str =
+    "SHOW HELP|POOLS|CLIENTS|SERVERS|DATABASES|STATS|STATS_TOTALS|STATS_AVERAGES|CONFIG|VERSION|BACKENDS|PLUGINS; \
                          PAUSE [db]; RESUME [db]; RELOAD; RECONNECT [db]; KILL [db]; SHUTDOWN";
 
 /// A word of a statement.
@@ -194,6 +201,10 @@ mod tests {
         assert_eq!(
             parse_script("show version; show stats;;").unwrap(),
             vec![Command::Show(Show::Version), Command::Show(Show::Stats)]
+        );
+        assert_eq!(
+            parse_script("SHOW stats_totals; show STATS_AVERAGES").unwrap(),
+            vec![Command::Show(Show::StatsTotals), Command::Show(Show::StatsAverages)]
         );
         assert!(parse_script("").unwrap().is_empty());
         assert!(parse_script(" ; ;").unwrap().is_empty());

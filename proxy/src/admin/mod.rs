@@ -9,6 +9,7 @@
 
 pub mod commands;
 mod control;
+pub mod exporter;
 pub mod show;
 
 use std::future::Future;
@@ -270,6 +271,8 @@ async fn execute(
         Command::Show(Show::Servers) => show::servers(shared).encode(out),
         Command::Show(Show::Databases) => show::databases(shared).encode(out),
         Command::Show(Show::Stats) => show::stats(shared).encode(out),
+        Command::Show(Show::StatsTotals) => show::stats_totals(shared).encode(out),
+        Command::Show(Show::StatsAverages) => show::stats_averages(shared).encode(out),
         Command::Show(Show::Config) => show::config(shared)?.encode(out),
         Command::Show(Show::Version) => show::version().encode(out),
         Command::Show(Show::Backends) => show::backends(shared).encode(out),

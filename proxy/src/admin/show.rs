@@ -1,14 +1,14 @@
 //! The result sets of the SHOW commands. Columns are named as in PgBouncer where they mean
 //! the same; every value is text. See docs/admin.md for each column.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 
 use crate::clients::{ClientInfo, ClientState};
 use crate::config::Settings;
-use crate::pool::{ServerInfo, ServerState, StatsSnapshot};
+use crate::pool::{Average, ServerInfo, ServerState, StatsSnapshot};
 use crate::protocol::messages;
 use crate::shared::Shared;
 
@@ -257,10 +257,40 @@ pub fn databases(shared: &Shared) -> ResultSet {
     set
 }
 
-/// `SHOW STATS`: totals since start, per database.
+/// The totals columns of SHOW STATS_TOTALS (SHOW STATS prefixes them with `total_`) and
+/// the averages columns of SHOW STATS_AVERAGES (`avg_` in SHOW STATS), as in PgBouncer.
+fn totals_row(s: &StatsSnapshot) -> [Option<String>; 8] {
+    [
+        text(s.server_assignment_count),
+        text(s.xact_count),
+        text(s.query_count),
+        text(s.received_bytes),
+        text(s.sent_bytes),
+        text(s.xact_time_us),
+        text(s.query_time_us),
+        text(s.wait_time_us),
+    ]
+}
+
+fn averages_row(a: &Average) -> [Option<String>; 8] {
+    [
+        text(a.server_assignment_count),
+        text(a.xact_count),
+        text(a.query_count),
+        text(a.bytes_received),
+        text(a.bytes_sent),
+        text(a.xact_time),
+        text(a.query_time),
+        text(a.wait_time),
+    ]
+}
+
+/// `SHOW STATS`: per database, totals since start and averages over the last stats period
+/// (`stats_period_ms`), with PgBouncer's columns.
 pub fn stats(shared: &Shared) -> ResultSet {
     let mut set = ResultSet::new(&[
         "database",
+        "total_server_assignment_count",
         "total_xact_count",
         "total_query_count",
         "total_received",
@@ -268,30 +298,56 @@ pub fn stats(shared: &Shared) -> ResultSet {
         "total_xact_time",
         "total_query_time",
         "total_wait_time",
+        "avg_server_assignment_count",
+        "avg_xact_count",
+        "avg_query_count",
+        "avg_recv",
+        "avg_sent",
+        "avg_xact_time",
+        "avg_query_time",
+        "avg_wait_time",
     ]);
-    let mut per_database: BTreeMap<String, StatsSnapshot> = BTreeMap::new();
-    for pool in shared.pools.list() {
-        let s = pool.stats.snapshot();
-        let total = per_database.entry(pool.database.clone()).or_default();
-        total.xact_count += s.xact_count;
-        total.query_count += s.query_count;
-        total.received_bytes += s.received_bytes;
-        total.sent_bytes += s.sent_bytes;
-        total.xact_time_us += s.xact_time_us;
-        total.query_time_us += s.query_time_us;
-        total.wait_time_us += s.wait_time_us;
+    for (database, totals) in shared.pools.totals_by_database() {
+        let average = shared.averages.of(&database);
+        let mut row = vec![text(&database)];
+        row.extend(totals_row(&totals));
+        row.extend(averages_row(&average));
+        set.push(row);
     }
-    for (database, s) in per_database {
-        set.push(vec![
-            text(database),
-            text(s.xact_count),
-            text(s.query_count),
-            text(s.received_bytes),
-            text(s.sent_bytes),
-            text(s.xact_time_us),
-            text(s.query_time_us),
-            text(s.wait_time_us),
-        ]);
+    set
+}
+
+/// The columns of SHOW STATS_TOTALS and SHOW STATS_AVERAGES.
+const STATS_COLUMNS: &[&str] = &[
+    "database",
+    "server_assignment_count",
+    "xact_count",
+    "query_count",
+    "bytes_received",
+    "bytes_sent",
+    "xact_time",
+    "query_time",
+    "wait_time",
+];
+
+/// `SHOW STATS_TOTALS`: the totals of SHOW STATS.
+pub fn stats_totals(shared: &Shared) -> ResultSet {
+    let mut set = ResultSet::new(STATS_COLUMNS);
+    for (database, totals) in shared.pools.totals_by_database() {
+        let mut row = vec![text(&database)];
+        row.extend(totals_row(&totals));
+        set.push(row);
+    }
+    set
+}
+
+/// `SHOW STATS_AVERAGES`: the averages of SHOW STATS.
+pub fn stats_averages(shared: &Shared) -> ResultSet {
+    let mut set = ResultSet::new(STATS_COLUMNS);
+    for database in shared.pools.totals_by_database().into_keys() {
+        let mut row = vec![text(&database)];
+        row.extend(averages_row(&shared.averages.of(&database)));
+        set.push(row);
     }
     set
 }

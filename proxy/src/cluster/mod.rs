@@ -16,7 +16,7 @@ mod probe;
 pub mod topology;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -106,6 +106,8 @@ pub struct Cluster {
     /// RELOAD removed the cluster: the monitor ends.
     stopped: AtomicBool,
     next_replica: AtomicUsize,
+    /// Switchovers seen since the cluster was configured (`/metrics`).
+    pub switchovers: AtomicU64,
 }
 
 impl Cluster {
@@ -119,6 +121,7 @@ impl Cluster {
             wake: Notify::new(),
             stopped: AtomicBool::new(false),
             next_replica: AtomicUsize::new(0),
+            switchovers: AtomicU64::new(0),
         }
     }
 
@@ -266,6 +269,9 @@ impl Cluster {
         let before: Vec<(NodeAddr, &'static str, &'static str)> =
             topology.nodes().iter().map(|n| (n.addr.clone(), n.role.as_str(), n.health.as_str())).collect();
         let outcome = topology.observe(results, Instant::now(), SystemTime::now(), failed_delay);
+        if outcome.switchover.is_some() {
+            self.switchovers.fetch_add(1, Ordering::Relaxed);
+        }
         for node in topology.nodes() {
             let now = (node.role.as_str(), node.health.as_str());
             let was = before.iter().find(|(a, ..)| a == &node.addr).map(|(_, r, h)| (*r, *h));

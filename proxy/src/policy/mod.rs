@@ -25,7 +25,7 @@ use thiserror::Error;
 use crate::protocol::messages::ErrorResponse;
 
 #[cfg(feature = "plugin-host")]
-pub use plugin::{check_component, Plugin, PluginStats};
+pub use plugin::{check_component, LogLimiter, Plugin, PluginStats};
 
 /// The one place the WIT world becomes Rust.
 #[cfg(feature = "plugin-host")]
@@ -88,9 +88,82 @@ pub struct PluginSettings {
     /// reserves a slot of the chain's pooling allocator.
     #[serde(default = "default_max_instances")]
     pub max_instances: u32,
+    /// `host.log` records kept per second; more are dropped and counted
+    /// (`pgvane_plugin_log_records_dropped_total`).
+    #[serde(default = "default_log_records_per_second")]
+    pub log_records_per_second: u64,
     /// Handed to the plugin's `init` as JSON.
     #[serde(default)]
     pub config: toml::Table,
+}
+
+/// What a plugin's verdict did, as the `verdict` label of `pgvane_plugin_verdicts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerdictKind {
+    /// `pass`.
+    Pass,
+    /// `route`.
+    Route,
+    /// `rewrite`.
+    Rewrite,
+    /// `route-and-rewrite`.
+    RouteAndRewrite,
+    /// `reject`.
+    Reject,
+}
+
+impl VerdictKind {
+    /// Every kind, in label order.
+    pub const ALL: [VerdictKind; 5] = [
+        VerdictKind::Pass,
+        VerdictKind::Route,
+        VerdictKind::Rewrite,
+        VerdictKind::RouteAndRewrite,
+        VerdictKind::Reject,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerdictKind::Pass => "pass",
+            VerdictKind::Route => "route",
+            VerdictKind::Rewrite => "rewrite",
+            VerdictKind::RouteAndRewrite => "route_and_rewrite",
+            VerdictKind::Reject => "reject",
+        }
+    }
+}
+
+/// Why a plugin call failed, as the `cause` label of `pgvane_plugin_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCause {
+    /// A trap (a panic, an unreachable, a failed instantiation).
+    Trap,
+    /// Out of fuel.
+    Fuel,
+    /// A memory growth past `memory_limit_mb`.
+    Memory,
+    /// The wall-clock deadline (`timeout_ms`).
+    Timeout,
+    /// A verdict the host refused (an unknown database, a bad SQLSTATE, a NUL in the SQL).
+    InvalidVerdict,
+}
+
+impl ErrorCause {
+    /// Every cause, in label order.
+    pub const ALL: [ErrorCause; 5] =
+        [ErrorCause::Trap, ErrorCause::Fuel, ErrorCause::Memory, ErrorCause::Timeout, ErrorCause::InvalidVerdict];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCause::Trap => "trap",
+            ErrorCause::Fuel => "fuel",
+            ErrorCause::Memory => "memory",
+            ErrorCause::Timeout => "timeout",
+            ErrorCause::InvalidVerdict => "invalid_verdict",
+        }
+    }
 }
 
 fn default_fuel() -> u64 {
@@ -124,6 +197,9 @@ fn default_on_error() -> OnError {
 }
 fn default_max_instances() -> u32 {
     8
+}
+fn default_log_records_per_second() -> u64 {
+    100
 }
 
 /// Why a plugin could not be compiled or initialised.
@@ -376,14 +452,25 @@ impl Chain {
         for plugin in &self.plugins {
             let verdict = plugin.decide(&ctx).await.and_then(|v| validate(v, &known_database));
             let (new_route, new_sql) = match verdict {
-                Ok(Checked::Run(r, s)) => (r, s),
+                Ok(Checked::Run(r, s)) => {
+                    plugin.stats.verdict(match (&r, &s) {
+                        (None, None) => VerdictKind::Pass,
+                        (Some(_), None) => VerdictKind::Route,
+                        (None, Some(_)) => VerdictKind::Rewrite,
+                        (Some(_), Some(_)) => VerdictKind::RouteAndRewrite,
+                    });
+                    (r, s)
+                }
                 Ok(Checked::Reject(error)) => {
                     plugin.stats.rejects.fetch_add(1, Relaxed);
+                    plugin.stats.verdict(VerdictKind::Reject);
                     return Decision::Reject(error);
                 }
                 Err(e) => {
-                    if !matches!(e, PluginError::Trap(_)) {
-                        plugin.stats.errors.fetch_add(1, Relaxed);
+                    // The call's own failures were counted by the plugin; a verdict refused
+                    // here is counted now.
+                    if matches!(e, PluginError::InvalidVerdict(_)) {
+                        plugin.stats.error(ErrorCause::InvalidVerdict);
                     }
                     tracing::warn!(plugin = %plugin.settings.name, error = %e, on_error = ?plugin.settings.on_error, "plugin error");
                     match plugin.settings.on_error {

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
@@ -17,7 +17,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::pgvane::policy::host::{self, Level};
 use super::bindings::pgvane::policy::types as wit;
 use super::bindings::{Policy, PolicyPre};
-use super::{Origin, PluginError, PluginSettings, PolicyError, EPOCH_TICK};
+use super::{ErrorCause, Origin, PluginError, PluginSettings, PolicyError, VerdictKind, EPOCH_TICK};
+use crate::metrics::{Histogram, FUEL_BUCKETS, PLUGIN_LATENCY_BUCKETS_US};
 
 /// Instantiation and `init` get this many times a call's fuel…
 const INIT_FUEL_FACTOR: u64 = 50;
@@ -32,6 +33,40 @@ pub struct PluginState {
     limits: Limits,
     plugin: Arc<str>,
     databases: Arc<[String]>,
+    log: Arc<LogLimiter>,
+}
+
+/// The plugin's `host.log` records allowed per second (`log_records_per_second`), shared by
+/// all its instances; records over it are dropped and counted.
+#[derive(Debug)]
+pub struct LogLimiter {
+    per_second: u64,
+    /// The second (since the epoch) `in_window` counts.
+    window: AtomicU64,
+    in_window: AtomicU64,
+    /// Records dropped since the plugin loaded.
+    pub dropped: AtomicU64,
+}
+
+impl LogLimiter {
+    /// A limiter of `per_second` records a second.
+    pub fn new(per_second: u64) -> Self {
+        LogLimiter { per_second, window: AtomicU64::new(0), in_window: AtomicU64::new(0), dropped: AtomicU64::new(0) }
+    }
+
+    /// True when a record at second `now` may be logged; counts a dropped one otherwise.
+    /// Approximate at a second's boundary under contention, which is fine for a log limit.
+    pub fn admit(&self, now: u64) -> bool {
+        if self.window.swap(now, Relaxed) != now {
+            self.in_window.store(0, Relaxed);
+        }
+        if self.in_window.fetch_add(1, Relaxed) < self.per_second {
+            true
+        } else {
+            self.dropped.fetch_add(1, Relaxed);
+            false
+        }
+    }
 }
 
 impl WasiView for PluginState {
@@ -48,11 +83,17 @@ impl wit::Host for PluginState {}
 struct Limits {
     cap: StoreLimits,
     peak_memory: usize,
+    /// A memory growth was refused since the call was armed: a trap then is the memory cap's.
+    refused_growth: bool,
 }
 
 impl ResourceLimiter for Limits {
     fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let allowed = self.cap.memory_growing(current, desired, maximum)?;
+        let allowed = self.cap.memory_growing(current, desired, maximum);
+        if !matches!(allowed, Ok(true)) {
+            self.refused_growth = true;
+        }
+        let allowed = allowed?;
         if allowed {
             self.peak_memory = self.peak_memory.max(desired);
         }
@@ -86,6 +127,10 @@ impl ResourceLimiter for Limits {
 
 impl host::Host for PluginState {
     fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if !self.log.admit(now) {
+            return;
+        }
         let message: String = message.chars().take(1024).collect();
         let fields = fields.iter().take(16).map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join(" ");
         let plugin = &*self.plugin;
@@ -109,8 +154,8 @@ struct Warm {
     policy: Policy,
 }
 
-/// Counters for SHOW PLUGINS.
-#[derive(Debug, Default)]
+/// Counters for SHOW PLUGINS and `/metrics`, since the plugin loaded.
+#[derive(Debug)]
 pub struct PluginStats {
     /// `decide` calls.
     pub calls: AtomicU64,
@@ -123,6 +168,61 @@ pub struct PluginStats {
     /// The largest linear memory any instance has had, in bytes (at instantiation, `init` or a
     /// call): what `memory_limit_mb` must leave room for.
     pub memory_peak_bytes: AtomicU64,
+    /// Verdicts, by [`VerdictKind`].
+    verdicts: [AtomicU64; VerdictKind::ALL.len()],
+    /// Failed calls, by [`ErrorCause`].
+    causes: [AtomicU64; ErrorCause::ALL.len()],
+    /// How long `decide` took, waits for an instance included (µs).
+    pub latency: Histogram,
+    /// Fuel burnt per `decide` call.
+    pub fuel: Histogram,
+    /// Calls that found every instance busy and waited for one.
+    pub instance_waits: AtomicU64,
+    /// `host.log` records: the limiter and its count of dropped ones.
+    pub log: Arc<LogLimiter>,
+}
+
+impl PluginStats {
+    fn new(log_records_per_second: u64) -> Self {
+        PluginStats {
+            calls: AtomicU64::new(0),
+            rejects: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            fuel_used: AtomicU64::new(0),
+            memory_peak_bytes: AtomicU64::new(0),
+            verdicts: Default::default(),
+            causes: Default::default(),
+            latency: Histogram::new(PLUGIN_LATENCY_BUCKETS_US),
+            fuel: Histogram::new(FUEL_BUCKETS),
+            instance_waits: AtomicU64::new(0),
+            log: Arc::new(LogLimiter::new(log_records_per_second)),
+        }
+    }
+
+    /// Counts a verdict the chain accepted.
+    pub fn verdict(&self, kind: VerdictKind) {
+        if let Some(c) = self.verdicts.get(kind as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Verdicts of `kind`.
+    pub fn verdicts(&self, kind: VerdictKind) -> u64 {
+        self.verdicts.get(kind as usize).map_or(0, |c| c.load(Relaxed))
+    }
+
+    /// Counts a failed call (the `errors` total too).
+    pub fn error(&self, cause: ErrorCause) {
+        self.errors.fetch_add(1, Relaxed);
+        if let Some(c) = self.causes.get(cause as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Failed calls of `cause`.
+    pub fn errors_by(&self, cause: ErrorCause) -> u64 {
+        self.causes.get(cause as usize).map_or(0, |c| c.load(Relaxed))
+    }
 }
 
 /// A loaded plugin.
@@ -166,10 +266,11 @@ impl Plugin {
             plugin: name.clone(),
             reason: format!("config cannot be turned into JSON: {e}"),
         })?;
+        let log_records_per_second = settings.log_records_per_second;
         let settings_instances = usize::try_from(settings.max_instances).unwrap_or(usize::MAX).max(1);
         let plugin = Plugin {
             settings,
-            stats: PluginStats::default(),
+            stats: PluginStats::new(log_records_per_second),
             origin,
             config_json,
             engine: engine.clone(),
@@ -206,13 +307,14 @@ impl Plugin {
             .instances(16)
             .trap_on_grow_failure(true)
             .build();
-        let limits = Limits { cap, peak_memory: 0 };
+        let limits = Limits { cap, peak_memory: 0, refused_growth: false };
         let state = PluginState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             limits,
             plugin: Arc::from(self.settings.name.as_str()),
             databases: self.databases.clone(),
+            log: self.stats.log.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -240,34 +342,50 @@ impl Plugin {
         let ticks = timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1);
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
+        store.data_mut().limits.refused_growth = false;
         Ok(())
     }
 
     /// Calls `decide` on a warm instance (a new one if none is free).
+    /// A failed call is counted by its cause; a verdict is counted by the chain, which may
+    /// still find it invalid.
     pub async fn decide(&self, ctx: &wit::Context) -> Result<wit::Verdict, PluginError> {
         self.stats.calls.fetch_add(1, Relaxed);
+        let started = Instant::now();
         let result = self.decide_inner(ctx).await;
-        if result.is_err() {
-            self.stats.errors.fetch_add(1, Relaxed);
-        }
-        result
+        self.stats.latency.observe_duration(started.elapsed());
+        result.map_err(|(cause, e)| {
+            self.stats.error(cause);
+            e
+        })
     }
 
-    async fn decide_inner(&self, ctx: &wit::Context) -> Result<wit::Verdict, PluginError> {
-        // Never closed; the error cannot happen but is not a reason to panic.
-        let _permit =
-            self.permits.acquire().await.map_err(|_| PluginError::Trap("the plugin is shutting down".to_owned()))?;
+    async fn decide_inner(&self, ctx: &wit::Context) -> Result<wit::Verdict, (ErrorCause, PluginError)> {
+        let trap = |e: PluginError| (ErrorCause::Trap, e);
+        let _permit = match self.permits.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.stats.instance_waits.fetch_add(1, Relaxed);
+                // Never closed; the error cannot happen but is not a reason to panic.
+                self.permits
+                    .acquire()
+                    .await
+                    .map_err(|_| trap(PluginError::Trap("the plugin is shutting down".to_owned())))?
+            }
+        };
         let warm = self.warm().pop();
         let mut warm = match warm {
             Some(warm) => warm,
-            None => self.instantiate().await?,
+            None => self.instantiate().await.map_err(trap)?,
         };
         let (fuel, timeout_ms) = self.settings.allowance(ctx.sql.len());
-        self.arm(&mut warm.store, fuel, timeout_ms)?;
+        self.arm(&mut warm.store, fuel, timeout_ms).map_err(trap)?;
         let started = Instant::now();
         let outcome = warm.policy.call_decide(&mut warm.store, ctx).await;
         let fuel_left = warm.store.get_fuel().unwrap_or(0);
-        self.stats.fuel_used.fetch_add(fuel.saturating_sub(fuel_left), Relaxed);
+        let burnt = fuel.saturating_sub(fuel_left);
+        self.stats.fuel_used.fetch_add(burnt, Relaxed);
+        self.stats.fuel.observe(burnt);
         self.note_memory(&warm.store);
         match outcome {
             Ok(verdict) => {
@@ -280,7 +398,8 @@ impl Plugin {
             // waits for one (a failed replacement is retried by the next call without a warm
             // instance).
             Err(e) => {
-                let reason = trap_reason(&e, fuel_left);
+                let refused_growth = warm.store.data().limits.refused_growth;
+                let (cause, reason) = trap_reason(&e, fuel_left, refused_growth);
                 drop(warm);
                 match self.instantiate().await {
                     Ok(fresh) => self.warm().push(fresh),
@@ -288,7 +407,7 @@ impl Plugin {
                         tracing::warn!(plugin = %self.settings.name, error = %e, "could not replace a trapped instance")
                     }
                 }
-                Err(PluginError::Trap(reason))
+                Err((cause, PluginError::Trap(reason)))
             }
         }
     }
@@ -315,12 +434,28 @@ pub fn check_component(wasm: &[u8]) -> Result<(), PolicyError> {
     link(&super::engine(&[])?, "inspected", wasm).map(drop)
 }
 
-/// A trap's cause in words an operator can act on.
-fn trap_reason(e: &wasmtime::Error, fuel_left: u64) -> String {
+/// A trap's cause, and in words an operator can act on.
+fn trap_reason(e: &wasmtime::Error, fuel_left: u64, refused_growth: bool) -> (ErrorCause, String) {
     match e.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::OutOfFuel) => "ran out of fuel".to_owned(),
-        Some(wasmtime::Trap::Interrupt) => "exceeded its time limit (timeout_ms)".to_owned(),
-        Some(trap) if fuel_left == 0 => format!("ran out of fuel ({trap})"),
-        _ => format!("trapped: {e:#}"),
+        Some(wasmtime::Trap::OutOfFuel) => (ErrorCause::Fuel, "ran out of fuel".to_owned()),
+        Some(wasmtime::Trap::Interrupt) => (ErrorCause::Timeout, "exceeded its time limit (timeout_ms)".to_owned()),
+        Some(trap) if fuel_left == 0 => (ErrorCause::Fuel, format!("ran out of fuel ({trap})")),
+        _ if refused_growth => (ErrorCause::Memory, format!("exceeded its memory limit (memory_limit_mb): {e:#}")),
+        _ => (ErrorCause::Trap, format!("trapped: {e:#}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogLimiter;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    #[test]
+    fn log_records_over_the_rate_are_dropped_and_counted() {
+        let limiter = LogLimiter::new(2);
+        let admitted = (0..5).filter(|_| limiter.admit(100)).count();
+        assert_eq!((admitted, limiter.dropped.load(Relaxed)), (2, 3));
+        assert!(limiter.admit(101), "a new second, a new allowance");
+        assert_eq!(limiter.dropped.load(Relaxed), 3);
     }
 }

@@ -12,6 +12,7 @@
 //! connections of older generations are closed at once, busy ones when they come back, so
 //! transactions in flight finish undisturbed and the next checkout gets the new target.
 
+mod averages;
 mod members;
 mod pause;
 mod server;
@@ -27,13 +28,14 @@ use bytes::BytesMut;
 use thiserror::Error;
 use tokio::sync::watch;
 
+pub use averages::{Average, Averages};
 pub use members::{ServerInfo, ServerState};
 pub use pause::PauseState;
 pub use server::{
     CancelTarget, Cleartext, ServerConn, ServerCredential, ServerError, ServerStatements, ServerTarget,
     MAX_SERVER_FRAME_BYTES,
 };
-pub use stats::{PoolStats, StatsSnapshot};
+pub use stats::{HistogramsSnapshot, PoolStats, StatsSnapshot};
 
 use crate::auth::userlist::Secret;
 use crate::config::{Config, DatabaseConfig, NodeAddr};
@@ -237,11 +239,13 @@ impl Pool {
     /// Takes a slot, waiting at most `wait` (also while the database is paused), and returns
     /// a usable server connection.
     pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<PooledConn, PoolError> {
+        let started = Instant::now();
         self.check_removed()?;
         let slot = tokio::time::timeout(wait, self.take_slot()).await.map_err(|_| PoolError::WaitTimeout(wait))?;
         self.check_removed()?;
         let generation = self.generation();
         if let Some((conn, ticket)) = self.take_idle(generation) {
+            self.stats.record_assignment(started.elapsed());
             return Ok(PooledConn { conn, ticket, pool: self.clone(), _slot: slot });
         }
         let (target, credential, tls, connect_timeout, max_prepared_statements, cleartext) = {
@@ -263,6 +267,7 @@ impl Pool {
         ticket.set_state(ServerState::Active);
         *lock(&self.welcome) = Some(conn.params.clone());
         tracing::debug!(db = %target.dbname, user = %target.user, host = %target.host, "opened server connection");
+        self.stats.record_assignment(started.elapsed());
         Ok(PooledConn { conn, ticket, pool: self.clone(), _slot: slot })
     }
 
@@ -280,6 +285,7 @@ impl Pool {
             return None;
         }
         let (conn, ticket) = self.take_idle(self.generation())?;
+        self.stats.record_assignment(Duration::ZERO);
         Some(PooledConn { conn, ticket, pool: self.clone(), _slot: slot })
     }
 
@@ -613,6 +619,15 @@ impl Pools {
                 Arc::new(Pool::new(database, user, node.cloned(), target, settings, credential, pause))
             })
             .clone()
+    }
+
+    /// Every pool's counters added up per database (SHOW STATS).
+    pub fn totals_by_database(&self) -> std::collections::BTreeMap<String, StatsSnapshot> {
+        let mut totals = std::collections::BTreeMap::new();
+        for pool in self.list() {
+            averages::add(totals.entry(pool.database.clone()).or_default(), &pool.stats.snapshot());
+        }
+        totals
     }
 
     /// Every pool, ordered by (database, user, node).

@@ -23,6 +23,7 @@ use tracing::Instrument;
 
 use crate::clients::{ClientHandle, ClientState, Limits};
 use crate::config::PoolMode;
+use crate::metrics::AuthFailure;
 use crate::pool::{PoolError, PooledConn, ServerError};
 use crate::protocol::messages::{self, Authentication, ErrorResponse, TransactionStatus};
 use crate::protocol::ProtocolError;
@@ -74,11 +75,42 @@ pub trait Console: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), SessionError>> + Send + 'a;
 }
 
+/// What a session noted for its metrics and its last log line.
+#[derive(Debug, Default)]
+struct Notes {
+    /// The client logged in (not a cancel request, not refused).
+    logged_in: bool,
+    /// Its TLS handshake was counted.
+    tls_counted: bool,
+}
+
+/// Why a login failed, for `pgvane_auth_failures_total`; `None` when the client just left.
+fn login_failure(e: &SessionError) -> Option<AuthFailure> {
+    match e {
+        SessionError::ClientIo(_) | SessionError::ClientGone => None,
+        SessionError::ClientProtocol(_) | SessionError::StartupLength(_) => Some(AuthFailure::Protocol),
+        SessionError::LoginTimeout => Some(AuthFailure::Timeout),
+        SessionError::Tls(_) => Some(AuthFailure::Tls),
+        SessionError::Refused(error) if error.message().contains("TLS") => Some(AuthFailure::Tls),
+        SessionError::Refused(error) => Some(AuthFailure::of_sqlstate(error.code())),
+    }
+}
+
 /// Serves one accepted client connection until it ends; `console` serves it if it logs in to
-/// the admin database.
+/// the admin database. Every log line of the session carries its span: the connection id
+/// (`conn`, unique in the process), the client's address, and once known its user and
+/// database.
 pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, console: impl Console) {
-    let span = tracing::info_span!("session", %peer, user = tracing::field::Empty, database = tracing::field::Empty);
+    let conn = shared.metrics.accepted();
+    let span = tracing::info_span!(
+        "session",
+        conn,
+        %peer,
+        user = tracing::field::Empty,
+        database = tracing::field::Empty
+    );
     async move {
+        let connected = std::time::Instant::now();
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
@@ -91,7 +123,23 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, conso
             let _ = client.send_error(&ErrorResponse::fatal("53300", "sorry, too many clients already")).await;
             return;
         };
-        match serve(&mut client, &handle, peer, &shared, &console).await {
+        let mut notes = Notes::default();
+        let result = serve(&mut client, &handle, peer, &shared, &console, &mut notes).await;
+        match &result {
+            Err(SessionError::Tls(_)) => shared.metrics.tls_handshake(false),
+            _ if client.stream.is_tls() && !notes.tls_counted => shared.metrics.tls_handshake(true),
+            _ => {}
+        }
+        if notes.logged_in && shared.config().settings.log_disconnections {
+            let reason = match &result {
+                Ok(()) => "client close request".to_owned(),
+                Err(SessionError::Refused(error)) => error.message().to_owned(),
+                Err(e) => e.to_string(),
+            };
+            let age_ms = u64::try_from(connected.elapsed().as_millis()).unwrap_or(u64::MAX);
+            tracing::info!(age_ms, reason, "client disconnected");
+        }
+        match result {
             Ok(()) => tracing::debug!("session ended"),
             Err(SessionError::Refused(error)) => {
                 tracing::info!(code = error.code(), message = error.message(), "client refused");
@@ -119,12 +167,13 @@ async fn serve(
     peer: SocketAddr,
     shared: &Shared,
     console: &impl Console,
+    notes: &mut Notes,
 ) -> Result<(), SessionError> {
     let config = shared.config();
     let settings = &config.settings;
     let login = tokio::select! {
         login = tokio::time::timeout(settings.client_login_timeout(), startup::login(client, handle, shared, &config)) => {
-            login.map_err(|_| SessionError::LoginTimeout)??
+            login.map_err(|_| SessionError::LoginTimeout).and_then(|login| login)
         }
         () = handle.signals.kill.raised() => {
             return Err(match handle.evicted() {
@@ -136,22 +185,38 @@ async fn serve(
             });
         }
     };
+    let login = match login {
+        Ok(login) => login,
+        Err(e) => {
+            if let Some(reason) = login_failure(&e) {
+                shared.metrics.auth_failed(reason);
+            }
+            return Err(e);
+        }
+    };
     let Some(Login { user, database, params, authenticated }) = login else {
         return Ok(()); // a cancel request: answered, nothing more to do
     };
     let span = tracing::Span::current();
     span.record("user", user.as_str());
     span.record("database", database.as_str());
+    if client.stream.is_tls() {
+        shared.metrics.tls_handshake(true);
+        notes.tls_counted = true;
+    }
 
     if database == crate::ADMIN_DATABASE {
         if !settings.admin_users.contains(&user) {
+            shared.metrics.auth_failed(AuthFailure::NotAllowed);
             return Err(SessionError::Refused(ErrorResponse::fatal(
                 "42501",
                 format!("permission denied: \"{user}\" is not in admin_users"),
             )));
         }
+        logged_in(shared, client, notes, &params);
         return console.serve(client, handle, shared, &user).await;
     }
+    logged_in(shared, client, notes, &params);
     let scram_keys = authenticated.scram_keys;
     let pool = match router::home_pool(shared, &database, &user, scram_keys.as_ref()).await {
         Some(home) => home.map_err(|e| SessionError::Refused(as_fatal(e)))?,
@@ -240,6 +305,16 @@ async fn serve(
             tracing::warn!(error = %e, "server connection lost during session");
             Err(SessionError::Refused(ErrorResponse::fatal("08006", "server closed the connection unexpectedly")))
         }
+    }
+}
+
+/// Counts a login and, with `log_connections`, logs it (the span has the rest).
+fn logged_in(shared: &Shared, client: &ClientConn, notes: &mut Notes, params: &[(String, String)]) {
+    notes.logged_in = true;
+    shared.metrics.logins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if shared.config().settings.log_connections {
+        let application_name = params.iter().find(|(k, _)| k == "application_name").map_or("", |(_, v)| v.as_str());
+        tracing::info!(tls = client.stream.is_tls(), application_name, "client logged in");
     }
 }
 

@@ -84,6 +84,9 @@ struct Args {
     /// Do not measure pgvane with policy plugins.
     #[arg(long)]
     no_plugins: bool,
+    /// Do not measure pgvane with `/metrics` on (metrics_addr set, scraped every second).
+    #[arg(long)]
+    no_metrics: bool,
     /// pgvane's `worker_threads`. 1 (the default here) runs it on one thread as PgBouncer runs:
     /// the same share of the 2-core machine that pgbench and PostgreSQL also need. 0 is
     /// pgvane's own default, one thread per core.
@@ -153,6 +156,9 @@ pub enum Kind {
     Pgvane,
     /// pgvane with one policy plugin (transaction mode only, to keep the run short).
     PgvanePlugin(Plugin),
+    /// pgvane with `metrics_addr` set and `/metrics` scraped every second while it is measured
+    /// (transaction mode only). Plain `Pgvane` runs without `metrics_addr`.
+    PgvaneMetrics,
 }
 
 /// The policy plugins measured: each one alone in pgvane's chain, with a configuration that does
@@ -282,6 +288,8 @@ pub struct Plan {
     pub plugins: Vec<(Plugin, PathBuf)>,
     /// Plugins not measured, and why.
     pub skipped_plugins: Vec<(Plugin, String)>,
+    /// Measure pgvane with `/metrics` on too (transaction mode).
+    pub metrics: bool,
 }
 
 impl Plan {
@@ -305,7 +313,9 @@ impl Plan {
             retries: args.retries,
             plugins: Vec::new(),
             skipped_plugins: Vec::new(),
+            metrics: false,
         };
+        plan.metrics = !args.no_metrics && plan.modes.contains(&PoolMode::Transaction);
         let dir = args.plugins.clone().unwrap_or_else(|| workspace.join("target").join("plugins"));
         for plugin in Plugin::ALL {
             let path = dir.join(plugin.file());
@@ -352,6 +362,9 @@ impl Plan {
         }
         for &(plugin, _) in &self.plugins {
             targets.push(TargetId { kind: Kind::PgvanePlugin(plugin), mode: Some(PoolMode::Transaction) });
+        }
+        if self.metrics {
+            targets.push(TargetId { kind: Kind::PgvaneMetrics, mode: Some(PoolMode::Transaction) });
         }
         targets
     }
@@ -518,6 +531,36 @@ async fn start_servers(plan: &Plan) -> Result<Servers> {
             .with_context(|| format!("starting pgvane with the {} plugin", plugin.name()))?;
         servers.targets.push(Target {
             id: TargetId { kind: Kind::PgvanePlugin(*plugin), mode: Some(mode) },
+            port: pgvane.port(),
+            pid: Some(pgvane.pid()),
+        });
+        servers.pgvanes.push(pgvane);
+    }
+    if plan.metrics {
+        let mode = PoolMode::Transaction;
+        println!("Starting pgvane with metrics_addr, scraped every second, pool_mode = {} ...", mode.name());
+        let config = pgvane_config(servers.cluster.port(), mode, plan.pool_size(mode), plan.pgvane_threads)
+            .replace("[pgvane]\n", "[pgvane]\nmetrics_addr = \"127.0.0.1:0\"\n");
+        let pgvane =
+            Pgvane::start(&config, &[("userlist.txt", &userlist)]).await.context("starting pgvane with metrics")?;
+        let stdout = pgvane.stdout();
+        let addr: std::net::SocketAddr = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("pgvane metrics on "))
+            .context("pgvane printed no metrics address")?
+            .trim()
+            .parse()?;
+        // As Prometheus would: a scrape every second for as long as the bench runs.
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = pgvane_tests::prometheus::http_get(addr, "/metrics").await {
+                    eprintln!("bench: scraping {addr}/metrics failed: {e}");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        servers.targets.push(Target {
+            id: TargetId { kind: Kind::PgvaneMetrics, mode: Some(mode) },
             port: pgvane.port(),
             pid: Some(pgvane.pid()),
         });

@@ -33,6 +33,7 @@ pub fn label(id: TargetId) -> String {
         (Kind::PgBouncer, Some(mode)) => format!("PgBouncer ({})", mode.name()),
         (Kind::Pgvane, Some(mode)) => format!("pgvane ({})", mode.name()),
         (Kind::PgvanePlugin(plugin), Some(mode)) => format!("pgvane + {} ({})", plugin.name(), mode.name()),
+        (Kind::PgvaneMetrics, Some(mode)) => format!("pgvane + /metrics ({})", mode.name()),
         (kind, None) => format!("{kind:?}"),
     }
 }
@@ -245,6 +246,7 @@ impl Report<'_> {
             self.render_mode(&mut md, mode);
         }
         self.render_plugins(&mut md);
+        self.render_metrics(&mut md);
         self.render_failures(&mut md);
         self.render_setup(&mut md);
         self.render_details(&mut md);
@@ -446,6 +448,46 @@ impl Report<'_> {
                     let _ = write!(row, " {} | {} | {} | {cpu} | {p99} |", tps(&with), ratio(&pgvane), ratio(&direct));
                 }
                 let _ = writeln!(md, "{row}");
+            }
+        }
+        let _ = writeln!(md);
+    }
+
+    /// pgvane with `/metrics` on (metrics_addr set, scraped every second) against pgvane without
+    /// metrics_addr, in transaction mode.
+    fn render_metrics(&self, md: &mut String) {
+        if !self.plan.metrics {
+            return;
+        }
+        let mode = PoolMode::Transaction;
+        let _ = writeln!(md, "## Metrics on vs off (transaction mode)\n");
+        let _ = writeln!(
+            md,
+            "pgvane with `metrics_addr` set and `/metrics` fetched every second during the runs, against \
+             pgvane without `metrics_addr` (its counters are kept either way). Target: on / off ≥ 0.98 at \
+             10 clients.\n"
+        );
+        let _ = writeln!(md, "| -M | clients | off TPS | on TPS | on / off | CPU µs/query (on vs off) |");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+        for &protocol in &self.plan.protocols {
+            for &clients in &self.plan.clients {
+                let off = self.proxy(Kind::Pgvane, mode, protocol, clients);
+                let on = self.proxy(Kind::PgvaneMetrics, mode, protocol, clients);
+                let ratio = match (on.stats(), off.stats()) {
+                    (Some(a), Some(b)) => format!("{:.3}", a.tps / b.tps),
+                    _ => "—".to_owned(),
+                };
+                let cpu = match (on.stats().and_then(|s| s.cpu_us), off.stats().and_then(|s| s.cpu_us)) {
+                    (Some(a), Some(b)) => format!("{a:.1} vs {b:.1}"),
+                    _ => "—".to_owned(),
+                };
+                let _ = writeln!(
+                    md,
+                    "| {} | {clients} | {} | {} | {ratio} | {cpu} |",
+                    protocol.name(),
+                    tps(&off),
+                    tps(&on)
+                );
             }
         }
         let _ = writeln!(md);
@@ -678,6 +720,7 @@ mod tests {
             retries: 2,
             plugins: Vec::new(),
             skipped_plugins: vec![(Plugin::RwSplit, "--no-plugins".to_owned())],
+            metrics: false,
         };
         let direct = TargetId { kind: Kind::Direct, mode: None };
         let bouncer = TargetId { kind: Kind::PgBouncer, mode: Some(PoolMode::Transaction) };
