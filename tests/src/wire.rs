@@ -70,20 +70,25 @@ fn cstr(out: &mut Vec<u8>, s: &str) {
     out.push(0);
 }
 
+/// A StartupMessage of protocol `version` (`3 << 16` for 3.0) with `params`.
+pub fn startup_packet(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    for (k, v) in params {
+        cstr(&mut body, k);
+        cstr(&mut body, v);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend(body);
+    packet
+}
+
 impl Wire {
     /// Connects to 127.0.0.1:`port` as `user` on `database` and reads up to ReadyForQuery.
     pub async fn connect(port: u16, user: &str, database: &str) -> Result<Wire> {
         let stream = TcpStream::connect(("127.0.0.1", port)).await?;
         let mut wire = Wire { stream, buf: Vec::new(), out: Vec::new(), read_timeout: Duration::from_secs(10) };
-        let mut body = (3u32 << 16).to_be_bytes().to_vec();
-        for (k, v) in [("user", user), ("database", database)] {
-            cstr(&mut body, k);
-            cstr(&mut body, v);
-        }
-        body.push(0);
-        let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        packet.extend(body);
-        wire.stream.write_all(&packet).await?;
+        wire.stream.write_all(&startup_packet(3 << 16, &[("user", user), ("database", database)])).await?;
         let login = wire.read_until_ready().await?;
         if let Some(error) = login.iter().find(|m| m.tag == b'E') {
             bail!("login failed: {:?}", error.field(b'M'));

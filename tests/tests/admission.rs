@@ -6,22 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use pgvane_tests::fixture::{console_rows, Proxied, ProxyOptions, APP_DB, APP_USER};
+use pgvane_tests::wire::startup_packet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn startup_packet(user: &str, database: &str) -> Vec<u8> {
-    let mut body = (3u32 << 16).to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", database)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend(body);
-    packet
-}
 
 /// The first message pgvane sends on `stream` (type byte and SQLSTATE if it is an error).
 async fn first_message(stream: &mut TcpStream) -> Result<(u8, Option<String>)> {
@@ -60,7 +47,7 @@ async fn silent_and_stalled_connections_do_not_lock_anyone_out() -> Result<()> {
     let mut at_prompt = 0;
     for _ in 0..1000 {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
-        s.write_all(&startup_packet(APP_USER, APP_DB)).await?;
+        s.write_all(&startup_packet(3 << 16, &[("user", APP_USER), ("database", APP_DB)])).await?;
         if first_message(&mut s).await?.0 == b'R' {
             at_prompt += 1;
         }

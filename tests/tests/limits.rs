@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use pgvane_tests::fixture::{Proxied, ProxyOptions, SecretKind, APP_DB, APP_USER};
+use pgvane_tests::fixture::{console_rows, Proxied, ProxyOptions, SecretKind, APP_DB, APP_USER};
 use pgvane_tests::wire::Wire;
 
 async fn proxied(settings: &str) -> Result<Proxied> {
@@ -46,7 +46,7 @@ async fn a_client_idle_in_a_transaction_is_disconnected_and_its_work_rolled_back
 
 #[tokio::test]
 async fn prepared_statements_per_client_are_capped_with_53400() -> Result<()> {
-    let p = proxied("max_client_prepared_statements = 3").await?;
+    let p = proxied("max_client_prepared_statements = 3\nadmin_users = [\"app\"]").await?;
     let mut wire = Wire::connect(p.port(), APP_USER, APP_DB).await?;
     for name in ["s1", "s2", "s3"] {
         wire.parse(name, "select 1");
@@ -62,5 +62,13 @@ async fn prepared_statements_per_client_are_capped_with_53400() -> Result<()> {
     ensure!(tags == "31Z", "{tags}");
     let (tags, msgs) = wire.bind("s4", &[]).execute().sync().roundtrip(1).await?;
     ensure!(tags == "2DCZ" && msgs[1].row() == vec![Some("4".to_owned())], "{tags}");
+
+    // SHOW STATS_TOTALS counts the prepared-statement traffic as PgBouncer does: six Parses
+    // from the client (the refused one too), two sent to the server (the unnamed one, and
+    // s4 prepared on the server when first bound), one Bind.
+    let totals = console_rows(p.port(), "STATS_TOTALS").await?;
+    let app = totals.iter().find(|r| r["database"] == APP_DB).ok_or_else(|| anyhow::anyhow!("{totals:?}"))?;
+    let counts = ["client_parse_count", "server_parse_count", "bind_count"].map(|c| app[c].as_str());
+    ensure!(counts == ["6", "2", "1"], "{app:?}");
     Ok(())
 }

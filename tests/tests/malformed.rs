@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use pgvane_tests::fixture::{Proxied, ProxyOptions, SecretKind, APP_DB, APP_USER};
+use pgvane_tests::wire::startup_packet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -29,20 +30,6 @@ async fn read_until_ready(stream: &mut TcpStream) -> anyhow::Result<Vec<u8>> {
         seen.extend_from_slice(&chunk[..n]);
     }
     Ok(seen)
-}
-
-fn startup_packet(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = version.to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend(body);
-    packet
 }
 
 /// The SQLSTATE in the first ErrorResponse found in `bytes`.

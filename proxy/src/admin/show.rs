@@ -259,7 +259,7 @@ pub fn databases(shared: &Shared) -> ResultSet {
 
 /// The totals columns of SHOW STATS_TOTALS (SHOW STATS prefixes them with `total_`) and
 /// the averages columns of SHOW STATS_AVERAGES (`avg_` in SHOW STATS), as in PgBouncer.
-fn totals_row(s: &StatsSnapshot) -> [Option<String>; 8] {
+fn totals_row(s: &StatsSnapshot) -> [Option<String>; 11] {
     [
         text(s.server_assignment_count),
         text(s.xact_count),
@@ -269,10 +269,13 @@ fn totals_row(s: &StatsSnapshot) -> [Option<String>; 8] {
         text(s.xact_time_us),
         text(s.query_time_us),
         text(s.wait_time_us),
+        text(s.client_parse_count),
+        text(s.server_parse_count),
+        text(s.bind_count),
     ]
 }
 
-fn averages_row(a: &Average) -> [Option<String>; 8] {
+fn averages_row(a: &Average) -> [Option<String>; 11] {
     [
         text(a.server_assignment_count),
         text(a.xact_count),
@@ -282,6 +285,9 @@ fn averages_row(a: &Average) -> [Option<String>; 8] {
         text(a.xact_time),
         text(a.query_time),
         text(a.wait_time),
+        text(a.client_parse_count),
+        text(a.server_parse_count),
+        text(a.bind_count),
     ]
 }
 
@@ -298,6 +304,9 @@ pub fn stats(shared: &Shared) -> ResultSet {
         "total_xact_time",
         "total_query_time",
         "total_wait_time",
+        "total_client_parse_count",
+        "total_server_parse_count",
+        "total_bind_count",
         "avg_server_assignment_count",
         "avg_xact_count",
         "avg_query_count",
@@ -306,6 +315,9 @@ pub fn stats(shared: &Shared) -> ResultSet {
         "avg_xact_time",
         "avg_query_time",
         "avg_wait_time",
+        "avg_client_parse_count",
+        "avg_server_parse_count",
+        "avg_bind_count",
     ]);
     for (database, totals) in shared.pools.totals_by_database() {
         let average = shared.averages.of(&database);
@@ -328,6 +340,9 @@ const STATS_COLUMNS: &[&str] = &[
     "xact_time",
     "query_time",
     "wait_time",
+    "client_parse_count",
+    "server_parse_count",
+    "bind_count",
 ];
 
 /// `SHOW STATS_TOTALS`: the totals of SHOW STATS.

@@ -27,6 +27,12 @@ pub struct Average {
     pub query_time: u64,
     /// Microseconds of wait per server assignment.
     pub wait_time: u64,
+    /// Parse messages from clients per second.
+    pub client_parse_count: u64,
+    /// Parse messages to servers per second.
+    pub server_parse_count: u64,
+    /// Bind messages per second.
+    pub bind_count: u64,
 }
 
 impl Average {
@@ -51,6 +57,9 @@ impl Average {
             xact_time: per(delta(new.xact_time_us, old.xact_time_us), xacts),
             query_time: per(delta(new.query_time_us, old.query_time_us), queries),
             wait_time: per(delta(new.wait_time_us, old.wait_time_us), assignments),
+            client_parse_count: per_second(delta(new.client_parse_count, old.client_parse_count)),
+            server_parse_count: per_second(delta(new.server_parse_count, old.server_parse_count)),
+            bind_count: per_second(delta(new.bind_count, old.bind_count)),
         }
     }
 }
@@ -65,6 +74,9 @@ pub fn add(total: &mut StatsSnapshot, s: &StatsSnapshot) {
     total.xact_time_us += s.xact_time_us;
     total.query_time_us += s.query_time_us;
     total.wait_time_us += s.wait_time_us;
+    total.client_parse_count += s.client_parse_count;
+    total.server_parse_count += s.server_parse_count;
+    total.bind_count += s.bind_count;
 }
 
 /// The totals at the start of the current period and the averages of the last one, by
@@ -120,6 +132,9 @@ mod tests {
             xact_time_us: 2_000,
             query_time_us: 800,
             wait_time_us: 400,
+            client_parse_count: 8,
+            server_parse_count: 4,
+            bind_count: 100,
         };
         let avg = Average::between(&old, &new, Duration::from_secs(2));
         assert_eq!(
@@ -133,6 +148,9 @@ mod tests {
                 xact_time: 100,
                 query_time: 20,
                 wait_time: 10,
+                client_parse_count: 4,
+                server_parse_count: 2,
+                bind_count: 50,
             }
         );
         assert_eq!(Average::between(&new, &new, Duration::from_secs(2)), Average::default(), "an idle period");

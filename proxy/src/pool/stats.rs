@@ -17,6 +17,9 @@ pub struct PoolStats {
     xact_time_us: AtomicU64,
     query_time_us: AtomicU64,
     wait_time_us: AtomicU64,
+    client_parses: AtomicU64,
+    server_parses: AtomicU64,
+    binds: AtomicU64,
     /// Query durations, in microseconds.
     pub query_duration: Histogram,
     /// Transaction durations, in microseconds.
@@ -37,6 +40,9 @@ impl Default for PoolStats {
             xact_time_us: AtomicU64::new(0),
             query_time_us: AtomicU64::new(0),
             wait_time_us: AtomicU64::new(0),
+            client_parses: AtomicU64::new(0),
+            server_parses: AtomicU64::new(0),
+            binds: AtomicU64::new(0),
             query_duration: Histogram::new(DURATION_BUCKETS_US),
             xact_duration: Histogram::new(DURATION_BUCKETS_US),
             wait_duration: Histogram::new(DURATION_BUCKETS_US),
@@ -93,6 +99,13 @@ pub struct StatsSnapshot {
     pub query_time_us: u64,
     /// Time clients waited for a server connection, in microseconds.
     pub wait_time_us: u64,
+    /// Parse messages from clients.
+    pub client_parse_count: u64,
+    /// Parse messages sent to servers (pgvane prepares a statement again on each server
+    /// connection that lacks it in transaction and statement modes).
+    pub server_parse_count: u64,
+    /// Bind messages from clients.
+    pub bind_count: u64,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -141,6 +154,13 @@ impl PoolStats {
         self.sent_bytes.fetch_add(sent, Relaxed);
     }
 
+    /// Prepared-statement traffic: `[client Parses, server Parses, Binds]`.
+    pub fn add_statements(&self, [client_parses, server_parses, binds]: [u64; 3]) {
+        self.client_parses.fetch_add(client_parses, Relaxed);
+        self.server_parses.fetch_add(server_parses, Relaxed);
+        self.binds.fetch_add(binds, Relaxed);
+    }
+
     /// A copy of the counters.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
@@ -152,6 +172,9 @@ impl PoolStats {
             xact_time_us: self.xact_time_us.load(Relaxed),
             query_time_us: self.query_time_us.load(Relaxed),
             wait_time_us: self.wait_time_us.load(Relaxed),
+            client_parse_count: self.client_parses.load(Relaxed),
+            server_parse_count: self.server_parses.load(Relaxed),
+            bind_count: self.binds.load(Relaxed),
         }
     }
 }

@@ -134,6 +134,10 @@ struct Meter {
     query_start: Option<Instant>,
     received: u64,
     sent: u64,
+    /// Parse messages from the client, Parse messages sent to servers, Bind messages.
+    client_parses: u64,
+    server_parses: u64,
+    binds: u64,
 }
 
 /// The per-client state of the query loop.
@@ -505,6 +509,9 @@ impl<'a> Relay<'a> {
             self.server_out.push(frame.raw()); // as the client sent it: queued without a copy
         } else {
             self.server_out.extend_from_slice(raw);
+        }
+        if kind == Kind::Parse {
+            self.meter.server_parses += 1;
         }
         let replay = self.replayable().then(|| frame.clone());
         self.pipeline.expect(kind, Purpose::Client, undo, replay);

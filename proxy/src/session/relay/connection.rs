@@ -155,7 +155,12 @@ impl Relay<'_> {
 
     pub(super) fn flush_stats(&mut self) {
         let (received, sent) = (std::mem::take(&mut self.meter.received), std::mem::take(&mut self.meter.sent));
-        self.router.current().stats.add_traffic(received, sent);
+        let stats = &self.router.current().stats;
+        stats.add_traffic(received, sent);
+        let statements = [&mut self.meter.client_parses, &mut self.meter.server_parses, &mut self.meter.binds];
+        if statements.iter().any(|n| **n > 0) {
+            stats.add_statements(statements.map(std::mem::take));
+        }
     }
 
     /// Makes `placement`'s pool the client's current one. False when the move must wait for

@@ -49,6 +49,7 @@ impl Relay<'_> {
         rewritten: Option<String>,
         judged_by: u64,
     ) -> Result<(), End> {
+        self.meter.client_parses += 1;
         let parse = Parse { query: rewritten.as_deref().unwrap_or(original.query), ..original.clone() };
         if !parse.name.is_empty() && !self.statements.contains(parse.name) {
             let max = self.shared.config().settings.max_client_prepared_statements;
@@ -148,12 +149,14 @@ impl Relay<'_> {
             return;
         }
         self.server_out.extend_from_slice(&statement.parse_message);
+        self.meter.server_parses += 1;
         let undo = Undo { server_statement: Some(statement.server_name.clone()), ..Undo::default() };
         self.pipeline.expect(Kind::Parse, Purpose::Injected, undo, None);
         self.remember_on_server(&statement.server_name);
     }
 
     pub(super) async fn on_bind(&mut self, frame: &Frame, bind: &Bind<'_>, decided: &Decided) -> Result<(), End> {
+        self.meter.binds += 1;
         let reprepare = self.refresh(bind.statement, decided);
         let statement = self.client_statement(bind.statement);
         self.send_using_statement(frame, Kind::Bind, statement, reprepare, |server_name, out| {
@@ -238,6 +241,7 @@ impl Relay<'_> {
                 self.pipeline.expect(Kind::Close, Purpose::Injected, Undo::default(), None);
             }
             self.pipeline.expect(Kind::Parse, Purpose::Injected, Undo::default(), None);
+            self.meter.server_parses += 1;
         }
         let Some(statement) = statement else {
             self.send(frame.raw(), kind, frame);
