@@ -168,7 +168,7 @@ async fn bulk_statements_of_a_few_mib_pass_the_policy_chain_with_the_defaults() 
 }
 
 #[tokio::test]
-async fn a_500_mb_row_streams_through() -> Result<()> {
+async fn a_500_mb_row_and_a_100_mb_notice_stream_through() -> Result<()> {
     let p = proxied("", String::new()).await?;
     let mut wire = Wire::connect(p.port(), APP_USER, APP_DB).await?;
     wire.set_read_timeout(Duration::from_secs(120));
@@ -181,6 +181,18 @@ async fn a_500_mb_row_streams_through() -> Result<()> {
     println!("a 500 MB row: peak RSS growth {} MiB", growth / MIB);
     ensure!(answer.0 == "TDCZ", "tags: {}", answer.0);
     ensure!(answer.1 == Some(2 + 4 + 500_000_000), "row of {:?} bytes", answer.1);
+    ensure!(growth < 32 * MIB, "peak RSS grew by {} MiB", growth / MIB);
+    // A long notice streams through too.
+    let (growth, notice_len) = peak_growth(&p.pgvane, async {
+        wire.query("do $$ begin raise notice '%', repeat('n', 100000000); end $$").send().await?;
+        let msgs = wire.read_until_ready().await?;
+        let tags: String = msgs.iter().map(|m| m.tag as char).collect();
+        ensure!(tags == "NCZ", "tags: {tags}");
+        Ok(msgs[0].body.len())
+    })
+    .await?;
+    println!("a 100 MB notice: peak RSS growth {} MiB", growth / MIB);
+    ensure!(notice_len > 100_000_000, "notice of {notice_len} bytes");
     ensure!(growth < 32 * MIB, "peak RSS grew by {} MiB", growth / MIB);
     // The connection goes on.
     let (tags, _) = wire.query("select 1").roundtrip(1).await?;

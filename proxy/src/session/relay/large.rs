@@ -7,8 +7,8 @@
 //!   held (longer than the whole budget, or a statement longer than `policy_max_sql_bytes`
 //!   with plugins loaded) is refused with 54000 and its bytes are dropped as they arrive, as
 //!   are the messages PostgreSQL would skip after an error in an extended batch.
-//! - Server → client: a long DataRow or CopyData that the client gets unchanged is passed on
-//!   as it arrives, never held whole.
+//! - Server → client: a long DataRow, CopyData or NoticeResponse that the client gets
+//!   unchanged is passed on as it arrives, never held whole.
 
 use bytes::Buf;
 
@@ -199,7 +199,7 @@ impl Relay<'_> {
         }
     }
 
-    /// Passes a long DataRow or CopyData from the server on as it arrives (or drops it when
+    /// Passes a long DataRow, CopyData or NoticeResponse from the server on as it arrives (or drops it when
     /// it answers pgvane's own query). True when the server's read buffer now starts with a
     /// message to decode as usual.
     pub(super) fn pass_server_message(&mut self) -> Result<bool, End> {
@@ -222,7 +222,12 @@ impl Relay<'_> {
             return Ok(true);
         };
         let long = total > UNRESERVED_MESSAGE_BYTES && buf.len() < total;
-        if !long || !matches!(response, tag::DATA_ROW | tag::COPY_DATA) || self.pipeline.front().is_none() {
+        let streams = match response {
+            tag::DATA_ROW | tag::COPY_DATA => self.pipeline.front().is_some(),
+            tag::NOTICE_RESPONSE => true,
+            _ => false,
+        };
+        if !long || !streams {
             return Ok(true);
         }
         if self.pipeline.capturing().is_some() {
