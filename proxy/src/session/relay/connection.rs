@@ -66,7 +66,7 @@ impl Relay<'_> {
                         ErrorResponse::error(server_error.code(), server_error.message())
                     }
                     PoolError::Connect(e) => {
-                        ErrorResponse::error("08006", format!("could not connect to the server: {e}"))
+                        ErrorResponse::error(e.sqlstate(), format!("could not connect to the server: {e}"))
                     }
                 }
             }
