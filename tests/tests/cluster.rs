@@ -120,12 +120,14 @@ impl Replicated {
             .ok_or_else(|| anyhow::anyhow!("no SHOW BACKENDS row for port {port}"))
     }
 
-    /// Waits (up to 20 s) until SHOW BACKENDS shows `node` with `column` = `value`.
+    /// Waits (up to 20 s) until SHOW BACKENDS shows `node` (a row for it, once it has one)
+    /// with `column` = `value`.
     async fn wait_backend(&self, node: &PgCluster, column: &str, value: &str) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let row = self.backend(node).await?;
-            if row[column] == value {
+            // A node a RELOAD is adding has no row until the reload has run.
+            let row = self.backend(node).await.unwrap_or_default();
+            if row.get(column).map(String::as_str) == Some(value) {
                 return Ok(());
             }
             if Instant::now() > deadline {
