@@ -3,9 +3,6 @@
 #
 #   fuzz/run.sh [seconds-per-target] [target…]     (./dev fuzz and ./dev test call it)
 #
-# PGVANE_FUZZ_FULL=1 also builds (and runs) the targets that need pgvane's plugin host
-# (oci_manifest: the OCI client comes with it), compiling wasmtime: far slower to build.
-#
 # Installs what it needs first: the nightly toolchain (rustup) and cargo-fuzz (pinned, from
 # crates.io). Each target starts from fuzz/seeds/<target>/ (committed) plus fuzz/corpus/<target>/
 # (what earlier local runs found; not committed). A crash or a failed property stops that
@@ -26,20 +23,13 @@ if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]
 fi
 
 # No sanitizer: the code under test is #![forbid(unsafe_code)] (pgvane and pgvane-sql-lexer),
-# and AddressSanitizer would instrument wasmtime and every other dependency too, doubling the
-# build. Coverage-guided fuzzing, debug assertions and overflow checks stay on.
-flags=(--sanitizer none --codegen-units 16)
-[ -z "${PGVANE_FUZZ_FULL:-}" ] || flags+=(--features plugin-host)
-cargo +nightly fuzz build "${flags[@]}"
+# and AddressSanitizer would instrument every dependency too, doubling the build.
+# Coverage-guided fuzzing, debug assertions and overflow checks stay on.
+cargo +nightly fuzz build --sanitizer none --codegen-units 16
 
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    # Every target; those with `required-features = ["plugin-host"]` only with PGVANE_FUZZ_FULL.
-    for target in $(cargo +nightly fuzz list); do
-        if [ -n "${PGVANE_FUZZ_FULL:-}" ] || ! grep -A3 "^name = \"$target\"" Cargo.toml | grep -q required-features; then
-            targets+=("$target")
-        fi
-    done
+    mapfile -t targets < <(cargo +nightly fuzz list)
 fi
 
 failed=()
@@ -48,7 +38,7 @@ for target in "${targets[@]}"; do
     log="target/fuzz-$target.log"
     echo "fuzz: $target for ${seconds}s" >&2
     # -timeout: one input taking more than 10 s is a finding (a hang), not a slow run.
-    if cargo +nightly fuzz run "${flags[@]}" "$target" "corpus/$target" "seeds/$target" -- \
+    if cargo +nightly fuzz run --sanitizer none --codegen-units 16 "$target" "corpus/$target" "seeds/$target" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
         runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
         speed=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")

@@ -11,7 +11,7 @@
 //! manifest's `size` claim, and a pull has connect, read and total timeouts.
 
 // Without the plugin host (the fuzz targets' build), only references, settings and the cache.
-#![cfg_attr(not(feature = "plugin-host"), allow(dead_code, unused_imports))]
+#![cfg_attr(not(feature = "oci"), allow(dead_code, unused_imports))]
 
 mod cache;
 mod reference;
@@ -22,15 +22,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 use oci_client::client::{ClientConfig, ClientProtocol};
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 use oci_client::manifest::OciImageManifest;
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 use oci_client::secrets::RegistryAuth;
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 use oci_client::RegistryOperation;
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 use oci_wasm::{WasmClient, WasmConfig, WASM_LAYER_MEDIA_TYPE, WASM_MANIFEST_CONFIG_MEDIA_TYPE};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -283,7 +283,7 @@ impl Access {
         }
     }
 
-    #[cfg(feature = "plugin-host")]
+    #[cfg(feature = "oci")]
     fn auth(&self) -> RegistryAuth {
         match &self.username {
             Some(user) => RegistryAuth::Basic(
@@ -297,13 +297,13 @@ impl Access {
 
 /// Whether to talk plain HTTP to the registry of `reference`: loopback registries and those
 /// marked `insecure`; HTTPS (rustls, the system's and webpki's roots) otherwise.
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 fn plain_http(reference: &Reference, access: &Access) -> bool {
     reference.is_loopback() || access.insecure
 }
 
 /// A client for the registry of `reference`.
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 fn client(reference: &Reference, access: &Access) -> WasmClient {
     let protocol = if plain_http(reference, access) {
         ClientProtocol::HttpsExcept(vec![reference.registry.clone()])
@@ -319,7 +319,7 @@ fn client(reference: &Reference, access: &Access) -> WasmClient {
     WasmClient::new(oci_client::Client::new(config))
 }
 
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 /// Fetches the manifest of `reference` (by digest when pinned, else by tag), at most
 /// `max_manifest_bytes` of it: oci-client reads a manifest whole, so the request is made here,
 /// with the token oci-client obtained (or HTTP basic credentials).
@@ -372,7 +372,7 @@ async fn fetch_manifest(client: &WasmClient, reference: &Reference, access: &Acc
     Ok(body)
 }
 
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 /// A buffer that takes at most `limit` bytes: a write beyond it fails (and is remembered), so a
 /// download into it stops there.
 struct CappedBuffer {
@@ -381,7 +381,7 @@ struct CappedBuffer {
     exceeded: bool,
 }
 
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 impl tokio::io::AsyncWrite for CappedBuffer {
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
@@ -402,7 +402,7 @@ impl tokio::io::AsyncWrite for CappedBuffer {
     }
 }
 
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 /// The error text of a client error with all its causes (credentials are never part of them:
 /// they travel in headers, which the errors do not carry).
 fn registry_error(reference: &Reference, e: &(dyn std::error::Error + 'static)) -> OciError {
@@ -420,7 +420,7 @@ fn registry_error(reference: &Reference, e: &(dyn std::error::Error + 'static)) 
 }
 
 /// A client error: a digest check the client library made is a mismatch like ours.
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 fn client_error(reference: &Reference, what: &'static str, e: oci_client::errors::OciDistributionError) -> OciError {
     use oci_client::errors::{DigestError, OciDistributionError};
     match e {
@@ -432,7 +432,7 @@ fn client_error(reference: &Reference, what: &'static str, e: oci_client::errors
 }
 
 /// A pulled artifact.
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 #[derive(Debug, Clone)]
 pub struct Artifact {
     /// The component.
@@ -448,7 +448,7 @@ pub struct Artifact {
 }
 
 /// Checks the Wasm OCI artifact layout and returns the one layer's descriptor.
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 pub fn wasm_layer(
     reference: &Reference,
     manifest: &OciImageManifest,
@@ -474,7 +474,7 @@ pub fn wasm_layer(
 
 /// Parses a manifest as a registry (or the cache) sent it; what it holds is checked by
 /// [`wasm_layer`].
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 pub fn parse_manifest(reference: &Reference, bytes: &[u8]) -> Result<OciImageManifest, OciError> {
     serde_json::from_slice(bytes).map_err(|e| OciError::NotWasm {
         reference: reference.to_string(),
@@ -483,7 +483,7 @@ pub fn parse_manifest(reference: &Reference, bytes: &[u8]) -> Result<OciImageMan
 }
 
 /// The artifact from the cache alone, if `reference` is pinned and both blobs are there.
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 pub fn from_cache(reference: &Reference, cache: &Cache) -> Option<Artifact> {
     let digest = reference.digest.as_ref()?;
     let manifest_bytes = cache.get(digest)?;
@@ -495,7 +495,7 @@ pub fn from_cache(reference: &Reference, cache: &Cache) -> Option<Artifact> {
 
 /// Fetches the artifact: from the cache when the reference is pinned and cached, else from
 /// the registry (then cached). Content that does not match the pinned digest is refused.
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 pub async fn fetch(reference: &Reference, access: &Access, cache: Option<&Cache>) -> Result<Artifact, OciError> {
     if let Some(artifact) = cache.and_then(|cache| from_cache(reference, cache)) {
         return Ok(artifact);
@@ -513,7 +513,7 @@ pub async fn fetch(reference: &Reference, access: &Access, cache: Option<&Cache>
 
 /// Pulls the artifact from its registry, checking every digest, within the size caps and the
 /// timeouts of `access.limits`.
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 pub async fn pull(reference: &Reference, access: &Access) -> Result<Artifact, OciError> {
     let ms = access.limits.pull_timeout_ms;
     tokio::time::timeout(Duration::from_millis(ms), pull_within_time(reference, access))
@@ -521,7 +521,7 @@ pub async fn pull(reference: &Reference, access: &Access) -> Result<Artifact, Oc
         .map_err(|_| OciError::Timeout { reference: reference.to_string(), ms })?
 }
 
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 async fn pull_within_time(reference: &Reference, access: &Access) -> Result<Artifact, OciError> {
     let client = client(reference, access);
     let image = reference.to_client();
@@ -572,7 +572,7 @@ async fn pull_within_time(reference: &Reference, access: &Access) -> Result<Arti
 /// Publishes `wasm` (a component) at `reference` in the Wasm OCI artifact layout, the layer
 /// titled `title` (`org.opencontainers.image.title`, the file name tools give it, as wkg does);
 /// returns the manifest's digest, as the registry now serves it.
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 pub async fn push(wasm: Vec<u8>, title: &str, reference: &Reference, access: &Access) -> Result<String, OciError> {
     if reference.tag.is_none() || reference.digest.is_some() {
         return Err(OciError::InvalidReference {
@@ -606,7 +606,7 @@ pub struct Inspection {
     pub exports: Vec<String>,
 }
 
-#[cfg(feature = "plugin-host")]
+#[cfg(feature = "oci")]
 impl Inspection {
     /// Decodes the component's WIT world (its imports and exports).
     pub fn of(wasm: &[u8]) -> Result<Inspection, String> {

@@ -94,7 +94,7 @@ impl Reference {
     }
 
     /// The reference as oci-client takes it.
-    #[cfg(feature = "plugin-host")]
+    #[cfg(feature = "oci")]
     pub(super) fn to_client(&self) -> oci_client::Reference {
         match (&self.tag, &self.digest) {
             (Some(tag), Some(digest)) => oci_client::Reference::with_tag_and_digest(
