@@ -32,8 +32,8 @@ pub use averages::{Average, Averages};
 pub use members::{ServerInfo, ServerState};
 pub use pause::PauseState;
 pub use server::{
-    CancelTarget, Cleartext, ServerConn, ServerCredential, ServerError, ServerStatements, ServerTarget,
-    MAX_SERVER_FRAME_BYTES,
+    Cached, CancelTarget, Cleartext, ServerConn, ServerCredential, ServerError, ServerStatements, ServerTarget,
+    StatementEpoch, MAX_SERVER_FRAME_BYTES,
 };
 pub use stats::{HistogramsSnapshot, PoolStats, StatsSnapshot};
 
@@ -582,11 +582,17 @@ type PoolKey = (String, String, Option<NodeAddr>);
 pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     pause: watch::Sender<PauseState>,
+    /// When the prepared statements on every server connection were last invalidated.
+    pub statement_epoch: StatementEpoch,
 }
 
 impl Default for Pools {
     fn default() -> Self {
-        Pools { pools: Mutex::default(), pause: watch::Sender::new(PauseState::default()) }
+        Pools {
+            pools: Mutex::default(),
+            pause: watch::Sender::new(PauseState::default()),
+            statement_epoch: StatementEpoch::default(),
+        }
     }
 }
 

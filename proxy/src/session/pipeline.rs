@@ -78,6 +78,9 @@ pub(super) struct Undo {
     pub server_statement: Option<String>,
     /// The server statement was never closed.
     pub closed_statement: Option<String>,
+    /// The client's statement, when this (pgvane's own) Parse of it fails rather than being
+    /// skipped: its SQL no longer runs on the server, and the client's name is freed.
+    pub failed_statement: Option<String>,
 }
 
 /// Who gets the answers to a message sent to the server.
@@ -258,8 +261,9 @@ impl Pipeline {
     }
 
     /// After an error in an extended message the server skips everything up to Sync: what was
-    /// expected from those messages is dropped, and returned to be undone. Without a Sync sent
-    /// yet, the client's messages up to it are ignored, as the server does.
+    /// expected from those messages is dropped, and returned to be undone (the failed message
+    /// first). Without a Sync sent yet, the client's messages up to it are ignored, as the
+    /// server does.
     pub fn skip_to_sync(&mut self) -> Vec<Undo> {
         let mut undone = Vec::new();
         while let Some(front) = self.queue.front() {

@@ -171,6 +171,9 @@ pub struct Relay<'a> {
     meter: Meter,
     /// Large messages in either direction (`relay/large.rs`).
     large: LargeMessages,
+    /// The client sent a cancel while waiting for a server connection: delivered once its
+    /// statement runs.
+    held_cancel: bool,
 }
 
 impl<'a> Relay<'a> {
@@ -215,6 +218,7 @@ impl<'a> Relay<'a> {
             settling_parameters: BTreeMap::new(),
             meter: Meter::default(),
             large: LargeMessages::default(),
+            held_cancel: false,
         }
     }
 
@@ -262,6 +266,7 @@ impl<'a> Relay<'a> {
                     return end;
                 }
             }
+            self.deliver_held_cancel();
             self.maybe_release();
             self.release_budget();
             let can_move = match self.deferred {

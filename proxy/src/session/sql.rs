@@ -1,15 +1,18 @@
-//! Just enough SQL lexing to see which session-state commands a query runs: SET, RESET,
-//! DISCARD, DEALLOCATE. Statements are split at top-level `;` by the lexer pgvane shares with
-//! the admin console and the plugin SDK (`pgvane-sql-lexer`), which skips string literals,
-//! dollar quotes, quoted identifiers and comments; only the first words of each statement
-//! are looked at.
+//! Just enough SQL lexing to see what a query does to the server session that must follow the
+//! client, or must not reach the next client of its server connection: SET, RESET, DISCARD,
+//! DEALLOCATE, and state that cannot follow the client (temporary tables, LISTEN, session
+//! advisory locks, DO blocks, LOAD…). Statements are split at top-level `;` by the lexer pgvane
+//! shares with the admin console and the plugin SDK (`pgvane-sql-lexer`), which skips string
+//! literals, dollar quotes, quoted identifiers and comments. The first words of each statement
+//! say what it is; a few function calls and `SELECT … INTO TEMP` are found anywhere in it.
 
 use pgvane_sql_lexer::{statements, tokens, Token};
 
 /// A session-state command found in a query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StateCommand {
-    /// `SET [SESSION] name …` (not `SET LOCAL`): the setting's value may change.
+    /// `SET [SESSION] name …` (not `SET LOCAL`), or `set_config('name', …, false)`: the
+    /// setting's value may change.
     Set(String),
     /// `RESET name`.
     Reset(String),
@@ -22,28 +25,41 @@ pub enum StateCommand {
     /// `DEALLOCATE [PREPARE] ALL`.
     DeallocateAll,
     /// A statement leaving state in the server session that cannot follow the client to
-    /// another server connection: temporary tables, LISTEN, SQL-level PREPARE, cursors
-    /// (WITH HOLD ones outlive the transaction), session advisory locks.
+    /// another server connection: temporary tables (`CREATE TEMP`, `SELECT … INTO TEMP`),
+    /// LISTEN, SQL-level PREPARE, cursors (WITH HOLD ones outlive the transaction), session
+    /// advisory locks, a DO block (whatever its body does), a `set_config` whose name or scope
+    /// is not a constant. `DISCARD ALL` removes all of it.
     SessionState,
+    /// `LOAD`: a library loaded into the server process, which nothing but closing the
+    /// connection unloads.
+    Load,
     /// Any other statement.
     Other,
 }
-
 /// How many words of a statement are kept: enough for `SET SESSION AUTHORIZATION`.
 const WORDS: usize = 4;
 
-/// The session-state command of each statement in `sql`, in order; empty when `sql` is one
-/// statement that starts with no keyword of a session-state command (the common case, seen
-/// without lexing or allocating).
+/// The session-state command of each statement in `sql`, in order, then what was found inside
+/// statements (`set_config`, session advisory locks, `SELECT … INTO TEMP`); empty when `sql`
+/// holds none of these (the common case, seen without lexing or allocating).
 pub fn state_commands(sql: &str) -> Vec<StateCommand> {
-    if !may_hold_state_command(sql) {
+    let hidden = may_hide_state(sql);
+    if !hidden && !may_hold_state_command(sql) {
         return Vec::new();
     }
-    split_words(sql).into_iter().map(|words| classify(&words)).collect()
+    let mut commands: Vec<StateCommand> = split_words(sql).into_iter().map(|words| classify(&words)).collect();
+    if hidden {
+        commands.extend(hidden_state(sql));
+    }
+    if commands.iter().all(|c| *c == StateCommand::Other) {
+        commands.clear();
+    }
+    commands
 }
 
 /// Every first word [`classify`] gives a meaning to.
-const STATE_KEYWORDS: &[&str] = &["set", "reset", "discard", "deallocate", "create", "listen", "prepare", "declare"];
+const STATE_KEYWORDS: &[&str] =
+    &["set", "reset", "discard", "deallocate", "create", "listen", "prepare", "declare", "do", "load"];
 
 /// False only when `sql` is certainly one statement whose first word is none of
 /// [`STATE_KEYWORDS`]: no `;` but at its end, and it starts (after white space) with a word
@@ -62,21 +78,108 @@ fn may_hold_state_command(sql: &str) -> bool {
     STATE_KEYWORDS.iter().any(|k| k.eq_ignore_ascii_case(word))
 }
 
-/// True if `sql` calls a function that may leave state in the server session: a session
-/// advisory lock (the `pg_advisory_xact_lock…` ones end with the transaction), or
-/// `set_config`, whose effect pgvane does not track as it tracks `SET`. Any letter case,
-/// anywhere in the text (a mention in a literal counts too: that only costs a reset).
-pub fn calls_session_state_function(sql: &str) -> bool {
-    // Each name holds a `_`: only the places around one are compared.
-    const NAMES: [(&str, usize); 3] = [("pg_advisory_lock", 2), ("pg_try_advisory_lock", 2), ("set_config", 3)];
+/// Words that, found anywhere in a statement, may leave session state: `set_config`, the
+/// session advisory locks (`pg_advisory_lock…`, `pg_try_advisory_lock…`; the `_xact_` ones end
+/// with the transaction), and `into` (`SELECT … INTO TEMP`). Any letter case; a mention in a
+/// literal or a longer name matches too, and the lexer then decides.
+const HIDING_WORDS: [&str; 3] = ["set_config", "advisory_lock", "into"];
+
+/// True if `sql` may hold one of [`HIDING_WORDS`]: a scan of its bytes, no lexing.
+fn may_hide_state(sql: &str) -> bool {
     let bytes = sql.as_bytes();
-    bytes.iter().enumerate().filter(|(_, b)| **b == b'_').any(|(i, _)| {
-        NAMES.iter().any(|(name, at)| {
-            i.checked_sub(*at)
-                .and_then(|start| bytes.get(start..start + name.len()))
-                .is_some_and(|found| found.eq_ignore_ascii_case(name.as_bytes()))
+    bytes.windows(4).enumerate().any(|(i, window)| {
+        HIDING_WORDS.iter().any(|word| {
+            window.eq_ignore_ascii_case(&word.as_bytes()[..4])
+                && bytes.get(i..i + word.len()).is_some_and(|found| found.eq_ignore_ascii_case(word.as_bytes()))
         })
     })
+}
+
+/// What the statements of `sql` do to the session beyond their first words, with the lexer.
+fn hidden_state(sql: &str) -> Vec<StateCommand> {
+    let tokens: Vec<Token<'_>> = tokens(sql).collect();
+    let mut found = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let Some(ident) = token.ident().filter(|i| !i.is_quoted()) else { continue };
+        let name = ident.name();
+        let next = tokens.get(i + 1);
+        let called = next.is_some_and(|t| t.is_punct('('));
+        match &*name {
+            "set_config" if called => match set_config_call(tokens.get(i + 2..).unwrap_or_default()) {
+                StateCommand::Other => {}
+                command => found.push(command),
+            },
+            "pg_advisory_lock" | "pg_advisory_lock_shared" | "pg_try_advisory_lock" | "pg_try_advisory_lock_shared"
+                if called =>
+            {
+                found.push(StateCommand::SessionState)
+            }
+            "into" => {
+                let inserting = i
+                    .checked_sub(1)
+                    .and_then(|p| tokens.get(p))
+                    .is_some_and(|t| t.is_keyword("insert") || t.is_keyword("merge"));
+                if !inserting && next.is_some_and(|t| t.is_keyword("temp") || t.is_keyword("temporary")) {
+                    found.push(StateCommand::SessionState);
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// `set_config(name, value, is_local)` from the token after its `(`: a constant name with
+/// `false` is carried like `SET name`, `true` ends with the transaction, anything else cannot
+/// be followed (the connection is reset after it).
+fn set_config_call(args: &[Token<'_>]) -> StateCommand {
+    let mut arguments: Vec<&[Token<'_>]> = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, token) in args.iter().enumerate() {
+        match token {
+            Token::Punct('(' | '[') => depth += 1,
+            Token::Punct(')') if depth == 0 => {
+                arguments.push(&args[start..i]);
+                break;
+            }
+            Token::Punct(')' | ']') => depth = depth.saturating_sub(1),
+            Token::Punct(',') if depth == 0 => {
+                arguments.push(&args[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let [name, _, is_local] = arguments[..] else { return StateCommand::SessionState };
+    let name = match name {
+        [Token::Literal(text)] => plain_literal(text),
+        _ => None,
+    };
+    let local = match is_local {
+        [Token::Ident(word)] if !word.is_quoted() => bool_word(&word.name()),
+        [Token::Literal(text)] => plain_literal(text).as_deref().and_then(bool_word),
+        _ => None,
+    };
+    match (name, local) {
+        (_, Some(true)) => StateCommand::Other,
+        (Some(name), Some(false)) => StateCommand::Set(name.to_ascii_lowercase()),
+        _ => StateCommand::SessionState,
+    }
+}
+
+/// The value of a plain `'…'` literal (no escapes but `''`).
+fn plain_literal(text: &str) -> Option<String> {
+    let inner = text.strip_prefix('\'')?.strip_suffix('\'')?;
+    Some(inner.replace("''", "'"))
+}
+
+/// A boolean as PostgreSQL reads one, for the spellings drivers use.
+fn bool_word(word: &str) -> Option<bool> {
+    match word.to_ascii_lowercase().as_str() {
+        "true" | "t" | "on" | "yes" | "1" => Some(true),
+        "false" | "f" | "off" | "no" | "0" => Some(false),
+        _ => None,
+    }
 }
 
 fn classify(words: &[String]) -> StateCommand {
@@ -100,6 +203,8 @@ fn classify(words: &[String]) -> StateCommand {
         }
         ("create", "global" | "local") if matches!(w(2), "temp" | "temporary") => StateCommand::SessionState,
         ("create", "or") if matches!(w(3), "temp" | "temporary") => StateCommand::SessionState,
+        ("do", _) => StateCommand::SessionState,
+        ("load", _) => StateCommand::Load,
         _ => StateCommand::Other,
     }
 }
@@ -205,17 +310,17 @@ mod tests {
         }
         assert!(state_commands("SELECT abalance FROM pgbench_accounts WHERE aid = 1").is_empty());
         assert_eq!(state_commands("SeLeCt 1; dIsCaRd AlL"), [Other, DiscardAll]);
-        assert!(calls_session_state_function("SELECT PG_Advisory_Lock(1)"));
-        assert!(!calls_session_state_function("SELECT pg_advisory_xact_lock(1)"));
+        assert_eq!(state_commands("SELECT PG_Advisory_Lock(1)"), [Other, SessionState]);
+        assert!(state_commands("SELECT pg_advisory_xact_lock(1)").is_empty());
     }
 
     #[test]
     fn transaction_scoped_and_other_statements_are_other() {
-        assert_eq!(state_commands("SET LOCAL work_mem = '8MB'"), [Other]);
-        assert_eq!(state_commands("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"), [Other]);
-        assert_eq!(state_commands("SET CONSTRAINTS ALL DEFERRED"), [Other]);
-        assert_eq!(state_commands("select 'SET work_mem = 1'; select 2"), [Other, Other]);
-        assert_eq!(state_commands("update settings set x = 1; select 1"), [Other, Other]);
+        assert!(state_commands("SET LOCAL work_mem = '8MB'").is_empty());
+        assert!(state_commands("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").is_empty());
+        assert!(state_commands("SET CONSTRAINTS ALL DEFERRED").is_empty());
+        assert!(state_commands("select 'SET work_mem = 1'; select 2").is_empty());
+        assert!(state_commands("update settings set x = 1; select 1").is_empty());
         assert!(state_commands("update settings set x = 1").is_empty());
     }
 
@@ -243,11 +348,38 @@ mod tests {
         ] {
             assert_eq!(state_commands(sql), [SessionState], "{sql}");
         }
-        assert_eq!(state_commands("create table t(x int)"), [Other]);
-        assert!(calls_session_state_function("select PG_ADVISORY_LOCK(1)"));
-        assert!(calls_session_state_function("select pg_try_advisory_lock_shared(1)"));
-        assert!(calls_session_state_function("select set_config('work_mem', '8MB', false)"));
-        assert!(!calls_session_state_function("select pg_advisory_xact_lock(1)"));
+        assert!(state_commands("create table t(x int)").is_empty());
+        for sql in [
+            "select PG_ADVISORY_LOCK(1)",
+            "select pg_catalog.pg_try_advisory_lock_shared(1)",
+            "DO $$ BEGIN SET search_path = x; END $$",
+            "do language plpgsql $$ begin perform 1; end $$",
+            "SELECT 1 AS a INTO TEMP t",
+            "with x as (select 1) select * into temporary table t from x",
+            "select set_config(current_user, 'x', false)",
+            "select set_config('work_mem', '8MB', $1)",
+        ] {
+            assert!(state_commands(sql).contains(&SessionState), "{sql}");
+        }
+        assert_eq!(state_commands("LOAD 'auto_explain'"), [Load]);
+        assert!(state_commands("select pg_advisory_xact_lock(1)").is_empty());
+        assert!(state_commands("insert into temp values (1)").is_empty(), "a table named temp");
+        assert!(state_commands("select 1 into t").is_empty(), "SELECT INTO a table is not session state");
+    }
+
+    #[test]
+    fn set_config_is_carried_like_set() {
+        assert_eq!(state_commands("select set_config('Work_Mem', '8MB', false)"), [Other, set("work_mem")]);
+        assert_eq!(
+            state_commands("SELECT 1, pg_catalog.set_config('search_path', 'a, b', 'off'), now()"),
+            [Other, set("search_path")]
+        );
+        assert_eq!(
+            state_commands("select set_config('a.b', f(1, 2), FALSE); set x = 1"),
+            [Other, set("x"), set("a.b")]
+        );
+        assert!(state_commands("select set_config('work_mem', '8MB', true)").is_empty(), "local to the transaction");
+        assert!(state_commands("select 'set_config(1)'").is_empty(), "a mention in a literal");
     }
 
     #[test]

@@ -13,6 +13,16 @@ use sha2::{Digest, Sha256};
 
 use crate::protocol::{Frame, Parse};
 
+use super::sql::StateCommand;
+
+/// How the names of pgvane's own statements on servers begin.
+const SERVER_NAME_PREFIX: &str = "pgvane_";
+
+/// True for a name in pgvane's own statement namespace, which clients may not touch.
+pub fn is_server_name(name: &str) -> bool {
+    name.starts_with(SERVER_NAME_PREFIX)
+}
+
 /// A statement as the client prepared it.
 #[derive(Debug)]
 pub struct Statement {
@@ -31,7 +41,7 @@ impl Statement {
         hash.update(parse.param_types);
         let digest = hash.finalize();
         let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-        let server_name = format!("pgvane_{hex}");
+        let server_name = format!("{SERVER_NAME_PREFIX}{hex}");
         let mut message = BytesMut::new();
         Parse { name: &server_name, ..parse.clone() }.encode(&mut message);
         Statement { server_name, parse_message: message.freeze() }
@@ -48,6 +58,9 @@ pub struct ClientStatement {
     pub decided_by: u64,
     /// Its server-side form in the pooled modes, where pgvane renames statements.
     pub server: Option<Arc<Statement>>,
+    /// What running it does to the session (settings, state that cannot follow the client):
+    /// noted at each Bind, on the server it runs on, not at the Parse.
+    pub commands: Vec<StateCommand>,
 }
 
 /// The client's statements by the client's names (the unnamed one included).

@@ -41,15 +41,8 @@ impl Relay<'_> {
             checkout = self.wait_for_server().await?;
         }
         let error = match checkout {
-            Some(Ok(mut server)) => {
-                self.handle.set_state(ClientState::Active, Some(server.conn().cancel_target()));
-                // The client's settings (in session mode: its startup parameters, for a
-                // server of another database the policy routed to).
-                if let Some(sql) = sync_sql(&self.settings.current, &mut server.conn().applied_settings) {
-                    messages::encode_query(&sql, self.server_out.buf());
-                    self.pipeline.expect(Kind::Query, Purpose::ApplySettings, Undo::default(), None);
-                }
-                self.server = Some(server);
+            Some(Ok(server)) => {
+                self.take_server(server);
                 return Ok(true);
             }
             Some(Err(e)) => {
@@ -72,13 +65,62 @@ impl Relay<'_> {
             }
             None => ErrorResponse::error("57014", "canceling statement due to user request"),
         };
+        self.held_cancel = false; // the statement fails without running: nothing to cancel
         self.handle.set_state(ClientState::Idle, None);
         self.fail(kind, error);
         Ok(false)
     }
 
+    /// Takes a server connection of the current pool if one is free at once.
+    pub(super) fn try_take_server(&mut self) -> bool {
+        match self.router.current().try_checkout() {
+            Some(server) => {
+                self.take_server(server);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes `server` the client's, with the client's settings applied (in session mode: its
+    /// startup parameters, for a server of another database the policy routed to).
+    fn take_server(&mut self, mut server: PooledConn) {
+        self.handle.set_state(ClientState::Active, Some(server.conn().cancel_target()));
+        if let Some(sql) = sync_sql(&self.settings.current, &mut server.conn().applied_settings) {
+            messages::encode_query(&sql, self.server_out.buf());
+            self.pipeline.expect(Kind::Query, Purpose::ApplySettings, Undo::default(), None);
+        }
+        self.server = Some(server);
+    }
+
+    /// Sends the cancel the client asked for while it waited for a server connection, once
+    /// its statement has been written to the server it got; dropped if the statement has
+    /// already been answered. The server connection goes to no other client until the cancel
+    /// has arrived.
+    pub(super) fn deliver_held_cancel(&mut self) {
+        if !self.held_cancel || !self.server_out.is_empty() {
+            return;
+        }
+        self.held_cancel = false;
+        let Some(server) = self.server.as_ref() else { return };
+        if self.pipeline.is_empty() {
+            return;
+        }
+        let target = server.conn_ref().cancel_target();
+        let in_flight = target.in_flight.begin();
+        let timeout = self.shared.config().settings.server_connect_timeout();
+        tokio::spawn(async move {
+            let _in_flight = in_flight;
+            match tokio::time::timeout(timeout, target.send()).await {
+                Ok(Ok(())) => tracing::debug!(server_pid = target.pid, "held cancel request delivered"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not deliver a held cancel request"),
+                Err(_) => tracing::warn!("timed out delivering a held cancel request"),
+            }
+        });
+    }
+
     /// Waits for a server connection of the current pool: `None` when the client cancelled
-    /// the wait.
+    /// a move to another node.
     async fn wait_for_server(&mut self) -> Result<Option<Result<PooledConn, PoolError>>, End> {
         // Whatever pgvane already owes the client goes out before a possibly long wait.
         self.client.flush().await.map_err(|_| End::ClientGone)?;
@@ -86,10 +128,19 @@ impl Relay<'_> {
         let started = Instant::now();
         let signals = self.handle.signals.clone();
         let pool = self.router.current().clone();
-        let checkout = tokio::select! {
-            r = pool.checkout(self.query_wait) => Some(r),
-            () = signals.cancel.notified() => None,
-            () = signals.kill.raised() => return Err(End::Killed),
+        // A cancel while waiting is held, as PostgreSQL would see it: the statement fails
+        // with 57014 once it runs (see `deliver_held_cancel`), for every driver.
+        let checkout = pool.checkout(self.query_wait);
+        tokio::pin!(checkout);
+        let checkout = loop {
+            tokio::select! {
+                r = &mut checkout => break Some(r),
+                () = signals.cancel.notified(), if !self.held_cancel => {
+                    tracing::debug!("cancel request while waiting for a server connection; held until the statement runs");
+                    self.held_cancel = true;
+                }
+                () = signals.kill.raised() => return Err(End::Killed),
+            }
         };
         let checkout = match checkout {
             // A cluster node that cannot be reached: the statement may move to the writer.

@@ -10,8 +10,8 @@
 //! - The router then places the message on a server.
 //!
 //! What a statement does to the session (settings, statements, state that cannot follow the
-//! client) is tracked when it is sent, by [`Relay::track_statement`], so that it is noted on
-//! the server it runs on.
+//! client) is tracked when it runs (a Query when it is sent, a prepared statement at each
+//! Bind), by [`Relay::track_statement`], so that it is noted on the server it runs on.
 
 use bytes::BytesMut;
 
@@ -21,7 +21,7 @@ use crate::protocol::{Frame, FrontendMessage, Parse, Target};
 
 use super::super::pipeline::{Condition, Kind, Undo};
 use super::super::router::Placement;
-use super::super::sql::{calls_session_state_function, StateCommand};
+use super::super::sql::StateCommand;
 use super::{Decided, End, Relay};
 
 /// The chain's verdict on one statement.
@@ -141,22 +141,36 @@ impl Relay<'_> {
         self.judge_and_place(kind, parse.query, Some(parse.name)).await
     }
 
-    /// Notes what a statement about to be sent does to the session: in the pooled modes the
-    /// settings it changes, the statements it deallocates, and state that cannot follow the
-    /// client (its server connection is then reset before anyone else gets it); in every mode,
-    /// the prepared statements it deallocates.
-    pub(super) fn track_statement(&mut self, sql: &str, commands: &[StateCommand]) {
+    /// Notes what a statement about to run does to the session: in the pooled modes the
+    /// settings it changes (read back once it has run), state that cannot follow the client
+    /// (its server connection is then reset, or closed after a LOAD, before anyone else gets
+    /// it), and the statements every server shares going stale (DEALLOCATE ALL, DISCARD ALL);
+    /// in every mode, the prepared statements it deallocates.
+    pub(super) fn track_statement(&mut self, commands: &[StateCommand]) {
         if self.pooled() {
-            if commands.contains(&StateCommand::SessionState) || calls_session_state_function(sql) {
-                if self.pipeline.condition == Condition::Clean {
+            for command in commands {
+                let condition = match command {
+                    StateCommand::SessionState => Condition::NeedsReset,
+                    StateCommand::Load => Condition::Unusable,
+                    StateCommand::DeallocateAll | StateCommand::DiscardAll => {
+                        // The client means to drop plans it thinks stale (psycopg does so after
+                        // DDL): the shared copies are prepared again before their next use.
+                        self.shared.pools.statement_epoch.invalidate_all();
+                        self.settings.observe(command);
+                        continue;
+                    }
+                    _ => {
+                        self.settings.observe(command);
+                        continue;
+                    }
+                };
+                if self.pipeline.condition < condition {
                     tracing::debug!(
-                        "client uses session state that cannot be carried; its server connection will be reset"
+                        ?condition,
+                        "client uses session state that cannot be carried; its server connection will be reset or closed"
                     );
                 }
-                self.pipeline.worsen(Condition::NeedsReset);
-            }
-            for command in commands {
-                self.settings.observe(command);
+                self.pipeline.worsen(condition);
             }
         }
         for command in commands {
@@ -196,6 +210,7 @@ impl Relay<'_> {
                 _ => {
                     self.statements.clear();
                     self.router.forget_statements();
+                    self.shared.pools.statement_epoch.invalidate_all();
                     "DEALLOCATE ALL"
                 }
             };

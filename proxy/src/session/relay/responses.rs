@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 
-use crate::pool::{ServerError, MAX_SERVER_FRAME_BYTES};
+use crate::pool::{ServerError, StatementEpoch, MAX_SERVER_FRAME_BYTES};
 use crate::protocol::messages::{self, tag, ErrorResponse, TransactionStatus};
 use crate::protocol::{decode_frame, BackendMessage, Frame};
 
@@ -27,6 +27,13 @@ impl Relay<'_> {
             let message = BackendMessage::decode(&frame).map_err(|e| End::Server(e.into()))?;
             if let Some(lost) = self.going_away(&message) {
                 return Err(End::Server(lost));
+            }
+            if let BackendMessage::ErrorResponse(error) = &message {
+                if matches!(error.severity(), "FATAL" | "PANIC") {
+                    // The server is ending the connection (pg_terminate_backend, shutdown): the
+                    // client gets exactly its message, once, and the session ends with it.
+                    return Err(End::Fatal(error.clone()));
+                }
             }
             self.on_server_message(&frame, message)?;
         }
@@ -72,8 +79,22 @@ impl Relay<'_> {
         };
         let from_client = *purpose == Purpose::Client;
         match &message {
-            BackendMessage::ErrorResponse(error) if from_client => self.note_refused_write(error),
+            BackendMessage::ErrorResponse(error) => {
+                if from_client {
+                    self.note_refused_write(error);
+                }
+                if plan_went_stale(error) {
+                    tracing::info!(
+                        code = error.code(),
+                        "a prepared statement went stale; every server prepares it again"
+                    );
+                    self.shared.pools.statement_epoch.invalidate_all();
+                }
+            }
             BackendMessage::CommandComplete(_) => {
+                if changes_schema(frame.body()) {
+                    self.shared.pools.statement_epoch.invalidate_all();
+                }
                 if let Some(server) = self.server.as_mut() {
                     server.conn().note_command_complete(frame.body());
                 }
@@ -91,7 +112,16 @@ impl Relay<'_> {
                 // The client sees every error of an extended message, even of pgvane's own:
                 // the messages it sent next depend on it.
                 self.send_to_client(frame.raw());
-                for undo in self.pipeline.skip_to_sync() {
+                let mut undone = self.pipeline.skip_to_sync().into_iter();
+                if let Some(name) = undone.next().and_then(|failed| {
+                    let name = failed.failed_statement.clone();
+                    self.undo(failed);
+                    name
+                }) {
+                    self.statements.remove(&name);
+                    self.router.forget_statement(&name);
+                }
+                for undo in undone {
                     self.undo(undo);
                 }
                 self.send_own_responses();
@@ -195,7 +225,8 @@ impl Relay<'_> {
                 statements.remove(&name);
             }
             if let Some(name) = undo.closed_statement {
-                statements.insert(name);
+                // Still on the server, in an unknown state: closed before it is used again.
+                statements.insert(name, StatementEpoch::STALE);
             }
         }
     }
@@ -205,5 +236,23 @@ impl Relay<'_> {
         for message in self.pipeline.own_ready() {
             self.send_to_client(&message);
         }
+    }
+}
+
+/// True for the command tag of a statement that may change what prepared statements return
+/// or refer to: ALTER and DROP of anything, and CREATE [OR REPLACE] VIEW or RULE.
+fn changes_schema(command_tag: &[u8]) -> bool {
+    const PREFIXES: [&[u8]; 4] = [b"ALTER ", b"DROP ", b"CREATE VIEW", b"CREATE RULE"];
+    PREFIXES.iter().any(|prefix| command_tag.starts_with(prefix))
+}
+
+/// True for the errors a statement prepared before a schema change gets: PostgreSQL's
+/// `0A000 cached plan must not change result type`, and the `cache lookup failed` of a plan
+/// naming a type that was dropped.
+fn plan_went_stale(error: &ErrorResponse) -> bool {
+    match error.code() {
+        "0A000" => error.message().starts_with("cached plan must not change result type"),
+        "XX000" => error.message().starts_with("cache lookup failed for type"),
+        _ => false,
     }
 }

@@ -12,12 +12,13 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use crate::pool::Cached;
 use crate::protocol::messages::{self, tag, ErrorResponse};
 use crate::protocol::{encode_describe_or_close, Bind, Frame, Parse, Target};
 
 use super::super::pipeline::{Condition, Kind, Purpose, Undo};
-use super::super::sql::state_commands;
-use super::super::statements::{ClientStatement, Statement};
+use super::super::sql::{state_commands, StateCommand};
+use super::super::statements::{is_server_name, ClientStatement, Statement};
 use super::gate::recorded_parse;
 use super::{Decided, End, Relay};
 
@@ -25,10 +26,12 @@ impl Relay<'_> {
     pub(super) async fn on_query(&mut self, frame: &Frame, sql: &str, rewritten: Option<String>) -> Result<(), End> {
         let runs = rewritten.as_deref().unwrap_or(sql);
         let commands = state_commands(runs);
-        if self.pooled() && self.answer_deallocates(&commands) {
+        if self.pooled()
+            && (self.refuse_foreign_deallocate(Kind::Query, &commands) || self.answer_deallocates(&commands))
+        {
             return Ok(());
         }
-        self.track_statement(runs, &commands);
+        self.track_statement(&commands);
         match rewritten {
             None => self.forward(frame, Kind::Query).await,
             Some(sql) => {
@@ -40,6 +43,20 @@ impl Relay<'_> {
                 Ok(())
             }
         }
+    }
+
+    /// A pooled client's `DEALLOCATE` of a name it did not prepare that is one of pgvane's own
+    /// (`pgvane_…`): refused as PostgreSQL refuses an unknown name (26000), so the statement
+    /// other clients share stays.
+    fn refuse_foreign_deallocate(&mut self, kind: Kind, commands: &[StateCommand]) -> bool {
+        let foreign = commands.iter().find_map(|c| match c {
+            StateCommand::Deallocate(name) if is_server_name(name) && !self.statements.contains(name) => Some(name),
+            _ => None,
+        });
+        let Some(name) = foreign else { return false };
+        let error = ErrorResponse::error("26000", format!("prepared statement \"{name}\" does not exist"));
+        self.fail(kind, error);
+        true
     }
 
     pub(super) async fn on_parse(
@@ -62,18 +79,20 @@ impl Relay<'_> {
                 return Ok(());
             }
         }
-        if self.pooled() {
-            let commands = state_commands(parse.query);
-            self.track_statement(parse.query, &commands);
+        // What the statement does to the session is noted when it runs (at each Bind).
+        let commands = state_commands(parse.query);
+        if self.pooled() && self.refuse_foreign_deallocate(Kind::Parse, &commands) {
+            return Ok(());
         }
-        let record = |server| ClientStatement { parse: frame.clone(), decided_by: judged_by, server };
+        let record =
+            |server, commands| ClientStatement { parse: frame.clone(), decided_by: judged_by, server, commands };
         if !self.pooled() || parse.name.is_empty() {
             // The server keeps the statement under the client's name. A named one that exists
             // already is refused by the server (42P05): the one recorded stays.
             let recorded = parse.name.is_empty() || !self.statements.contains(parse.name);
             let undo = match recorded {
                 true => {
-                    self.statements.insert(parse.name, record(None));
+                    self.statements.insert(parse.name, record(None, commands));
                     Undo { client_statement: Some(parse.name.to_owned()), ..Undo::default() }
                 }
                 false => Undo::default(),
@@ -103,66 +122,110 @@ impl Relay<'_> {
         self.router.note_statement(parse.name);
         let statement = Arc::new(Statement::from_parse(&parse));
         let client_name = parse.name.to_owned();
-        self.statements.insert(&client_name, record(Some(statement.clone())));
-        let Some(server) = self.server.as_mut() else {
-            // Holding no server connection, the statement is prepared on one when first used
-            // (a mistake in it is reported then). Waiting for a server here would make a
-            // client that prepares statements outside transactions (libpq's PQprepare, as
-            // pgbench -M prepared does) wait for connections its own other sessions hold.
+        self.statements.insert(&client_name, record(Some(statement.clone()), commands));
+        // Holding no server connection, one that is free at once is taken, so that the
+        // server checks the statement now and an error reaches the client where PostgreSQL
+        // sends it. With none free, pgvane answers and prepares the statement on a server
+        // when it is first used (a mistake in it is reported then, and the name is freed):
+        // waiting for a server here would make a client that prepares statements outside
+        // transactions (libpq's PQprepare, as pgbench -M prepared does) wait for connections
+        // its own other sessions hold.
+        if self.server.is_none() && !self.try_take_server() {
             let mut message = BytesMut::new();
             messages::encode_empty(tag::PARSE_COMPLETE, &mut message);
             self.own(message, Undo::default());
             return Ok(());
-        };
-        if server.conn().statements.touch(&statement.server_name) {
-            let mut message = BytesMut::new();
-            messages::encode_empty(tag::PARSE_COMPLETE, &mut message);
-            self.pipeline.open();
-            self.own(message, Undo { client_statement: Some(client_name), ..Undo::default() });
-        } else {
-            let undo = Undo {
-                client_statement: Some(client_name),
-                server_statement: Some(statement.server_name.clone()),
-                ..Undo::default()
-            };
-            self.send_undoable(&statement.parse_message, Kind::Parse, frame, undo);
-            self.remember_on_server(&statement.server_name);
+        }
+        let epoch = self.shared.pools.statement_epoch.current();
+        let Some(server) = self.server.as_mut() else { return Ok(()) };
+        match server.conn().statements.lookup(&statement.server_name, epoch) {
+            Cached::Fresh => {
+                let mut message = BytesMut::new();
+                messages::encode_empty(tag::PARSE_COMPLETE, &mut message);
+                self.pipeline.open();
+                self.own(message, Undo { client_statement: Some(client_name), ..Undo::default() });
+            }
+            cached => {
+                if cached == Cached::Stale {
+                    self.close_on_server(&statement.server_name);
+                }
+                let undo = Undo {
+                    client_statement: Some(client_name),
+                    server_statement: Some(statement.server_name.clone()),
+                    ..Undo::default()
+                };
+                self.send_undoable(&statement.parse_message, Kind::Parse, frame, undo);
+                self.remember_on_server(&statement.server_name, epoch);
+            }
         }
         Ok(())
     }
 
-    /// Records that the server has `server_name`, closing the least recently used statement
-    /// if the server's cache is full.
-    fn remember_on_server(&mut self, server_name: &str) {
+    /// Closes a statement pgvane prepared on the current server (stale, or evicted).
+    fn close_on_server(&mut self, server_name: &str) {
+        encode_describe_or_close(tag::CLOSE, Target::Statement, server_name, self.server_out.buf());
+        let undo = Undo { closed_statement: Some(server_name.to_owned()), ..Undo::default() };
+        self.pipeline.expect(Kind::Close, Purpose::Injected, undo, None);
+    }
+
+    /// Records that the server has `server_name`, prepared in `epoch`, closing the least
+    /// recently used statement if the server's cache is full.
+    fn remember_on_server(&mut self, server_name: &str, epoch: u64) {
         let Some(server) = self.server.as_mut() else { return };
-        if let Some(evicted) = server.conn().statements.insert(server_name.to_owned()) {
-            encode_describe_or_close(tag::CLOSE, Target::Statement, &evicted, self.server_out.buf());
-            let undo = Undo { closed_statement: Some(evicted), ..Undo::default() };
-            self.pipeline.expect(Kind::Close, Purpose::Injected, undo, None);
+        if let Some(evicted) = server.conn().statements.insert(server_name.to_owned(), epoch) {
+            self.close_on_server(&evicted);
         }
     }
 
-    /// Makes sure the current server has the client's statement, preparing it if not.
-    fn prepare_on_server(&mut self, statement: &Statement) {
+    /// Makes sure the current server has the client's statement `client_name`, preparing it
+    /// if not (or again, if the copy there is stale). If the server refuses it, the client's
+    /// statement is forgotten with it: its SQL no longer runs, and the name is free again.
+    fn prepare_on_server(&mut self, client_name: &str, statement: &Statement) {
+        let epoch = self.shared.pools.statement_epoch.current();
         let Some(server) = self.server.as_mut() else { return };
-        if server.conn().statements.touch(&statement.server_name) {
-            return;
+        match server.conn().statements.lookup(&statement.server_name, epoch) {
+            Cached::Fresh => return,
+            Cached::Stale => self.close_on_server(&statement.server_name),
+            Cached::Absent => {}
         }
         self.server_out.extend_from_slice(&statement.parse_message);
         self.meter.server_parses += 1;
-        let undo = Undo { server_statement: Some(statement.server_name.clone()), ..Undo::default() };
+        let undo = Undo {
+            server_statement: Some(statement.server_name.clone()),
+            failed_statement: Some(client_name.to_owned()),
+            ..Undo::default()
+        };
         self.pipeline.expect(Kind::Parse, Purpose::Injected, undo, None);
-        self.remember_on_server(&statement.server_name);
+        self.remember_on_server(&statement.server_name, epoch);
     }
 
     pub(super) async fn on_bind(&mut self, frame: &Frame, bind: &Bind<'_>, decided: &Decided) -> Result<(), End> {
         self.meter.binds += 1;
+        if self.refuse_unknown_statement(Kind::Bind, bind.statement) {
+            return Ok(());
+        }
         let reprepare = self.refresh(bind.statement, decided);
         let statement = self.client_statement(bind.statement);
-        self.send_using_statement(frame, Kind::Bind, statement, reprepare, |server_name, out| {
+        // The statement runs now, on this server: what it does to the session is noted here
+        // (a prepared SET is carried each time it runs, read back once it has).
+        if let Some(commands) = self.statements.get(bind.statement).map(|s| s.commands.clone()) {
+            self.track_statement(&commands);
+        }
+        self.send_using_statement(frame, Kind::Bind, bind.statement, statement, reprepare, |server_name, out| {
             bind.encode_renamed(server_name, out)
         })
         .await
+    }
+
+    /// In the pooled modes a Bind or Describe of a named statement the client has not
+    /// prepared is answered as PostgreSQL would (26000) without reaching a server, where
+    /// other clients' statements live under pgvane's names.
+    fn refuse_unknown_statement(&mut self, kind: Kind, name: &str) -> bool {
+        if !self.pooled() || name.is_empty() || self.statements.contains(name) {
+            return false;
+        }
+        self.fail(kind, ErrorResponse::error("26000", format!("prepared statement \"{name}\" does not exist")));
+        true
     }
 
     pub(super) async fn on_describe(
@@ -174,12 +237,15 @@ impl Relay<'_> {
     ) -> Result<(), End> {
         let (statement, reprepare) = match target {
             Target::Statement => {
+                if self.refuse_unknown_statement(Kind::Describe, name) {
+                    return Ok(());
+                }
                 let reprepare = self.refresh(name, decided);
                 (self.client_statement(name), reprepare)
             }
             Target::Portal => (None, None),
         };
-        self.send_using_statement(frame, Kind::Describe, statement, reprepare, |server_name, out| {
+        self.send_using_statement(frame, Kind::Describe, name, statement, reprepare, |server_name, out| {
             encode_describe_or_close(tag::DESCRIBE, Target::Statement, server_name, out)
         })
         .await
@@ -206,6 +272,7 @@ impl Relay<'_> {
         let parse = recorded_parse(&frame)?;
         let parse = Parse { query: decided.sql.as_deref().unwrap_or(parse.query), ..parse };
         self.router.note_statement(name);
+        statement.commands = state_commands(parse.query);
         if statement.server.is_some() {
             statement.server = Some(Arc::new(Statement::from_parse(&parse)));
             return None;
@@ -227,6 +294,7 @@ impl Relay<'_> {
         &mut self,
         frame: &Frame,
         kind: Kind,
+        client_name: &str,
         statement: Option<Arc<Statement>>,
         reprepare: Option<BytesMut>,
         rename: impl FnOnce(&str, &mut BytesMut),
@@ -247,7 +315,7 @@ impl Relay<'_> {
             self.send(frame.raw(), kind, frame);
             return Ok(());
         };
-        self.prepare_on_server(&statement);
+        self.prepare_on_server(client_name, &statement);
         let mut renamed = BytesMut::new();
         rename(&statement.server_name, &mut renamed);
         self.send(&renamed, kind, frame);
