@@ -194,6 +194,10 @@ pub struct Settings {
     pub server_connect_timeout_ms: u64,
     /// Run on a server connection before another client gets it (session mode); empty for none.
     pub server_reset_query: String,
+    /// Also run `server_reset_query` whenever a client gives a server connection back in the
+    /// transaction and statement modes (PgBouncer's key): for session state pgvane cannot see
+    /// being made, such as a function that changes settings.
+    pub server_reset_query_always: bool,
     /// Prepared statements kept per server connection in transaction and statement modes.
     pub max_prepared_statements: usize,
     /// Named prepared statements a client may hold at once; one more is refused with 53400.
@@ -301,6 +305,7 @@ impl Default for Settings {
             server_lifetime_ms: 3_600_000,
             server_connect_timeout_ms: 15_000,
             server_reset_query: "DISCARD ALL".into(),
+            server_reset_query_always: false,
             max_prepared_statements: 200,
             max_client_prepared_statements: 10_000,
             health_check_period_ms: 1_000,

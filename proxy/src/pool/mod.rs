@@ -32,8 +32,8 @@ pub use averages::{Average, Averages};
 pub use members::{ServerInfo, ServerState};
 pub use pause::PauseState;
 pub use server::{
-    Cached, CancelTarget, Cleartext, ServerConn, ServerCredential, ServerError, ServerStatements, ServerTarget,
-    StatementEpoch, MAX_SERVER_FRAME_BYTES,
+    CancelTarget, Cleartext, ServerConn, ServerCredential, ServerError, ServerStatements, ServerTarget, StatementEpoch,
+    MAX_SERVER_FRAME_BYTES,
 };
 pub use stats::{HistogramsSnapshot, PoolStats, StatsSnapshot};
 

@@ -240,23 +240,11 @@ impl Drop for CancelInFlight {
 }
 
 /// The prepared statements living on one server connection, least recently used first,
-/// at most `capacity` of them, each with the [`StatementEpoch`] it was prepared in.
+/// at most `capacity` of them.
 #[derive(Debug, Default)]
 pub struct ServerStatements {
-    names: Vec<(String, u64)>,
+    names: Vec<String>,
     capacity: usize,
-}
-
-/// What a server connection holds under a statement name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cached {
-    /// The statement, prepared in the current epoch: use it.
-    Fresh,
-    /// The statement, prepared before the schema may have changed: it is forgotten here and
-    /// must be closed on the server and prepared again.
-    Stale,
-    /// Nothing.
-    Absent,
 }
 
 impl ServerStatements {
@@ -265,29 +253,31 @@ impl ServerStatements {
         ServerStatements { names: Vec::new(), capacity: capacity.max(1) }
     }
 
-    /// What the server holds under `name`, given the current `epoch`. A fresh statement is
-    /// marked recently used; a stale one is forgotten (the caller closes it on the server).
-    pub fn lookup(&mut self, name: &str, epoch: u64) -> Cached {
-        let Some(i) = self.names.iter().position(|(n, _)| n == name) else { return Cached::Absent };
-        let entry = self.names.remove(i);
-        if entry.1 < epoch {
-            return Cached::Stale;
+    /// True if `name` exists on the server; marks it recently used.
+    pub fn touch(&mut self, name: &str) -> bool {
+        match self.names.iter().position(|n| n == name) {
+            Some(i) => {
+                let n = self.names.remove(i);
+                self.names.push(n);
+                true
+            }
+            None => false,
         }
-        self.names.push(entry);
-        Cached::Fresh
     }
 
-    /// Records that `name` now exists, prepared in `epoch`; returns the name evicted to stay
-    /// within capacity, which the caller must close on the server.
-    pub fn insert(&mut self, name: String, epoch: u64) -> Option<String> {
-        self.remove(&name);
-        self.names.push((name, epoch));
-        (self.names.len() > self.capacity).then(|| self.names.remove(0).0)
+    /// Records that `name` now exists; returns the name evicted to stay within capacity,
+    /// which the caller must close on the server.
+    pub fn insert(&mut self, name: String) -> Option<String> {
+        if self.touch(&name) {
+            return None;
+        }
+        self.names.push(name);
+        (self.names.len() > self.capacity).then(|| self.names.remove(0))
     }
 
     /// Forgets `name` (its Parse failed, or it was closed).
     pub fn remove(&mut self, name: &str) {
-        self.names.retain(|(n, _)| n != name);
+        self.names.retain(|n| n != name);
     }
 
     /// Forgets everything (after DISCARD ALL / DEALLOCATE ALL).
@@ -306,31 +296,23 @@ impl ServerStatements {
     }
 }
 
-/// When the statements pgvane shares between clients were last possibly invalidated: a
-/// counter every server connection's statements are stamped with when prepared. It moves on
-/// when the schema may have changed under them (DDL run through pgvane, a server's `0A000
-/// cached plan must not change result type`, a client's `DEALLOCATE ALL` or `DISCARD ALL`):
-/// each server connection then prepares a statement again before its next use, so no client,
-/// new or old, is handed a plan made for the old schema.
-#[derive(Debug)]
+/// The schema generation statements are prepared for. pgvane names the statements it shares
+/// between clients after their text, parameter types and the epoch of the client's Parse, so a
+/// Parse after the epoch moved on never gets a plan made before. It moves on when the schema
+/// may have changed (DDL run through pgvane, a server's `0A000 cached plan must not change
+/// result type`, a client's `DEALLOCATE ALL` or `DISCARD ALL`). A statement a client prepared
+/// before keeps its name, and its plan: PostgreSQL replans it, or refuses it with `0A000` as it
+/// would on a direct connection, when its result type changed.
+#[derive(Debug, Default)]
 pub struct StatementEpoch(AtomicU64);
 
-impl Default for StatementEpoch {
-    fn default() -> Self {
-        StatementEpoch(AtomicU64::new(1))
-    }
-}
-
 impl StatementEpoch {
-    /// An epoch older than any: a statement stamped with it is always stale.
-    pub const STALE: u64 = 0;
-
     /// The current epoch.
     pub fn current(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 
-    /// Every statement prepared so far is stale.
+    /// Statements parsed from now on are prepared afresh.
     pub fn invalidate_all(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }

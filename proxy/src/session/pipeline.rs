@@ -95,6 +95,8 @@ pub(super) enum Purpose {
     ApplySettings,
     /// pgvane's own query reading settings back: its row is captured.
     CaptureSettings(Vec<String>, Vec<Option<String>>),
+    /// A client's Sync whose batch failed and runs again: its answer is pgvane's, dropped.
+    Discarded,
 }
 
 #[derive(Debug)]
@@ -278,6 +280,15 @@ impl Pipeline {
         undone
     }
 
+    /// pgvane answered a client's message itself with an echo, sent at once: kept, with what
+    /// undoes it, for a replay (which leaves the echo out).
+    pub fn note_own_echo(&mut self, frame: Frame, undo: Undo) {
+        if let Progress::Echoed(echoed) = &mut self.progress {
+            echoed.push((frame, undo));
+        }
+        self.echoes.sent += 1;
+    }
+
     /// A message that the client sees as more than an echo reached it.
     pub fn note_answer(&mut self) {
         self.progress = Progress::Answered;
@@ -321,6 +332,23 @@ impl Pipeline {
             }
         }
         messages > 0
+    }
+
+    /// True when the first Sync in flight is the last message in flight: the batch that
+    /// failed is all there is, and it can run again without overtaking anything.
+    pub fn ends_at_first_sync(&self) -> bool {
+        let first_sync = self.queue.iter().position(|e| matches!(e, Expect::Reply { kind: Kind::Sync, .. }));
+        first_sync.is_some_and(|i| i + 1 == self.queue.len())
+    }
+
+    /// True when a replay would run one of the client's Parse messages again.
+    pub fn replays_a_parse(&self) -> bool {
+        let is_parse = |frame: &Frame| frame.tag() == tag::PARSE;
+        let echoed = match &self.progress {
+            Progress::Echoed(echoed) => echoed.iter().any(|(frame, _)| is_parse(frame)),
+            Progress::Answered => false,
+        };
+        echoed || self.queue.iter().any(|e| matches!(e, Expect::Reply { replay: Some(frame), .. } if is_parse(frame)))
     }
 
     /// The client's messages since its last ReadyForQuery, to run again in order, with what

@@ -47,6 +47,7 @@ mod gate;
 mod large;
 mod responses;
 mod server_loss;
+mod stale;
 mod statements;
 
 /// Run on a server connection a pooled client left session state on, whatever
@@ -174,6 +175,8 @@ pub struct Relay<'a> {
     /// The client sent a cancel while waiting for a server connection: delivered once its
     /// statement runs.
     held_cancel: bool,
+    /// The client's batch in flight already ran again after a stale plan (`relay/stale.rs`).
+    stale_retried: bool,
 }
 
 impl<'a> Relay<'a> {
@@ -219,6 +222,7 @@ impl<'a> Relay<'a> {
             meter: Meter::default(),
             large: LargeMessages::default(),
             held_cancel: false,
+            stale_retried: false,
         }
     }
 

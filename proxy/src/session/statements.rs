@@ -1,9 +1,10 @@
 //! A client's named prepared statements in transaction and statement modes.
 //!
 //! The client's names never reach a server. Each statement is prepared on servers under a
-//! name derived from its text and parameter types (`pgvane_<hash>`), so clients cannot clash,
-//! identical statements share one server-side preparation, and a statement can be prepared
-//! again, transparently, on whichever server connection the client gets next.
+//! name derived from its text, parameter types and statement epoch (`pgvane_<hash>`), so
+//! clients cannot clash, identical statements share one server-side preparation until the
+//! schema may have changed, and a statement can be prepared again, transparently, on
+//! whichever server connection the client gets next.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,12 +34,14 @@ pub struct Statement {
 }
 
 impl Statement {
-    /// The server-side form of a client's Parse.
-    pub fn from_parse(parse: &Parse<'_>) -> Statement {
+    /// The server-side form of a client's Parse made in statement `epoch` (see
+    /// [`crate::pool::StatementEpoch`]).
+    pub fn from_parse(parse: &Parse<'_>, epoch: u64) -> Statement {
         let mut hash = Sha256::new();
         hash.update(parse.query.as_bytes());
         hash.update([0]);
         hash.update(parse.param_types);
+        hash.update(epoch.to_le_bytes());
         let digest = hash.finalize();
         let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
         let server_name = format!("{SERVER_NAME_PREFIX}{hex}");
@@ -131,16 +134,18 @@ mod tests {
     use crate::protocol::FrontendMessage;
 
     #[test]
-    fn server_names_depend_on_text_and_types_only() {
+    fn server_names_depend_on_text_types_and_epoch_only() {
         let types = [0u8, 0];
-        let a = Statement::from_parse(&Parse { name: "a", query: "select 1", param_types: &types });
-        let b = Statement::from_parse(&Parse { name: "b", query: "select 1", param_types: &types });
-        let c = Statement::from_parse(&Parse { name: "a", query: "select 2", param_types: &types });
+        let a = Statement::from_parse(&Parse { name: "a", query: "select 1", param_types: &types }, 1);
+        let b = Statement::from_parse(&Parse { name: "b", query: "select 1", param_types: &types }, 1);
+        let c = Statement::from_parse(&Parse { name: "a", query: "select 2", param_types: &types }, 1);
         let int4 = [0u8, 1, 0, 0, 0, 23];
-        let d = Statement::from_parse(&Parse { name: "a", query: "select 1", param_types: &int4 });
+        let d = Statement::from_parse(&Parse { name: "a", query: "select 1", param_types: &int4 }, 1);
+        let e = Statement::from_parse(&Parse { name: "a", query: "select 1", param_types: &types }, 2);
         assert_eq!(a.server_name, b.server_name);
         assert_ne!(a.server_name, c.server_name);
         assert_ne!(a.server_name, d.server_name);
+        assert_ne!(a.server_name, e.server_name, "a new statement epoch gets a fresh statement");
         assert!(a.server_name.len() < 64, "server names must fit NAMEDATALEN");
         let mut buf = BytesMut::from(&a.parse_message[..]);
         let frame = decode_frame(&mut buf, 1 << 20).unwrap().unwrap();

@@ -186,6 +186,9 @@ impl Relay<'_> {
         match std::mem::replace(&mut self.pipeline.condition, Condition::Clean) {
             Condition::Unusable => server.discard(),
             Condition::NeedsReset => server.release_after(SESSION_STATE_RESET.to_owned()),
+            Condition::Clean if self.shared.config().settings.server_reset_query_always => {
+                server.release_after_session()
+            }
             Condition::Clean => server.release(),
         }
     }

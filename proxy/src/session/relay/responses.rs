@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 
-use crate::pool::{ServerError, StatementEpoch, MAX_SERVER_FRAME_BYTES};
+use crate::pool::{ServerError, MAX_SERVER_FRAME_BYTES};
 use crate::protocol::messages::{self, tag, ErrorResponse, TransactionStatus};
 use crate::protocol::{decode_frame, BackendMessage, Frame};
 
@@ -108,6 +108,11 @@ impl Relay<'_> {
             _ => {}
         }
         match message {
+            BackendMessage::ErrorResponse(error)
+                if from_client && kind.is_extended() && self.retry_stale_plan(&error) =>
+            {
+                return Ok(());
+            }
             BackendMessage::ErrorResponse(_) if kind.is_extended() => {
                 // The client sees every error of an extended message, even of pgvane's own:
                 // the messages it sent next depend on it.
@@ -137,6 +142,7 @@ impl Relay<'_> {
                 self.pipeline.worsen(Condition::Unusable);
             }
             BackendMessage::ReadyForQuery(status) if from_client => {
+                self.stale_retried = false;
                 self.client_ready(status)?;
                 self.pipeline.forget_answers();
             }
@@ -225,8 +231,7 @@ impl Relay<'_> {
                 statements.remove(&name);
             }
             if let Some(name) = undo.closed_statement {
-                // Still on the server, in an unknown state: closed before it is used again.
-                statements.insert(name, StatementEpoch::STALE);
+                statements.insert(name);
             }
         }
     }
@@ -249,7 +254,7 @@ fn changes_schema(command_tag: &[u8]) -> bool {
 /// True for the errors a statement prepared before a schema change gets: PostgreSQL's
 /// `0A000 cached plan must not change result type`, and the `cache lookup failed` of a plan
 /// naming a type that was dropped.
-fn plan_went_stale(error: &ErrorResponse) -> bool {
+pub(super) fn plan_went_stale(error: &ErrorResponse) -> bool {
     match error.code() {
         "0A000" => error.message().starts_with("cached plan must not change result type"),
         "XX000" => error.message().starts_with("cache lookup failed for type"),

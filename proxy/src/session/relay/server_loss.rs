@@ -15,11 +15,12 @@ use super::super::pipeline::{Batch, Expect, Kind, Purpose};
 use super::{End, Relay};
 
 impl Relay<'_> {
-    /// A client message sent now could run again on another node if this one goes away
-    /// before answering it: a pooled client, outside any transaction block, on a cluster
-    /// node. (Within an extended batch not synced yet, the whole batch runs again.)
+    /// A client message sent now could run again if its server goes away before answering it
+    /// (a cluster node) or its statement turns out stale (`relay/stale.rs`): a pooled client,
+    /// outside any transaction block. (Within an extended batch not synced yet, the whole
+    /// batch runs again.)
     pub(super) fn replayable(&self) -> bool {
-        self.pooled() && self.status == TransactionStatus::Idle && self.router.current().node.is_some()
+        self.pooled() && self.status == TransactionStatus::Idle
     }
 
     /// The connection to a cluster node broke (`end`) while the client, in a pooled mode and
@@ -112,16 +113,13 @@ impl Relay<'_> {
     /// Queues the client's messages since its last ReadyForQuery to run again, ahead of a
     /// message waiting to move and of anything the client sent since, and leaves out the
     /// echoes the client already has.
-    fn replay_in_flight(&mut self) {
+    pub(super) fn replay_in_flight(&mut self) {
         let (frames, undone) = self.pipeline.take_for_replay();
         for undo in undone {
             self.undo(undo);
         }
         let mut frames = VecDeque::from(frames);
-        tracing::info!(
-            messages = frames.len(),
-            "the server ended the session before answering; the messages run again"
-        );
+        tracing::info!(messages = frames.len(), "the client's messages since its last ReadyForQuery run again");
         if let Some(deferred) = self.deferred.take() {
             frames.push_back(deferred.frame);
         }

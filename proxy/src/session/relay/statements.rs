@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use crate::pool::Cached;
 use crate::protocol::messages::{self, tag, ErrorResponse};
 use crate::protocol::{encode_describe_or_close, Bind, Frame, Parse, Target};
 
@@ -120,9 +119,11 @@ impl Relay<'_> {
             return Ok(());
         }
         self.router.note_statement(parse.name);
-        let statement = Arc::new(Statement::from_parse(&parse));
+        let epoch = self.shared.pools.statement_epoch.current();
+        let statement = Arc::new(Statement::from_parse(&parse, epoch));
         let client_name = parse.name.to_owned();
         self.statements.insert(&client_name, record(Some(statement.clone()), commands));
+        let undo = Undo { client_statement: Some(client_name), ..Undo::default() };
         // Holding no server connection, one that is free at once is taken, so that the
         // server checks the statement now and an error reaches the client where PostgreSQL
         // sends it. With none free, pgvane answers and prepares the statement on a server
@@ -131,48 +132,44 @@ impl Relay<'_> {
         // transactions (libpq's PQprepare, as pgbench -M prepared does) wait for connections
         // its own other sessions hold.
         if self.server.is_none() && !self.try_take_server() {
-            let mut message = BytesMut::new();
-            messages::encode_empty(tag::PARSE_COMPLETE, &mut message);
-            self.own(message, Undo::default());
+            self.own_parse_complete(frame, undo);
             return Ok(());
         }
-        let epoch = self.shared.pools.statement_epoch.current();
         let Some(server) = self.server.as_mut() else { return Ok(()) };
-        match server.conn().statements.lookup(&statement.server_name, epoch) {
-            Cached::Fresh => {
-                let mut message = BytesMut::new();
-                messages::encode_empty(tag::PARSE_COMPLETE, &mut message);
-                self.pipeline.open();
-                self.own(message, Undo { client_statement: Some(client_name), ..Undo::default() });
-            }
-            cached => {
-                if cached == Cached::Stale {
-                    self.close_on_server(&statement.server_name);
-                }
-                let undo = Undo {
-                    client_statement: Some(client_name),
-                    server_statement: Some(statement.server_name.clone()),
-                    ..Undo::default()
-                };
-                self.send_undoable(&statement.parse_message, Kind::Parse, frame, undo);
-                self.remember_on_server(&statement.server_name, epoch);
-            }
+        if server.conn().statements.touch(&statement.server_name) {
+            self.pipeline.open();
+            self.own_parse_complete(frame, undo);
+        } else {
+            let undo = Undo { server_statement: Some(statement.server_name.clone()), ..undo };
+            self.send_undoable(&statement.parse_message, Kind::Parse, frame, undo);
+            self.remember_on_server(&statement.server_name);
         }
         Ok(())
     }
 
-    /// Closes a statement pgvane prepared on the current server (stale, or evicted).
+    /// Answers a client's Parse with pgvane's own ParseComplete. Sent at once, it is an echo
+    /// a replay must not repeat, and the Parse runs again in the replay.
+    fn own_parse_complete(&mut self, frame: &Frame, undo: Undo) {
+        let mut message = BytesMut::new();
+        messages::encode_empty(tag::PARSE_COMPLETE, &mut message);
+        if self.pipeline.is_empty() && self.replayable() {
+            self.pipeline.note_own_echo(frame.clone(), undo.clone());
+        }
+        self.own(message, undo);
+    }
+
+    /// Closes a statement pgvane prepared on the current server (evicted).
     fn close_on_server(&mut self, server_name: &str) {
         encode_describe_or_close(tag::CLOSE, Target::Statement, server_name, self.server_out.buf());
         let undo = Undo { closed_statement: Some(server_name.to_owned()), ..Undo::default() };
         self.pipeline.expect(Kind::Close, Purpose::Injected, undo, None);
     }
 
-    /// Records that the server has `server_name`, prepared in `epoch`, closing the least
-    /// recently used statement if the server's cache is full.
-    fn remember_on_server(&mut self, server_name: &str, epoch: u64) {
+    /// Records that the server has `server_name`, closing the least recently used statement
+    /// if the server's cache is full.
+    fn remember_on_server(&mut self, server_name: &str) {
         let Some(server) = self.server.as_mut() else { return };
-        if let Some(evicted) = server.conn().statements.insert(server_name.to_owned(), epoch) {
+        if let Some(evicted) = server.conn().statements.insert(server_name.to_owned()) {
             self.close_on_server(&evicted);
         }
     }
@@ -181,12 +178,9 @@ impl Relay<'_> {
     /// if not (or again, if the copy there is stale). If the server refuses it, the client's
     /// statement is forgotten with it: its SQL no longer runs, and the name is free again.
     fn prepare_on_server(&mut self, client_name: &str, statement: &Statement) {
-        let epoch = self.shared.pools.statement_epoch.current();
         let Some(server) = self.server.as_mut() else { return };
-        match server.conn().statements.lookup(&statement.server_name, epoch) {
-            Cached::Fresh => return,
-            Cached::Stale => self.close_on_server(&statement.server_name),
-            Cached::Absent => {}
+        if server.conn().statements.touch(&statement.server_name) {
+            return;
         }
         self.server_out.extend_from_slice(&statement.parse_message);
         self.meter.server_parses += 1;
@@ -196,7 +190,7 @@ impl Relay<'_> {
             ..Undo::default()
         };
         self.pipeline.expect(Kind::Parse, Purpose::Injected, undo, None);
-        self.remember_on_server(&statement.server_name, epoch);
+        self.remember_on_server(&statement.server_name);
     }
 
     pub(super) async fn on_bind(&mut self, frame: &Frame, bind: &Bind<'_>, decided: &Decided) -> Result<(), End> {
@@ -274,7 +268,8 @@ impl Relay<'_> {
         self.router.note_statement(name);
         statement.commands = state_commands(parse.query);
         if statement.server.is_some() {
-            statement.server = Some(Arc::new(Statement::from_parse(&parse)));
+            let epoch = self.shared.pools.statement_epoch.current();
+            statement.server = Some(Arc::new(Statement::from_parse(&parse, epoch)));
             return None;
         }
         let mut messages = BytesMut::new();
