@@ -63,6 +63,9 @@ pub struct ClientInfo {
     pub state_since: Instant,
     /// The backend PID of the server connection it holds, if any.
     pub server_pid: Option<u32>,
+    /// Why it keeps its server connection between transactions (transaction and statement
+    /// modes): the session state it holds there, e.g. "advisory lock, temporary table".
+    pub pinned: Option<String>,
 }
 
 #[derive(Debug)]
@@ -192,6 +195,7 @@ impl ClientRegistry {
             connect_time: SystemTime::now(),
             state_since: Instant::now(),
             server_pid: None,
+            pinned: None,
         };
         entries.insert(pid, Entry { secret, info, target: None, signals: signals.clone(), evicted: false });
         Some(ClientHandle { registry: self.clone(), pid, secret, signals })
@@ -302,6 +306,12 @@ impl ClientHandle {
     /// True once the connection was dropped to admit a newer one (it was still logging in).
     pub fn evicted(&self) -> bool {
         self.registry.entries().get(&self.pid).is_none_or(|e| e.evicted)
+    }
+
+    /// Records why the client keeps its server connection between transactions (`None`: it
+    /// does not).
+    pub fn set_pinned(&self, reasons: Option<String>) {
+        self.update(|e| e.info.pinned = reasons);
     }
 
     /// Records what the client is doing and which server it holds (cancels go there).

@@ -371,26 +371,53 @@ async fn bad_startup_settings_fail_the_session_once_a_server_checks_them() -> an
     Ok(())
 }
 
+/// Session state a client keeps across transactions (a temporary table, a session advisory
+/// lock) keeps it on its server connection: on a pool of one another client waits until the
+/// state is gone, and then gets the connection reset. State that cannot follow the client
+/// (LISTEN, a set_config with a computed name) never reaches the other client either.
 #[tokio::test]
-async fn state_that_cannot_be_carried_never_reaches_another_client() -> anyhow::Result<()> {
-    let p = Proxied::start(transaction_mode(1, "")).await?;
+async fn session_state_pins_the_client_and_never_reaches_another() -> anyhow::Result<()> {
+    let p = Proxied::start(transaction_mode(1, "query_wait_timeout_ms = 30000\nadmin_users = [\"app\"]")).await?;
     let a = p.client().await?;
     let b = p.client().await?;
     a.batch_execute("create temp table mine(x int); listen chan; select pg_advisory_lock(42)").await?;
-    a.batch_execute("select set_config('statement_timeout', '777', false)").await?;
+    a.batch_execute("select set_config('statement_' || 'timeout', '777', false)").await?;
+    let probe = tokio::spawn(async move {
+        let row = b
+            .query_one(
+                "select (select count(*) from pg_class where relname = 'mine'), \
+                 (select count(*) from pg_listening_channels()), \
+                 (select count(*) from pg_locks where locktype = 'advisory' and granted), \
+                 current_setting('statement_timeout')",
+                &[],
+            )
+            .await?;
+        anyhow::Ok(((row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2), row.get::<_, String>(3)), b))
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!probe.is_finished(), "A keeps the only server connection while it holds session state");
+    let clients = pgvane_tests::fixture::console_rows(p.port(), "CLIENTS").await?;
+    let pinned: Vec<&str> = clients.iter().filter_map(|c| c.get("pinned").map(String::as_str)).collect();
+    assert!(pinned.contains(&"advisory lock, temporary table"), "SHOW CLIENTS: {clients:?}");
+    // A's temporary table lives across its transactions.
+    a.batch_execute("insert into mine values (1)").await?;
+    a.batch_execute("begin; insert into mine values (2); commit").await?;
+    let n: i64 = a.query_one("select count(*) from mine", &[]).await?.get(0);
+    assert_eq!(n, 2);
+    assert!(!probe.is_finished(), "still pinned");
+    a.batch_execute("drop table mine").await?;
+    a.batch_execute("select pg_advisory_unlock_all()").await?;
+    let (state, b) = match tokio::time::timeout(Duration::from_secs(20), probe).await {
+        Ok(done) => done??,
+        Err(_) => {
+            anyhow::bail!("B never got the connection; pgvane's log:\n{}", pgvane_tests::tail(&p.pgvane.log(), 40))
+        }
+    };
+    assert_eq!(state, (0, 0, 0, "0".to_owned()), "B sees none of A's session state");
     assert_eq!(backend_pid(&a).await?, backend_pid(&b).await?, "pool of one");
-    let temp: i64 = b.query_one("select count(*) from pg_class where relname = 'mine'", &[]).await?.get(0);
-    assert_eq!(temp, 0, "client A's temporary table is visible to client B");
-    let channels: i64 = b.query_one("select count(*) from pg_listening_channels()", &[]).await?.get(0);
-    assert_eq!(channels, 0, "client A's LISTEN leaked to client B");
-    let locks: i64 =
-        b.query_one("select count(*) from pg_locks where locktype = 'advisory' and granted", &[]).await?.get(0);
-    assert_eq!(locks, 0, "client A's advisory lock is still held");
-    let timeout: String = b.query_one("show statement_timeout", &[]).await?.get(0);
-    assert_eq!(timeout, "0", "client A's set_config leaked to client B");
     // Prepared statements and settings still follow A after the reset.
     let s = a.prepare("select $1::int + 1").await?;
-    a.batch_execute("set work_mem = '6MB'; create temp table again(x int)").await?;
+    a.batch_execute("set work_mem = '6MB'").await?;
     let v: i32 = a.query_one(&s, &[&1]).await?.get(0);
     assert_eq!(v, 2);
     let mem: String = a.query_one("show work_mem", &[]).await?.get(0);

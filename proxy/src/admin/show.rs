@@ -147,6 +147,7 @@ pub fn clients(shared: &Shared) -> ResultSet {
         "link",
         "application_name",
         "id",
+        "pinned",
     ]);
     // A client names its server by backend PID; the link column gives the server's ID.
     let server_ids: HashMap<(String, u32), u64> = all_servers(shared)
@@ -173,6 +174,7 @@ pub fn clients(shared: &Shared) -> ResultSet {
             link.map(|id| id.to_string()),
             text(&c.application_name),
             text(c.pid),
+            c.pinned.clone(),
         ]);
     }
     set

@@ -97,6 +97,9 @@ pub(super) enum Purpose {
     CaptureSettings(Vec<String>, Vec<Option<String>>),
     /// A client's Sync whose batch failed and runs again: its answer is pgvane's, dropped.
     Discarded,
+    /// pgvane's own query asking whether a pinned client still holds its session state: its
+    /// row is captured.
+    CheckPins(Vec<Option<String>>),
 }
 
 #[derive(Debug)]
@@ -230,7 +233,9 @@ impl Pipeline {
     /// The front entry, when its row is being captured.
     pub fn capturing(&mut self) -> Option<&mut Vec<Option<String>>> {
         match self.queue.front_mut() {
-            Some(Expect::Reply { purpose: Purpose::CaptureSettings(_, values), .. }) => Some(values),
+            Some(Expect::Reply {
+                purpose: Purpose::CaptureSettings(_, values) | Purpose::CheckPins(values), ..
+            }) => Some(values),
             _ => None,
         }
     }

@@ -45,6 +45,7 @@ use large::LargeMessages;
 mod connection;
 mod gate;
 mod large;
+mod pins;
 mod responses;
 mod server_loss;
 mod stale;
@@ -177,6 +178,8 @@ pub struct Relay<'a> {
     held_cancel: bool,
     /// The client's batch in flight already ran again after a stale plan (`relay/stale.rs`).
     stale_retried: bool,
+    /// Session state that keeps the client on its server connection (`relay/pins.rs`).
+    pinned: pins::Pinned,
 }
 
 impl<'a> Relay<'a> {
@@ -223,6 +226,7 @@ impl<'a> Relay<'a> {
             large: LargeMessages::default(),
             held_cancel: false,
             stale_retried: false,
+            pinned: pins::Pinned::default(),
         }
     }
 
@@ -524,6 +528,7 @@ impl<'a> Relay<'a> {
         }
         let replay = self.replayable().then(|| frame.clone());
         self.pipeline.expect(kind, Purpose::Client, undo, replay);
+        self.pins_may_have_changed();
         self.started(kind);
     }
 

@@ -24,11 +24,19 @@ pub enum StateCommand {
     Deallocate(String),
     /// `DEALLOCATE [PREPARE] ALL`.
     DeallocateAll,
+    /// A statement making state that keeps the client on its server connection until the
+    /// state is gone (see [`PinReason`]).
+    Pin(PinReason),
+    /// `LISTEN channel`.
+    Listen(String),
+    /// `UNLISTEN channel`.
+    Unlisten(String),
+    /// `UNLISTEN *`.
+    UnlistenAll,
     /// A statement leaving state in the server session that cannot follow the client to
-    /// another server connection: temporary tables (`CREATE TEMP`, `SELECT … INTO TEMP`),
-    /// LISTEN, SQL-level PREPARE, cursors (WITH HOLD ones outlive the transaction), session
-    /// advisory locks, a DO block (whatever its body does), a `set_config` whose name or scope
-    /// is not a constant. `DISCARD ALL` removes all of it.
+    /// another server connection and is not worth keeping it there for: SQL-level PREPARE, a
+    /// DO block (whatever its body does), a `set_config` whose name or scope is not a
+    /// constant. `DISCARD ALL` removes all of it.
     SessionState,
     /// `LOAD`: a library loaded into the server process, which nothing but closing the
     /// connection unloads.
@@ -36,6 +44,29 @@ pub enum StateCommand {
     /// Any other statement.
     Other,
 }
+/// Session state a client may keep across transactions in the pooled modes: while it holds
+/// any, it keeps its server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PinReason {
+    /// A session advisory lock (`pg_advisory_lock…`, `pg_try_advisory_lock…`).
+    AdvisoryLock,
+    /// A temporary table, view or sequence (`CREATE TEMP …`, `SELECT … INTO TEMP`).
+    TempTable,
+    /// A cursor `WITH HOLD`, which outlives its transaction.
+    HoldCursor,
+}
+
+impl PinReason {
+    /// The name SHOW CLIENTS and the logs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            PinReason::AdvisoryLock => "advisory lock",
+            PinReason::TempTable => "temporary table",
+            PinReason::HoldCursor => "cursor with hold",
+        }
+    }
+}
+
 /// How many words of a statement are kept: enough for `SET SESSION AUTHORIZATION`.
 const WORDS: usize = 4;
 
@@ -47,7 +78,12 @@ pub fn state_commands(sql: &str) -> Vec<StateCommand> {
     if !hidden && !may_hold_state_command(sql) {
         return Vec::new();
     }
-    let mut commands: Vec<StateCommand> = split_words(sql).into_iter().map(|words| classify(&words)).collect();
+    let mut commands: Vec<StateCommand> = statements(sql)
+        .filter_map(|statement| {
+            let words = first_words(statement);
+            (!words.is_empty()).then(|| classify_statement(statement, &words))
+        })
+        .collect();
     if hidden {
         commands.extend(hidden_state(sql));
     }
@@ -59,7 +95,7 @@ pub fn state_commands(sql: &str) -> Vec<StateCommand> {
 
 /// Every first word [`classify`] gives a meaning to.
 const STATE_KEYWORDS: &[&str] =
-    &["set", "reset", "discard", "deallocate", "create", "listen", "prepare", "declare", "do", "load"];
+    &["set", "reset", "discard", "deallocate", "create", "listen", "unlisten", "prepare", "declare", "do", "load"];
 
 /// False only when `sql` is certainly one statement whose first word is none of
 /// [`STATE_KEYWORDS`]: no `;` but at its end, and it starts (after white space) with a word
@@ -112,7 +148,7 @@ fn hidden_state(sql: &str) -> Vec<StateCommand> {
             "pg_advisory_lock" | "pg_advisory_lock_shared" | "pg_try_advisory_lock" | "pg_try_advisory_lock_shared"
                 if called =>
             {
-                found.push(StateCommand::SessionState)
+                found.push(StateCommand::Pin(PinReason::AdvisoryLock))
             }
             "into" => {
                 let inserting = i
@@ -120,7 +156,7 @@ fn hidden_state(sql: &str) -> Vec<StateCommand> {
                     .and_then(|p| tokens.get(p))
                     .is_some_and(|t| t.is_keyword("insert") || t.is_keyword("merge"));
                 if !inserting && next.is_some_and(|t| t.is_keyword("temp") || t.is_keyword("temporary")) {
-                    found.push(StateCommand::SessionState);
+                    found.push(StateCommand::Pin(PinReason::TempTable));
                 }
             }
             _ => {}
@@ -198,15 +234,39 @@ fn classify(words: &[String]) -> StateCommand {
         ("deallocate", "prepare") if !w(2).is_empty() => StateCommand::Deallocate(w(2).to_owned()),
         ("deallocate", "all") => StateCommand::DeallocateAll,
         ("deallocate", name) if !name.is_empty() => StateCommand::Deallocate(name.to_owned()),
-        ("create", "temp" | "temporary") | ("listen", _) | ("prepare", _) | ("declare", _) => {
-            StateCommand::SessionState
+        ("create", "temp" | "temporary") => StateCommand::Pin(PinReason::TempTable),
+        ("create", "global" | "local") if matches!(w(2), "temp" | "temporary") => {
+            StateCommand::Pin(PinReason::TempTable)
         }
-        ("create", "global" | "local") if matches!(w(2), "temp" | "temporary") => StateCommand::SessionState,
-        ("create", "or") if matches!(w(3), "temp" | "temporary") => StateCommand::SessionState,
+        ("create", "or") if matches!(w(3), "temp" | "temporary") => StateCommand::Pin(PinReason::TempTable),
+        ("listen", channel) if !channel.is_empty() => StateCommand::Listen(channel.to_owned()),
+        ("unlisten", "*") => StateCommand::UnlistenAll,
+        ("unlisten", channel) if !channel.is_empty() => StateCommand::Unlisten(channel.to_owned()),
+        ("prepare", _) => StateCommand::SessionState,
         ("do", _) => StateCommand::SessionState,
         ("load", _) => StateCommand::Load,
         _ => StateCommand::Other,
     }
+}
+
+/// [`classify`], and for `DECLARE` whether the cursor is held past its transaction.
+fn classify_statement(statement: &str, words: &[String]) -> StateCommand {
+    if words.first().map(String::as_str) != Some("declare") {
+        return classify(words);
+    }
+    // DECLARE name … CURSOR [WITH | WITHOUT HOLD] FOR query: a plain cursor ends with its
+    // transaction.
+    let mut previous_with = false;
+    for token in tokens(statement) {
+        if token.is_keyword("for") {
+            break;
+        }
+        if previous_with && token.is_keyword("hold") {
+            return StateCommand::Pin(PinReason::HoldCursor);
+        }
+        previous_with = token.is_keyword("with");
+    }
+    StateCommand::Other
 }
 
 /// The setting a `SET`/`RESET` target names, with PostgreSQL's special forms.
@@ -226,6 +286,7 @@ fn special_name(word: &str, next: &str) -> Option<String> {
 /// quoted identifiers and comments) and returns the first [`WORDS`] words of each: keywords and
 /// unquoted identifiers lower-cased, quoted identifiers as written, `.`-joined names kept
 /// whole, `'` for a string literal, `$` for a dollar-quoted one, other tokens as written.
+#[cfg(test)]
 fn split_words(sql: &str) -> Vec<Vec<String>> {
     statements(sql).map(first_words).filter(|words| !words.is_empty()).collect()
 }
@@ -310,7 +371,7 @@ mod tests {
         }
         assert!(state_commands("SELECT abalance FROM pgbench_accounts WHERE aid = 1").is_empty());
         assert_eq!(state_commands("SeLeCt 1; dIsCaRd AlL"), [Other, DiscardAll]);
-        assert_eq!(state_commands("SELECT PG_Advisory_Lock(1)"), [Other, SessionState]);
+        assert_eq!(state_commands("SELECT PG_Advisory_Lock(1)"), [Other, Pin(PinReason::AdvisoryLock)]);
         assert!(state_commands("SELECT pg_advisory_xact_lock(1)").is_empty());
     }
 
@@ -337,25 +398,38 @@ mod tests {
 
     #[test]
     fn finds_state_that_cannot_be_carried() {
+        let temp = Pin(PinReason::TempTable);
         for sql in [
             "CREATE TEMP TABLE t(x int)",
             "create temporary table t as select 1",
             "CREATE GLOBAL TEMPORARY TABLE t(x int)",
             "create or replace temp view v as select 1",
-            "LISTEN channel",
-            "PREPARE q AS SELECT 1",
-            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
         ] {
-            assert_eq!(state_commands(sql), [SessionState], "{sql}");
+            assert_eq!(state_commands(sql), [temp.clone()], "{sql}");
         }
+        assert!(state_commands("SELECT 1 AS a INTO TEMP t").contains(&temp));
+        assert!(state_commands("with x as (select 1) select * into temporary table t from x").contains(&temp));
+        assert_eq!(state_commands("DECLARE c CURSOR WITH HOLD FOR SELECT 1"), [Pin(PinReason::HoldCursor)]);
+        assert_eq!(
+            state_commands("declare c no scroll cursor with hold for select 'with hold'"),
+            [Pin(PinReason::HoldCursor)]
+        );
+        assert!(state_commands("DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1 with hold").is_empty());
+        assert!(state_commands("DECLARE c CURSOR FOR SELECT 1").is_empty(), "ends with its transaction");
+        assert!(state_commands("select PG_ADVISORY_LOCK(1)").contains(&Pin(PinReason::AdvisoryLock)));
+        assert!(
+            state_commands("select pg_catalog.pg_try_advisory_lock_shared(1)").contains(&Pin(PinReason::AdvisoryLock))
+        );
+        assert_eq!(state_commands("LISTEN channel"), [Listen("channel".into())]);
+        assert_eq!(
+            state_commands("listen \"Chan\"; unlisten x; UNLISTEN *"),
+            [Listen("Chan".into()), Unlisten("x".into()), UnlistenAll]
+        );
+        assert_eq!(state_commands("PREPARE q AS SELECT 1"), [SessionState]);
         assert!(state_commands("create table t(x int)").is_empty());
         for sql in [
-            "select PG_ADVISORY_LOCK(1)",
-            "select pg_catalog.pg_try_advisory_lock_shared(1)",
             "DO $$ BEGIN SET search_path = x; END $$",
             "do language plpgsql $$ begin perform 1; end $$",
-            "SELECT 1 AS a INTO TEMP t",
-            "with x as (select 1) select * into temporary table t from x",
             "select set_config(current_user, 'x', false)",
             "select set_config('work_mem', '8MB', $1)",
         ] {

@@ -171,6 +171,9 @@ impl Relay<'_> {
             self.carry_settings();
             return;
         }
+        if self.keeps_server() {
+            return;
+        }
         if let Some(server) = self.server.take() {
             self.give_back(server);
         }
@@ -227,6 +230,9 @@ impl Relay<'_> {
             return false;
         }
         if let Some(server) = self.server.take() {
+            if self.pooled() {
+                self.unpin();
+            }
             if !self.pooled() {
                 self.router.park(server);
             } else if self.settings.needs_work() {

@@ -150,7 +150,14 @@ impl Relay<'_> {
         if self.pooled() {
             for command in commands {
                 let condition = match command {
-                    StateCommand::SessionState => Condition::NeedsReset,
+                    StateCommand::Pin(reason) => {
+                        self.pin(*reason);
+                        continue;
+                    }
+                    StateCommand::SessionState
+                    | StateCommand::Listen(_)
+                    | StateCommand::Unlisten(_)
+                    | StateCommand::UnlistenAll => Condition::NeedsReset,
                     StateCommand::Load => Condition::Unusable,
                     StateCommand::DeallocateAll | StateCommand::DiscardAll => {
                         // The client means to drop plans it thinks stale (psycopg does so after

@@ -168,6 +168,7 @@ impl Relay<'_> {
                     self.report_settled_parameters();
                 }
                 Some(Expect::Reply { purpose: Purpose::ApplySettings, .. }) => self.report_settled_parameters(),
+                Some(Expect::Reply { purpose: Purpose::CheckPins(counts), .. }) => self.pins_checked(&counts),
                 _ => {}
             }
             self.send_own_responses();
