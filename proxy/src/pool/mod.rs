@@ -14,6 +14,7 @@
 
 mod averages;
 mod members;
+mod notifications;
 mod pause;
 mod server;
 mod slots;
@@ -30,6 +31,7 @@ use tokio::sync::watch;
 
 pub use averages::{Average, Averages};
 pub use members::{ServerInfo, ServerState};
+pub use notifications::{Notifications, Subscriber};
 pub use pause::PauseState;
 pub use server::{
     CancelTarget, Cleartext, ServerConn, ServerCredential, ServerError, ServerStatements, ServerTarget, StatementEpoch,
@@ -269,6 +271,17 @@ impl Pool {
         tracing::debug!(db = %target.dbname, user = %target.user, host = %target.host, "opened server connection");
         self.stats.record_assignment(started.elapsed());
         Ok(PooledConn { conn, ticket, pool: self.clone(), _slot: slot })
+    }
+
+    /// A new server connection of this pool's target that is not one of its slots: pgvane's
+    /// own, for listening on behalf of the pool's clients (`notifications.rs`).
+    pub async fn connect_dedicated(&self) -> Result<ServerConn, ServerError> {
+        let (target, credential, tls, connect_timeout, cleartext) = {
+            let setup = self.setup();
+            let s = &setup.settings;
+            (setup.target.clone(), setup.credential.clone(), s.tls.clone(), s.connect_timeout, s.cleartext)
+        };
+        ServerConn::connect(&target, &credential, &tls, connect_timeout, 1, cleartext).await
     }
 
     /// An idle server connection at once, when one is free and usable: the common case of a
@@ -584,6 +597,8 @@ pub struct Pools {
     pause: watch::Sender<PauseState>,
     /// When the prepared statements on every server connection were last invalidated.
     pub statement_epoch: StatementEpoch,
+    /// LISTEN/NOTIFY for the pooled modes: one listening connection per (database, user).
+    pub notifications: Notifications,
 }
 
 impl Default for Pools {
@@ -592,6 +607,7 @@ impl Default for Pools {
             pools: Mutex::default(),
             pause: watch::Sender::new(PauseState::default()),
             statement_epoch: StatementEpoch::default(),
+            notifications: Notifications::default(),
         }
     }
 }

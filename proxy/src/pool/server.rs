@@ -479,6 +479,13 @@ impl ServerConn {
         }
     }
 
+    /// Sends `sql` with the simple protocol, without waiting for its answers.
+    pub async fn send_query(&mut self, sql: &str) -> io::Result<()> {
+        let mut out = BytesMut::new();
+        messages::encode_query(sql, &mut out);
+        self.send(&out).await
+    }
+
     /// Runs `sql` with the simple protocol and waits for ReadyForQuery, discarding results.
     ///
     /// Returns the server's error if a statement failed (the connection is idle again then),

@@ -23,12 +23,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+use tokio::sync::mpsc;
 
 use crate::auth::scram::ScramKeys;
 use crate::budget::Reservation;
 use crate::clients::{ClientHandle, ClientState};
 use crate::config::PoolMode;
-use crate::pool::{Pool, PooledConn, ServerError};
+use crate::pool::{Pool, PooledConn, ServerError, Subscriber};
 use crate::protocol::messages::{self, ErrorResponse, TransactionStatus};
 use crate::protocol::{decode_frame, Frame, FrontendMessage, ProtocolError};
 use crate::shared::Shared;
@@ -180,6 +181,10 @@ pub struct Relay<'a> {
     stale_retried: bool,
     /// Session state that keeps the client on its server connection (`relay/pins.rs`).
     pinned: pins::Pinned,
+    /// Notifications for the channels the client listens on, in the pooled modes (from its
+    /// pool's listening connection, `pool/notifications.rs`), once it has listened.
+    /// The pool it listens through is the one its first LISTEN ran on.
+    notifications: Option<(Arc<Pool>, Subscriber, mpsc::UnboundedReceiver<bytes::Bytes>)>,
 }
 
 impl<'a> Relay<'a> {
@@ -227,6 +232,7 @@ impl<'a> Relay<'a> {
             held_cancel: false,
             stale_retried: false,
             pinned: pins::Pinned::default(),
+            notifications: None,
         }
     }
 
@@ -234,6 +240,9 @@ impl<'a> Relay<'a> {
     pub async fn run(mut self) -> End {
         let end = self.run_loop().await;
         self.flush_stats();
+        if let Some((pool, _, _)) = &self.notifications {
+            self.shared.pools.notifications.unlisten_all(pool, self.handle.pid);
+        }
         for server in self.router.take_parked() {
             server.release_after_session();
         }
@@ -297,6 +306,7 @@ impl<'a> Relay<'a> {
     /// Waits until a socket can make progress and makes it.
     async fn wait_for_io(&mut self) -> Result<(), End> {
         enum Io {
+            Notification(Option<bytes::Bytes>),
             ClientRead(std::io::Result<usize>),
             ClientWrote(std::io::Result<usize>),
             ServerRead(std::io::Result<usize>),
@@ -323,6 +333,15 @@ impl<'a> Relay<'a> {
         // Lazy: the timer exists only when the branch is enabled and polled.
         let idle = async { tokio::time::sleep(idle_limit.unwrap_or_default()).await };
         let can_read_server = client_out.len() < HIGH_WATER_BYTES;
+        // Notifications reach a client between its transactions, as PostgreSQL sends them.
+        let between_transactions = self.status == TransactionStatus::Idle && self.pipeline.is_empty();
+        let notifications = self.notifications.as_mut().map(|(_, _, receiver)| receiver);
+        let notified = async {
+            match notifications {
+                Some(receiver) if between_transactions && client_out.len() < HIGH_WATER_BYTES => receiver.recv().await,
+                _ => std::future::pending().await,
+            }
+        };
         // Each stream reads and writes in one future (a TLS stream cannot be split without a lock).
         let client_io = self.client.stream.progress(can_read_client.then_some(&mut self.client.read_buf), client_out);
         let client = |p| match p {
@@ -345,6 +364,7 @@ impl<'a> Relay<'a> {
                     },
                     r = budget, if wanted.is_some() => Io::Budget(r),
                     () = idle, if idle_limit.is_some() => Io::IdleInTransaction,
+                    n = notified => Io::Notification(n),
                 }
             }
             None => tokio::select! {
@@ -353,6 +373,7 @@ impl<'a> Relay<'a> {
                 p = client_io => client(p),
                 r = budget, if wanted.is_some() => Io::Budget(r),
                 () = idle, if idle_limit.is_some() => Io::IdleInTransaction,
+                n = notified => Io::Notification(n),
             },
         };
         match io {
@@ -383,6 +404,12 @@ impl<'a> Relay<'a> {
                 )))
             }
             Io::Killed => Err(End::Killed),
+            Io::Notification(Some(message)) => {
+                self.meter.sent += message.len() as u64;
+                self.client.out.extend_from_slice(&message);
+                Ok(())
+            }
+            Io::Notification(None) => Ok(()), // no sender left: the listener is gone
         }
     }
 

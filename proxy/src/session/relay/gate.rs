@@ -154,15 +154,21 @@ impl Relay<'_> {
                         self.pin(*reason);
                         continue;
                     }
-                    StateCommand::SessionState
-                    | StateCommand::Listen(_)
-                    | StateCommand::Unlisten(_)
-                    | StateCommand::UnlistenAll => Condition::NeedsReset,
+                    StateCommand::Listen(_) | StateCommand::Unlisten(_) | StateCommand::UnlistenAll => {
+                        // The server connection listens too (reset before anyone else gets
+                        // it); the client's notifications come from the pool's listener.
+                        self.follow_channels(command);
+                        Condition::NeedsReset
+                    }
+                    StateCommand::SessionState => Condition::NeedsReset,
                     StateCommand::Load => Condition::Unusable,
                     StateCommand::DeallocateAll | StateCommand::DiscardAll => {
                         // The client means to drop plans it thinks stale (psycopg does so after
                         // DDL): the shared copies are prepared again before their next use.
                         self.shared.pools.statement_epoch.invalidate_all();
+                        if *command == StateCommand::DiscardAll {
+                            self.follow_channels(&StateCommand::UnlistenAll);
+                        }
                         self.settings.observe(command);
                         continue;
                     }
@@ -192,6 +198,26 @@ impl Relay<'_> {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// A pooled client's LISTEN or UNLISTEN, for the pool's listening connection.
+    fn follow_channels(&mut self, command: &StateCommand) {
+        let notifications = &self.shared.pools.notifications;
+        let client = self.handle.pid;
+        match (command, &self.notifications) {
+            (StateCommand::Listen(channel), None) => {
+                let (subscriber, receiver) = tokio::sync::mpsc::unbounded_channel();
+                let pool = self.router.current().clone();
+                notifications.listen(&pool, client, channel, subscriber.clone());
+                self.notifications = Some((pool, subscriber, receiver));
+            }
+            (StateCommand::Listen(channel), Some((pool, subscriber, _))) => {
+                notifications.listen(pool, client, channel, subscriber.clone())
+            }
+            (StateCommand::Unlisten(channel), Some((pool, _, _))) => notifications.unlisten(pool, client, channel),
+            (StateCommand::UnlistenAll, Some((pool, _, _))) => notifications.unlisten_all(pool, client),
+            _ => {}
         }
     }
 

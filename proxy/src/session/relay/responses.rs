@@ -65,6 +65,10 @@ impl Relay<'_> {
                 }
                 return Ok(());
             }
+            BackendMessage::Other(tag::NOTIFICATION_RESPONSE) if self.pooled() => {
+                // In the pooled modes notifications come from the pool's listener, once.
+                return Ok(());
+            }
             BackendMessage::Other(tag::NOTICE_RESPONSE | tag::NOTIFICATION_RESPONSE) => {
                 if for_client {
                     self.pipeline.note_answer();
