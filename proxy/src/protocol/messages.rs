@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::codec::{put_cstr, put_message, Reader};
+use super::codec::{put_cstr, put_cstr_bytes, put_message, Reader};
 use super::ProtocolError;
 
 pub use super::startup::{encode_cancel, encode_ssl_request, encode_startup};
@@ -265,9 +265,10 @@ pub fn parse_negotiate_protocol_version(body: &[u8]) -> Result<(u32, Vec<String>
     Ok((minor, options))
 }
 
-/// Encodes a simple Query (tag `Q`).
-pub fn encode_query(sql: &str, dst: &mut BytesMut) {
-    put_message(dst, tag::QUERY, |dst| put_cstr(dst, sql));
+/// Encodes a simple Query (tag `Q`); `sql` is in the client encoding (pgvane's own SQL is
+/// ASCII).
+pub fn encode_query(sql: impl AsRef<[u8]>, dst: &mut BytesMut) {
+    put_message(dst, tag::QUERY, |dst| put_cstr_bytes(dst, sql.as_ref()));
 }
 
 /// Encodes Terminate (tag `X`).
