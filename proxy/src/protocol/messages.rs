@@ -468,7 +468,9 @@ impl ErrorResponse {
         });
     }
 
-    /// Parses an ErrorResponse or NoticeResponse body.
+    /// Parses an ErrorResponse or NoticeResponse body. A server writes its messages in the
+    /// client's encoding: fields that are not UTF-8 are read with U+FFFD for the bytes that
+    /// are not (pgvane only inspects the codes; the frame itself is forwarded as it came).
     pub fn parse(body: &[u8]) -> Result<Self, ProtocolError> {
         let mut r = Reader::new("ErrorResponse", body);
         let mut fields = Vec::new();
@@ -477,7 +479,7 @@ impl ErrorResponse {
             if code == 0 {
                 break;
             }
-            fields.push((code, r.cstr()?.to_owned()));
+            fields.push((code, String::from_utf8_lossy(r.cstr_bytes()?).into_owned()));
         }
         r.finish()?;
         Ok(ErrorResponse { fields })
@@ -607,5 +609,8 @@ mod tests {
         let (t, _) = frame(|b| err.encode_notice(b));
         assert_eq!(t, b'N');
         assert!(ErrorResponse::parse(b"Cabc").is_err());
+        // A message in another client encoding (LATIN9 here) still parses.
+        let latin9 = ErrorResponse::parse(b"SERROR\0C42703\0Mcolumn \"\xe9\" does not exist\0\0").unwrap();
+        assert_eq!((latin9.code(), latin9.message()), ("42703", "column \"\u{fffd}\" does not exist"));
     }
 }
