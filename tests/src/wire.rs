@@ -35,6 +35,11 @@ impl Msg {
 
     /// The text values of a DataRow.
     pub fn row(&self) -> Vec<Option<String>> {
+        self.row_bytes().into_iter().map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned())).collect()
+    }
+
+    /// The values of a DataRow as the bytes the server sent (text in the client encoding).
+    pub fn row_bytes(&self) -> Vec<Option<Vec<u8>>> {
         let mut values = Vec::new();
         if self.tag != b'D' || self.body.len() < 2 {
             return values;
@@ -48,7 +53,7 @@ impl Msg {
                 values.push(None);
             } else {
                 let end = at + len as usize;
-                values.push(Some(String::from_utf8_lossy(&self.body[at..end]).into_owned()));
+                values.push(Some(self.body[at..end].to_vec()));
                 at = end;
             }
         }
@@ -86,14 +91,20 @@ pub fn startup_packet(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
 impl Wire {
     /// Connects to 127.0.0.1:`port` as `user` on `database` and reads up to ReadyForQuery.
     pub async fn connect(port: u16, user: &str, database: &str) -> Result<Wire> {
+        Ok(Self::connect_with(port, &[("user", user), ("database", database)]).await?.0)
+    }
+
+    /// Connects with these startup parameters and reads up to ReadyForQuery; returns the
+    /// login's messages too (ParameterStatus…).
+    pub async fn connect_with(port: u16, params: &[(&str, &str)]) -> Result<(Wire, Vec<Msg>)> {
         let stream = TcpStream::connect(("127.0.0.1", port)).await?;
         let mut wire = Wire { stream, buf: Vec::new(), out: Vec::new(), read_timeout: Duration::from_secs(10) };
-        wire.stream.write_all(&startup_packet(3 << 16, &[("user", user), ("database", database)])).await?;
+        wire.stream.write_all(&startup_packet(3 << 16, params)).await?;
         let login = wire.read_until_ready().await?;
         if let Some(error) = login.iter().find(|m| m.tag == b'E') {
             bail!("login failed: {:?}", error.field(b'M'));
         }
-        Ok(wire)
+        Ok((wire, login))
     }
 
     /// Queues any message: `tag` and `body` as given, the length computed.
@@ -106,16 +117,27 @@ impl Wire {
 
     /// Queues a simple Query.
     pub fn query(&mut self, sql: &str) -> &mut Self {
-        let mut body = Vec::new();
-        cstr(&mut body, sql);
+        self.query_bytes(sql.as_bytes())
+    }
+
+    /// Queues a simple Query whose SQL is these bytes (in any client encoding).
+    pub fn query_bytes(&mut self, sql: &[u8]) -> &mut Self {
+        let mut body = sql.to_vec();
+        body.push(0);
         self.message(b'Q', &body)
     }
 
     /// Queues a Parse without parameter types.
     pub fn parse(&mut self, name: &str, sql: &str) -> &mut Self {
+        self.parse_bytes(name, sql.as_bytes())
+    }
+
+    /// Queues a Parse without parameter types whose SQL is these bytes (any client encoding).
+    pub fn parse_bytes(&mut self, name: &str, sql: &[u8]) -> &mut Self {
         let mut body = Vec::new();
         cstr(&mut body, name);
-        cstr(&mut body, sql);
+        body.extend_from_slice(sql);
+        body.push(0);
         body.extend_from_slice(&[0, 0]);
         self.message(b'P', &body)
     }
@@ -207,12 +229,12 @@ impl Wire {
                     return Ok(Msg { tag, body });
                 }
             }
-            let mut chunk = [0u8; 65536];
-            let n = tokio::time::timeout(self.read_timeout, self.stream.read(&mut chunk))
+            // Straight into the buffer: a chunk array here would sit in every future awaiting a read.
+            self.buf.reserve(65536);
+            let n = tokio::time::timeout(self.read_timeout, self.stream.read_buf(&mut self.buf))
                 .await
                 .context("timed out waiting for a message")??;
             ensure!(n > 0, "connection closed");
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 

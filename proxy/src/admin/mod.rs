@@ -161,8 +161,10 @@ pub async fn serve(
             }
             _ if skipping => {}
             FrontendMessage::Query(sql) => {
-                tracing::info!(user, command = sql, "admin command");
-                let after = run_query(sql, &mut client.out, handle, shared).await;
+                // Console commands are ASCII; bytes that are not UTF-8 just make no command.
+                let sql = String::from_utf8_lossy(sql);
+                tracing::info!(user, command = %sql, "admin command");
+                let after = run_query(&sql, &mut client.out, handle, shared).await;
                 messages::encode_ready_for_query(TransactionStatus::Idle, &mut client.out);
                 match after {
                     After::Continue => {}

@@ -171,7 +171,15 @@ pub struct Pool {
     /// The parameters a fresh connection reports (ParameterStatus), for logins that do not
     /// wait for a connection (transaction and statement modes).
     welcome: Mutex<Option<std::collections::BTreeMap<String, String>>>,
+    /// How the server reports the values clients set at login (`euc-jp` → `EUC_JP`,
+    /// `iso, dmy` → `ISO, DMY`), by (lowercase name, value as the client spelled it), for
+    /// logins that do not wait for a connection.
+    reported_values: Mutex<std::collections::HashMap<(String, String), String>>,
 }
+
+/// At most this many spellings are remembered per pool; beyond, a login setting a reported
+/// parameter to a value spelled in a new way asks a server connection again.
+const MAX_REPORTED_VALUES: usize = 256;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these short locks cannot leave the data half-changed.
@@ -211,6 +219,7 @@ impl Pool {
             members: Arc::new(Members::default()),
             pause,
             welcome: Mutex::new(None),
+            reported_values: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -226,6 +235,21 @@ impl Pool {
     /// The parameters a fresh server connection reported, once one was opened.
     pub fn welcome(&self) -> Option<std::collections::BTreeMap<String, String>> {
         lock(&self.welcome).clone()
+    }
+
+    /// The value a server reports for the parameter `name` (lowercase) a client set to
+    /// `value`, when a login learned it ([`Pool::note_reported_value`]).
+    pub fn reported_value(&self, name: &str, value: &str) -> Option<String> {
+        lock(&self.reported_values).get(&(name.to_owned(), value.to_owned())).cloned()
+    }
+
+    /// Remembers that a server reported `reported` for the parameter `name` (lowercase) a
+    /// client set to `value`.
+    pub fn note_reported_value(&self, name: &str, value: &str, reported: &str) {
+        let mut values = lock(&self.reported_values);
+        if values.len() < MAX_REPORTED_VALUES {
+            values.insert((name.to_owned(), value.to_owned()), reported.to_owned());
+        }
     }
 
     /// The credential new connections log in with.

@@ -16,7 +16,12 @@ pub(super) fn put_message(dst: &mut BytesMut, tag: u8, body: impl FnOnce(&mut By
 }
 
 pub(super) fn put_cstr(dst: &mut BytesMut, s: &str) {
-    dst.put_slice(s.as_bytes());
+    put_cstr_bytes(dst, s.as_bytes());
+}
+
+/// A string in whatever encoding the client uses (SQL text), NUL-terminated.
+pub(super) fn put_cstr_bytes(dst: &mut BytesMut, s: &[u8]) {
+    dst.put_slice(s);
     dst.put_u8(0);
 }
 
@@ -55,10 +60,17 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
+    /// A NUL-terminated string that must be UTF-8 (names, parameters, messages).
     pub(super) fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
+        let s = self.cstr_bytes()?;
+        std::str::from_utf8(s).map_err(|_| self.err("invalid UTF-8"))
+    }
+
+    /// A NUL-terminated string in the client's encoding (SQL text): its bytes, undecoded.
+    pub(super) fn cstr_bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
         let end = self.body.iter().position(|&b| b == 0).ok_or(self.err("unterminated string"))?;
-        let s = std::str::from_utf8(&self.body[..end]).map_err(|_| self.err("invalid UTF-8"))?;
-        self.body = &self.body[end + 1..];
+        let (s, rest) = self.body.split_at(end);
+        self.body = rest.get(1..).unwrap_or_default();
         Ok(s)
     }
 

@@ -3,18 +3,21 @@
 //! [`FrontendMessage::decode`] turns a frame into a typed message borrowing from the frame's
 //! bytes; the frame itself is kept to be forwarded unchanged. A type byte the protocol does not
 //! define is an error ([`ProtocolError::UnknownMessage`]): nothing unknown reaches a server.
+//!
+//! The SQL of a Query or Parse stays bytes here: it is in the client's `client_encoding`,
+//! which the session knows ([`super::ClientEncoding`] decodes it). Names are UTF-8.
 
 use bytes::{BufMut, BytesMut};
 
-use super::codec::{put_cstr, put_message, Reader};
+use super::codec::{put_cstr, put_cstr_bytes, put_message, Reader};
 use super::messages::tag;
 use super::{Frame, ProtocolError};
 
 /// One message from a client after startup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrontendMessage<'a> {
-    /// `Q`: a simple query, one or more statements.
-    Query(&'a str),
+    /// `Q`: a simple query, one or more statements, in the client encoding.
+    Query(&'a [u8]),
     /// `P`: prepares a statement.
     Parse(Parse<'a>),
     /// `B`: binds a statement's parameters into a portal.
@@ -59,7 +62,7 @@ impl<'a> FrontendMessage<'a> {
         Ok(match frame.tag() {
             tag::QUERY => {
                 let mut r = Reader::new("Query", body);
-                let sql = r.cstr()?;
+                let sql = r.cstr_bytes()?;
                 r.finish()?;
                 FrontendMessage::Query(sql)
             }
@@ -110,8 +113,8 @@ fn empty<'a>(
 pub struct Parse<'a> {
     /// Statement name (empty: the unnamed statement).
     pub name: &'a str,
-    /// SQL text.
-    pub query: &'a str,
+    /// SQL text, in the client encoding.
+    pub query: &'a [u8],
     /// The parameter count and OIDs exactly as sent (int16 count, int32 each).
     pub param_types: &'a [u8],
 }
@@ -121,7 +124,7 @@ impl<'a> Parse<'a> {
     pub fn decode(body: &'a [u8]) -> Result<Self, ProtocolError> {
         let mut r = Reader::new("Parse", body);
         let name = r.cstr()?;
-        let query = r.cstr()?;
+        let query = r.cstr_bytes()?;
         let param_types = r.rest();
         let count = param_types.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]) as usize);
         if count.map(|n| 2 + 4 * n) != Some(param_types.len()) {
@@ -134,7 +137,7 @@ impl<'a> Parse<'a> {
     pub fn encode(&self, dst: &mut BytesMut) {
         put_message(dst, tag::PARSE, |dst| {
             put_cstr(dst, self.name);
-            put_cstr(dst, self.query);
+            put_cstr_bytes(dst, self.query);
             dst.put_slice(self.param_types);
         });
     }
@@ -223,10 +226,13 @@ mod tests {
     #[test]
     fn queries_parses_and_binds_round_trip() {
         let f = decoded(|b| encode_query("select 1", b));
-        assert_eq!(FrontendMessage::decode(&f).unwrap(), FrontendMessage::Query("select 1"));
+        assert_eq!(FrontendMessage::decode(&f).unwrap(), FrontendMessage::Query(b"select 1"));
+        // SQL in another client encoding (LATIN9 here) stays bytes.
+        let f = decoded(|b| encode_query(b"select '\xe9\xa4'", b));
+        assert_eq!(FrontendMessage::decode(&f).unwrap(), FrontendMessage::Query(b"select '\xe9\xa4'"));
 
         let types = [0u8, 1, 0, 0, 0, 23];
-        let parse = Parse { name: "s1", query: "select $1", param_types: &types };
+        let parse = Parse { name: "s1", query: b"select $1", param_types: &types };
         let f = decoded(|b| parse.encode(b));
         assert_eq!(FrontendMessage::decode(&f).unwrap(), FrontendMessage::Parse(parse));
 
@@ -272,7 +278,7 @@ mod tests {
             (tag::EXECUTE, b"p\0\0\0"),           // short row count
             (tag::SYNC, b"x"),                    // Sync has no body
             (tag::FUNCTION_CALL, b"\0\0"),        // short OID
-            (tag::QUERY, b"\xff\xfe\0"),          // not UTF-8
+            (tag::BIND, b"\xff\0s\0"),            // a name that is not UTF-8
         ] {
             assert!(
                 matches!(FrontendMessage::decode(&raw(t, body)), Err(ProtocolError::Malformed { .. })),

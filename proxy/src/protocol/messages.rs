@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::codec::{put_cstr, put_message, Reader};
+use super::codec::{put_cstr, put_cstr_bytes, put_message, Reader};
 use super::ProtocolError;
 
 pub use super::startup::{encode_cancel, encode_ssl_request, encode_startup};
@@ -265,9 +265,10 @@ pub fn parse_negotiate_protocol_version(body: &[u8]) -> Result<(u32, Vec<String>
     Ok((minor, options))
 }
 
-/// Encodes a simple Query (tag `Q`).
-pub fn encode_query(sql: &str, dst: &mut BytesMut) {
-    put_message(dst, tag::QUERY, |dst| put_cstr(dst, sql));
+/// Encodes a simple Query (tag `Q`); `sql` is in the client encoding (pgvane's own SQL is
+/// ASCII).
+pub fn encode_query(sql: impl AsRef<[u8]>, dst: &mut BytesMut) {
+    put_message(dst, tag::QUERY, |dst| put_cstr_bytes(dst, sql.as_ref()));
 }
 
 /// Encodes Terminate (tag `X`).
@@ -467,7 +468,9 @@ impl ErrorResponse {
         });
     }
 
-    /// Parses an ErrorResponse or NoticeResponse body.
+    /// Parses an ErrorResponse or NoticeResponse body. A server writes its messages in the
+    /// client's encoding: fields that are not UTF-8 are read with U+FFFD for the bytes that
+    /// are not (pgvane only inspects the codes; the frame itself is forwarded as it came).
     pub fn parse(body: &[u8]) -> Result<Self, ProtocolError> {
         let mut r = Reader::new("ErrorResponse", body);
         let mut fields = Vec::new();
@@ -476,7 +479,7 @@ impl ErrorResponse {
             if code == 0 {
                 break;
             }
-            fields.push((code, r.cstr()?.to_owned()));
+            fields.push((code, String::from_utf8_lossy(r.cstr_bytes()?).into_owned()));
         }
         r.finish()?;
         Ok(ErrorResponse { fields })
@@ -606,5 +609,8 @@ mod tests {
         let (t, _) = frame(|b| err.encode_notice(b));
         assert_eq!(t, b'N');
         assert!(ErrorResponse::parse(b"Cabc").is_err());
+        // A message in another client encoding (LATIN9 here) still parses.
+        let latin9 = ErrorResponse::parse(b"SERROR\0C42703\0Mcolumn \"\xe9\" does not exist\0\0").unwrap();
+        assert_eq!((latin9.code(), latin9.message()), ("42703", "column \"\u{fffd}\" does not exist"));
     }
 }

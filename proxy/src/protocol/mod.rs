@@ -6,12 +6,14 @@
 
 mod backend;
 mod codec;
+mod encoding;
 pub(crate) mod frame;
 mod frontend;
 pub mod messages;
 mod startup;
 
 pub use backend::BackendMessage;
+pub use encoding::{ClientEncoding, EncodedText, EncodingError};
 pub use frame::{decode_frame, peek_header, reserve_for_partial, reserve_read, Frame, READ_CHUNK};
 pub use frontend::{encode_describe_or_close, Bind, FrontendMessage, Parse, Target};
 pub use startup::{decode_startup, Startup, StartupParams, MAX_STARTUP_PACKET_BYTES};

@@ -24,7 +24,7 @@ use tracing::Instrument;
 use crate::clients::{ClientHandle, ClientState, Limits};
 use crate::config::PoolMode;
 use crate::metrics::AuthFailure;
-use crate::pool::{PoolError, PooledConn, ServerError};
+use crate::pool::{Pool, PoolError, PooledConn, ServerError};
 use crate::protocol::messages::{self, Authentication, ErrorResponse, TransactionStatus};
 use crate::protocol::ProtocolError;
 use crate::shared::Shared;
@@ -230,13 +230,16 @@ async fn serve(
     let client_settings_application_name = client_settings.current.get("application_name").cloned().unwrap_or_default();
     let welcome = match mode {
         PoolMode::Session => None,
-        PoolMode::Transaction | PoolMode::Statement => pool.welcome(),
+        PoolMode::Transaction | PoolMode::Statement => {
+            pool.welcome().and_then(|welcome| welcome_parameters(welcome, &client_settings, &pool))
+        }
     };
     let (server, reported) = match welcome {
-        // Transaction and statement modes, once the pool has had a connection: the login
-        // needs none (all may be busy, possibly with this client's own other sessions). The
-        // startup settings are checked when the client first gets a server connection.
-        Some(welcome) => (None, welcome_parameters(welcome, &client_settings)),
+        // Transaction and statement modes, once the pool has had a connection and knows how
+        // the server reports the values the client set: the login needs none (all may be
+        // busy, possibly with this client's own other sessions). The startup settings are
+        // checked when the client first gets a server connection.
+        Some(welcome) => (None, welcome),
         // Otherwise a server connection for the login itself: its parameters are the client's
         // welcome, and the startup settings are checked by the server as PostgreSQL would.
         None => {
@@ -256,6 +259,7 @@ async fn serve(
                 return Err(SessionError::Refused(e.into_client_error()));
             }
             let reported = server.conn().params.clone();
+            note_reported_values(&pool, &reported, &client_settings);
             match mode {
                 PoolMode::Session => (Some(server), reported),
                 PoolMode::Transaction | PoolMode::Statement => {
@@ -319,17 +323,31 @@ fn logged_in(shared: &Shared, client: &ClientConn, notes: &mut Notes, params: &[
 }
 
 /// The parameters to report to a client logging in without a server connection: a fresh
-/// connection's, with the client's own settings where it gave them.
+/// connection's, with the client's own settings where it gave them, as the server reports
+/// them (`EUC_JP` for `euc-jp`). `None` when the pool has not seen a server report one of
+/// those values yet: then a server connection must tell.
 fn welcome_parameters(
     mut welcome: std::collections::BTreeMap<String, String>,
     settings: &ClientSettings,
-) -> std::collections::BTreeMap<String, String> {
+    pool: &Pool,
+) -> Option<std::collections::BTreeMap<String, String>> {
     for (name, value) in welcome.iter_mut() {
-        if let Some(own) = settings.current.get(&name.to_ascii_lowercase()) {
-            value.clone_from(own);
+        let lower = name.to_ascii_lowercase();
+        if let Some(own) = settings.current.get(&lower) {
+            *value = pool.reported_value(&lower, own)?;
         }
     }
-    welcome
+    Some(welcome)
+}
+
+/// Remembers how the server reported the parameters the client set at login.
+fn note_reported_values(pool: &Pool, reported: &std::collections::BTreeMap<String, String>, settings: &ClientSettings) {
+    for (name, value) in reported {
+        let lower = name.to_ascii_lowercase();
+        if let Some(own) = settings.current.get(&lower) {
+            pool.note_reported_value(&lower, own, value);
+        }
+    }
 }
 
 /// What a client killed by the admin console (or shutdown) is told, as PostgreSQL words it.

@@ -31,7 +31,7 @@ use crate::clients::{ClientHandle, ClientState};
 use crate::config::PoolMode;
 use crate::pool::{Pool, PooledConn, ServerError, Subscriber};
 use crate::protocol::messages::{self, ErrorResponse, TransactionStatus};
-use crate::protocol::{decode_frame, Frame, FrontendMessage, ProtocolError};
+use crate::protocol::{decode_frame, ClientEncoding, EncodedText, Frame, FrontendMessage, ProtocolError};
 use crate::shared::Shared;
 use crate::tls::Progress;
 
@@ -80,8 +80,9 @@ pub enum End {
 struct Decided {
     /// The pool of the server it runs on.
     placement: Placement,
-    /// The SQL after the policy's rewrites (Query and Parse, or a statement decided again).
-    sql: Option<String>,
+    /// The SQL after the policy's rewrites (Query and Parse, or a statement decided again),
+    /// with its bytes in the client encoding.
+    sql: Option<EncodedText>,
     /// The generation of the chain that judged it: a Query or Parse, or a Bind or Describe
     /// of a statement decided again because the chain changed since its Parse.
     judged_by: Option<u64>,
@@ -169,6 +170,8 @@ pub struct Relay<'a> {
     settings: ClientSettings,
     /// Parameter values the client has been told (ParameterStatus).
     reported_parameters: BTreeMap<String, String>,
+    /// The client's `client_encoding`, as the server last reported it to the client.
+    encoding: ClientEncoding,
     /// Values reported by the server while pgvane's own queries ran, not yet told.
     settling_parameters: BTreeMap<String, String>,
     meter: Meter,
@@ -225,6 +228,7 @@ impl<'a> Relay<'a> {
             status: TransactionStatus::Idle,
             statements: ClientStatements::default(),
             settings,
+            encoding: gate::reported_encoding(&reported_parameters),
             reported_parameters,
             settling_parameters: BTreeMap::new(),
             meter: Meter::default(),
@@ -418,8 +422,10 @@ impl<'a> Relay<'a> {
     async fn handle_client_frames(&mut self) -> Result<(), End> {
         if let Some(Deferred { frame, decided }) = self.deferred.take() {
             let message = FrontendMessage::decode(&frame).map_err(End::ClientProtocol)?;
-            if let Some(decided) = self.dispatch(&frame, &message, decided).await? {
-                self.deferred = Some(Deferred { frame, decided });
+            if let Ok(text) = self.statement_text(&message) {
+                if let Some(decided) = self.dispatch(&frame, &message, text.as_deref(), decided).await? {
+                    self.deferred = Some(Deferred { frame, decided });
+                }
             }
         }
         while self.deferred.is_none() {
@@ -492,10 +498,13 @@ impl<'a> Relay<'a> {
             | FrontendMessage::Describe(..)
             | FrontendMessage::Close(..)
             | FrontendMessage::FunctionCall { .. } => {
-                let Some(decided) = self.gate(&message).await? else {
+                let Ok(text) = self.statement_text(&message) else {
+                    return Ok(()); // not in the client encoding; the client has its error
+                };
+                let Some(decided) = self.gate(&message, text.as_deref()).await? else {
                     return Ok(()); // refused; the client has its error
                 };
-                if let Some(decided) = self.dispatch(&frame, &message, decided).await? {
+                if let Some(decided) = self.dispatch(&frame, &message, text.as_deref(), decided).await? {
                     self.deferred = Some(Deferred { frame, decided });
                 }
                 Ok(())
@@ -503,22 +512,24 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Runs a decided message once it can run on its server. Returns the decision back when
-    /// the message must wait for the current server to finish first.
+    /// Runs a decided message once it can run on its server (`text`: the SQL of a Query or
+    /// Parse, decoded). Returns the decision back when the message must wait for the current
+    /// server to finish first.
     async fn dispatch(
         &mut self,
         frame: &Frame,
         message: &FrontendMessage<'_>,
+        text: Option<&str>,
         decided: Decided,
     ) -> Result<Option<Decided>, End> {
         if !self.switch_to(&decided.placement) {
             return Ok(Some(decided));
         }
         match message {
-            FrontendMessage::Query(sql) => self.on_query(frame, sql, decided.sql).await?,
+            FrontendMessage::Query(_) => self.on_query(frame, text.unwrap_or_default(), decided.sql).await?,
             FrontendMessage::Parse(parse) => {
                 let judged_by = decided.judged_by.unwrap_or_default();
-                self.on_parse(frame, parse, decided.sql, judged_by).await?
+                self.on_parse(frame, parse, text.unwrap_or_default(), decided.sql, judged_by).await?
             }
             FrontendMessage::Bind(bind) => self.on_bind(frame, bind, &decided).await?,
             FrontendMessage::Describe(target, name) => self.on_describe(frame, *target, name, &decided).await?,

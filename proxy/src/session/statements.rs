@@ -5,6 +5,10 @@
 //! clients cannot clash, identical statements share one server-side preparation until the
 //! schema may have changed, and a statement can be prepared again, transparently, on
 //! whichever server connection the client gets next.
+//!
+//! The SQL is kept as the client's bytes, in its client encoding: the name hashes those bytes,
+//! and the encoding too when the text is not ASCII (the same bytes are another statement in
+//! another encoding; ASCII reads the same in all of them).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +16,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
-use crate::protocol::{Frame, Parse};
+use crate::protocol::{ClientEncoding, Frame, Parse};
 
 use super::sql::StateCommand;
 
@@ -34,14 +38,17 @@ pub struct Statement {
 }
 
 impl Statement {
-    /// The server-side form of a client's Parse made in statement `epoch` (see
-    /// [`crate::pool::StatementEpoch`]).
-    pub fn from_parse(parse: &Parse<'_>, epoch: u64) -> Statement {
+    /// The server-side form of a client's Parse, its SQL in `encoding`, made in statement
+    /// `epoch` (see [`crate::pool::StatementEpoch`]).
+    pub fn from_parse(parse: &Parse<'_>, encoding: ClientEncoding, epoch: u64) -> Statement {
         let mut hash = Sha256::new();
-        hash.update(parse.query.as_bytes());
+        hash.update(parse.query);
         hash.update([0]);
         hash.update(parse.param_types);
         hash.update(epoch.to_le_bytes());
+        if !parse.query.is_ascii() {
+            hash.update(encoding.name().as_bytes());
+        }
         let digest = hash.finalize();
         let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
         let server_name = format!("{SERVER_NAME_PREFIX}{hex}");
@@ -136,12 +143,13 @@ mod tests {
     #[test]
     fn server_names_depend_on_text_types_and_epoch_only() {
         let types = [0u8, 0];
-        let a = Statement::from_parse(&Parse { name: "a", query: "select 1", param_types: &types }, 1);
-        let b = Statement::from_parse(&Parse { name: "b", query: "select 1", param_types: &types }, 1);
-        let c = Statement::from_parse(&Parse { name: "a", query: "select 2", param_types: &types }, 1);
+        let utf8 = ClientEncoding::UTF8;
+        let a = Statement::from_parse(&Parse { name: "a", query: b"select 1", param_types: &types }, utf8, 1);
+        let b = Statement::from_parse(&Parse { name: "b", query: b"select 1", param_types: &types }, utf8, 1);
+        let c = Statement::from_parse(&Parse { name: "a", query: b"select 2", param_types: &types }, utf8, 1);
         let int4 = [0u8, 1, 0, 0, 0, 23];
-        let d = Statement::from_parse(&Parse { name: "a", query: "select 1", param_types: &int4 }, 1);
-        let e = Statement::from_parse(&Parse { name: "a", query: "select 1", param_types: &types }, 2);
+        let d = Statement::from_parse(&Parse { name: "a", query: b"select 1", param_types: &int4 }, utf8, 1);
+        let e = Statement::from_parse(&Parse { name: "a", query: b"select 1", param_types: &types }, utf8, 2);
         assert_eq!(a.server_name, b.server_name);
         assert_ne!(a.server_name, c.server_name);
         assert_ne!(a.server_name, d.server_name);
@@ -150,6 +158,27 @@ mod tests {
         let mut buf = BytesMut::from(&a.parse_message[..]);
         let frame = decode_frame(&mut buf, 1 << 20).unwrap().unwrap();
         let FrontendMessage::Parse(parsed) = FrontendMessage::decode(&frame).unwrap() else { panic!("not a Parse") };
-        assert_eq!((parsed.name, parsed.query), (a.server_name.as_str(), "select 1"));
+        assert_eq!((parsed.name, parsed.query), (a.server_name.as_str(), &b"select 1"[..]));
+    }
+
+    #[test]
+    fn non_ascii_statements_are_told_apart_by_encoding() {
+        let types = [0u8, 0];
+        let latin9 = ClientEncoding::from_name("LATIN9").unwrap();
+        let latin1 = ClientEncoding::from_name("LATIN1").unwrap();
+        let named = |query: &[u8], encoding| {
+            Statement::from_parse(&Parse { name: "a", query, param_types: &types }, encoding, 1).server_name
+        };
+        // 0xa4 is € in LATIN9 and ¤ in LATIN1: two statements.
+        assert_ne!(named(b"select '\xa4'", latin9), named(b"select '\xa4'", latin1));
+        // ASCII reads the same in every encoding: one statement.
+        assert_eq!(named(b"select 1", latin9), named(b"select 1", ClientEncoding::UTF8));
+        // The client's bytes go to the server as they came.
+        let statement =
+            Statement::from_parse(&Parse { name: "a", query: b"select '\xa4'", param_types: &types }, latin9, 1);
+        let mut buf = BytesMut::from(&statement.parse_message[..]);
+        let frame = decode_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        let FrontendMessage::Parse(parsed) = FrontendMessage::decode(&frame).unwrap() else { panic!("not a Parse") };
+        assert_eq!(parsed.query, b"select '\xa4'");
     }
 }

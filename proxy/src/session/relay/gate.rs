@@ -1,6 +1,10 @@
 //! The one gate: every client message that carries SQL, names a prepared statement or calls
 //! a function passes here before anything of it reaches a server.
 //!
+//! - The SQL of a Query or Parse is decoded from the client's `client_encoding` (bytes that
+//!   are not in it fail the message with 22021, as PostgreSQL does); plugins and the session
+//!   tracker see UTF-8, and a rewrite goes back into the client encoding (22P05 when it has a
+//!   character the encoding lacks). Statements nobody rewrote are forwarded byte for byte.
 //! - A Query or Parse is judged by the policy chain in force; with plugins loaded, a
 //!   statement longer than `policy_max_sql_bytes` is refused (54000) before any plugin runs,
 //!   so padding cannot exhaust a plugin into letting it through.
@@ -13,11 +17,14 @@
 //! client) is tracked when it runs (a Query when it is sent, a prepared statement at each
 //! Bind), by [`Relay::track_statement`], so that it is noted on the server it runs on.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
 use bytes::BytesMut;
 
 use crate::policy::{Decision, Request, Route};
 use crate::protocol::messages::{self, ErrorResponse};
-use crate::protocol::{Frame, FrontendMessage, Parse, Target};
+use crate::protocol::{ClientEncoding, EncodedText, Frame, FrontendMessage, Parse, Target};
 
 use super::super::pipeline::{Condition, Kind, Undo};
 use super::super::router::Placement;
@@ -33,12 +40,36 @@ enum Verdict {
 }
 
 impl Relay<'_> {
-    /// Where a Query, Parse, Bind, Describe, Close or FunctionCall runs. `None`: it was refused
-    /// and the client has been answered.
-    pub(super) async fn gate(&mut self, message: &FrontendMessage<'_>) -> Result<Option<Decided>, End> {
+    /// The SQL of a Query or Parse as text, decoded from the client encoding (`None` for
+    /// other messages). `Err`: it is not in the client encoding; the message failed as
+    /// PostgreSQL fails it and the client has been answered.
+    pub(super) fn statement_text<'m>(&mut self, message: &FrontendMessage<'m>) -> Result<Option<Cow<'m, str>>, ()> {
+        let (kind, sql) = match message {
+            FrontendMessage::Query(sql) => (Kind::Query, *sql),
+            FrontendMessage::Parse(parse) => (Kind::Parse, parse.query),
+            _ => return Ok(None),
+        };
+        match self.encoding.decode(sql) {
+            Ok(text) => Ok(Some(text)),
+            Err(error) => {
+                tracing::debug!(%error, "statement not in the client encoding");
+                self.fail(kind, error.to_error_response());
+                Err(())
+            }
+        }
+    }
+
+    /// Where a Query, Parse, Bind, Describe, Close or FunctionCall runs (`text`: the SQL of a
+    /// Query or Parse, decoded). `None`: it was refused and the client has been answered.
+    pub(super) async fn gate(
+        &mut self,
+        message: &FrontendMessage<'_>,
+        text: Option<&str>,
+    ) -> Result<Option<Decided>, End> {
+        let sql = text.unwrap_or_default();
         let decided = match message {
-            FrontendMessage::Query(sql) => self.judge_and_place(Kind::Query, sql, None).await,
-            FrontendMessage::Parse(parse) => self.judge_and_place(Kind::Parse, parse.query, Some(parse.name)).await,
+            FrontendMessage::Query(_) => self.judge_and_place(Kind::Query, sql, None).await,
+            FrontendMessage::Parse(parse) => self.judge_and_place(Kind::Parse, sql, Some(parse.name)).await,
             FrontendMessage::Bind(bind) => self.recheck_statement(Kind::Bind, bind.statement).await,
             // pgvane answers a pooled client's Close of a named statement itself.
             FrontendMessage::Close(Target::Statement, name) if !self.pooled() || name.is_empty() => {
@@ -76,6 +107,14 @@ impl Relay<'_> {
             Verdict::Run { route, sql } => (route, sql),
             Verdict::Refused(error) => {
                 self.fail(kind, error);
+                return None;
+            }
+        };
+        let sql = match sql.map(|sql| EncodedText::new(sql, self.encoding)).transpose() {
+            Ok(sql) => sql,
+            Err(error) => {
+                tracing::info!(%error, "rewritten statement not representable in the client encoding");
+                self.fail(kind, error.to_error_response());
                 return None;
             }
         };
@@ -138,7 +177,14 @@ impl Relay<'_> {
             return Some(self.unchanged(self.router.statement(name)));
         };
         tracing::debug!(statement = name, "the policy changed since the statement was prepared; deciding it again");
-        self.judge_and_place(kind, parse.query, Some(parse.name)).await
+        let sql = match self.encoding.decode(parse.query) {
+            Ok(sql) => sql,
+            Err(error) => {
+                self.fail(kind, error.to_error_response());
+                return None;
+            }
+        };
+        self.judge_and_place(kind, &sql, Some(parse.name)).await
     }
 
     /// Notes what a statement about to run does to the session: in the pooled modes the
@@ -254,6 +300,11 @@ impl Relay<'_> {
         self.own_ready_for_query();
         true
     }
+}
+
+/// The client encoding the client was told at login (UTF-8 when none was reported).
+pub(super) fn reported_encoding(reported: &BTreeMap<String, String>) -> ClientEncoding {
+    reported.get("client_encoding").and_then(|name| ClientEncoding::from_name(name)).unwrap_or_default()
 }
 
 /// The Parse a client statement was recorded from (always a valid one).

@@ -183,6 +183,10 @@ impl Relay<'_> {
     /// Tells the client a parameter's value if it differs from what it was told.
     fn report_parameter(&mut self, name: &str, value: &str) {
         if self.reported_parameters.get(name).map(String::as_str) != Some(value) {
+            if name == "client_encoding" {
+                // The client's next statements are in this encoding.
+                self.encoding = crate::protocol::ClientEncoding::from_name(value).unwrap_or_default();
+            }
             self.reported_parameters.insert(name.to_owned(), value.to_owned());
             let mut message = BytesMut::new();
             messages::encode_parameter_status(name, value, &mut message);

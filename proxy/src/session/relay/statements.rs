@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use crate::protocol::messages::{self, tag, ErrorResponse};
-use crate::protocol::{encode_describe_or_close, Bind, Frame, Parse, Target};
+use crate::protocol::{encode_describe_or_close, Bind, EncodedText, Frame, Parse, Target};
 
 use super::super::pipeline::{Condition, Kind, Purpose, Undo};
 use super::super::sql::{state_commands, StateCommand};
@@ -22,8 +22,14 @@ use super::gate::recorded_parse;
 use super::{Decided, End, Relay};
 
 impl Relay<'_> {
-    pub(super) async fn on_query(&mut self, frame: &Frame, sql: &str, rewritten: Option<String>) -> Result<(), End> {
-        let runs = rewritten.as_deref().unwrap_or(sql);
+    /// A simple Query: `sql` is its text (decoded), `rewritten` the policy's rewrite.
+    pub(super) async fn on_query(
+        &mut self,
+        frame: &Frame,
+        sql: &str,
+        rewritten: Option<EncodedText>,
+    ) -> Result<(), End> {
+        let runs = rewritten.as_ref().map_or(sql, EncodedText::text);
         let commands = state_commands(runs);
         if self.pooled()
             && (self.refuse_foreign_deallocate(Kind::Query, &commands) || self.answer_deallocates(&commands))
@@ -35,7 +41,7 @@ impl Relay<'_> {
             None => self.forward(frame, Kind::Query).await,
             Some(sql) => {
                 let mut message = BytesMut::new();
-                messages::encode_query(&sql, &mut message);
+                messages::encode_query(sql.bytes(), &mut message);
                 if self.ensure_server(Kind::Query).await? {
                     self.send(&message, Kind::Query, frame);
                 }
@@ -62,11 +68,13 @@ impl Relay<'_> {
         &mut self,
         frame: &Frame,
         original: &Parse<'_>,
-        rewritten: Option<String>,
+        text: &str,
+        rewritten: Option<EncodedText>,
         judged_by: u64,
     ) -> Result<(), End> {
         self.meter.client_parses += 1;
-        let parse = Parse { query: rewritten.as_deref().unwrap_or(original.query), ..original.clone() };
+        let parse = Parse { query: rewritten.as_ref().map_or(original.query, EncodedText::bytes), ..original.clone() };
+        let text = rewritten.as_ref().map_or(text, EncodedText::text);
         if !parse.name.is_empty() && !self.statements.contains(parse.name) {
             let max = self.shared.config().settings.max_client_prepared_statements;
             if self.statements.named() >= max {
@@ -79,7 +87,7 @@ impl Relay<'_> {
             }
         }
         // What the statement does to the session is noted when it runs (at each Bind).
-        let commands = state_commands(parse.query);
+        let commands = state_commands(text);
         if self.pooled() && self.refuse_foreign_deallocate(Kind::Parse, &commands) {
             return Ok(());
         }
@@ -120,7 +128,7 @@ impl Relay<'_> {
         }
         self.router.note_statement(parse.name);
         let epoch = self.shared.pools.statement_epoch.current();
-        let statement = Arc::new(Statement::from_parse(&parse, epoch));
+        let statement = Arc::new(Statement::from_parse(&parse, self.encoding, epoch));
         let client_name = parse.name.to_owned();
         self.statements.insert(&client_name, record(Some(statement.clone()), commands));
         let undo = Undo { client_statement: Some(client_name), ..Undo::default() };
@@ -264,12 +272,15 @@ impl Relay<'_> {
         statement.decided_by = generation;
         let frame = statement.parse.clone();
         let parse = recorded_parse(&frame)?;
-        let parse = Parse { query: decided.sql.as_deref().unwrap_or(parse.query), ..parse };
+        let parse = Parse { query: decided.sql.as_ref().map_or(parse.query, EncodedText::bytes), ..parse };
         self.router.note_statement(name);
-        statement.commands = state_commands(parse.query);
+        statement.commands = match &decided.sql {
+            Some(rewritten) => state_commands(rewritten.text()),
+            None => self.encoding.decode(parse.query).map(|text| state_commands(&text)).unwrap_or_default(),
+        };
         if statement.server.is_some() {
             let epoch = self.shared.pools.statement_epoch.current();
-            statement.server = Some(Arc::new(Statement::from_parse(&parse, epoch)));
+            statement.server = Some(Arc::new(Statement::from_parse(&parse, self.encoding, epoch)));
             return None;
         }
         let mut messages = BytesMut::new();
