@@ -138,9 +138,9 @@ def idle_in_transaction_killed():
     conn.close()
 
 # Never conn.close() from one thread while another waits on that connection: psycopg's C
-# generators keep the freed libpq connection and would read the next connection's bytes from
-# the reused file descriptor (a client-side hang that pgvane cannot prevent). Sockets are
-# dropped with shutdown() instead, which leaves the descriptor to libpq.
+# generators keep the freed libpq connection and go on polling its file descriptor, which a new
+# connection may reuse (see transaction_hang.rs). Sockets are dropped with shutdown() instead,
+# which leaves the descriptor to libpq.
 DISRUPTIONS = [close_midway, terminate, cancel, drop_mid_query, copy_abandoned, prepared_then_dropped,
                idle_in_transaction_killed]
 
