@@ -405,7 +405,7 @@ mod tests {
             "CREATE GLOBAL TEMPORARY TABLE t(x int)",
             "create or replace temp view v as select 1",
         ] {
-            assert_eq!(state_commands(sql), [temp.clone()], "{sql}");
+            assert_eq!(state_commands(sql), std::slice::from_ref(&temp), "{sql}");
         }
         assert!(state_commands("SELECT 1 AS a INTO TEMP t").contains(&temp));
         assert!(state_commands("with x as (select 1) select * into temporary table t from x").contains(&temp));
