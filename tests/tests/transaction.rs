@@ -453,3 +453,58 @@ async fn client_killed_mid_copy_leaves_the_server_clean() -> anyhow::Result<()> 
     setup.batch_execute("insert into c values (1)").await?;
     Ok(())
 }
+
+/// A session advisory lock held across transactions by one client and contended by another
+/// (on a pool of two, so both can run): released by unlock, and by the holder leaving. A WITH
+/// HOLD cursor is fetched across transactions. A temporary table lives across its client's
+/// transactions and is invisible to the other client.
+#[tokio::test]
+async fn advisory_locks_hold_cursors_and_temp_tables_live_across_transactions() -> anyhow::Result<()> {
+    let p = Proxied::start(transaction_mode(2, "query_wait_timeout_ms = 30000")).await?;
+    let holder = p.client().await?;
+    let other = p.client().await?;
+    let try_lock = "select pg_try_advisory_lock(7)";
+    assert!(holder.query_one(try_lock, &[]).await?.get::<_, bool>(0));
+    for _ in 0..3 {
+        holder.batch_execute("begin; select 1; commit").await?;
+        assert!(
+            !other.query_one("select pg_try_advisory_lock(7)", &[]).await?.get::<_, bool>(0),
+            "held across transactions"
+        );
+    }
+    holder.batch_execute("select pg_advisory_unlock(7)").await?;
+    assert!(other.query_one(try_lock, &[]).await?.get::<_, bool>(0), "released by unlock");
+    other.batch_execute("select pg_advisory_unlock(7)").await?;
+    // Released when the holder leaves.
+    assert!(holder.query_one(try_lock, &[]).await?.get::<_, bool>(0));
+    drop(holder);
+    let mut taken = false;
+    for _ in 0..50 {
+        taken = other.query_one(try_lock, &[]).await?.get::<_, bool>(0);
+        if taken {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(taken, "released when its holder left");
+    other.batch_execute("select pg_advisory_unlock_all()").await?;
+
+    let c = p.client().await?;
+    c.batch_execute("begin; declare held cursor with hold for select generate_series(1, 5); commit").await?;
+    let mut fetched = Vec::new();
+    for _ in 0..3 {
+        c.batch_execute("begin; select 1; commit").await?;
+        let rows = c.query("fetch 2 from held", &[]).await?;
+        fetched.extend(rows.iter().map(|r| r.get::<_, i32>(0)));
+    }
+    assert_eq!(fetched, [1, 2, 3, 4, 5]);
+    c.batch_execute("close held").await?;
+
+    c.batch_execute("create temp table scratch(x int); insert into scratch values (1)").await?;
+    c.batch_execute("begin; insert into scratch values (2); commit").await?;
+    let n: i64 = c.query_one("select count(*) from scratch", &[]).await?.get(0);
+    assert_eq!(n, 2, "the temporary table lives across transactions");
+    let visible: bool = other.query_one("select to_regclass('pg_temp.scratch') is not null", &[]).await?.get(0);
+    assert!(!visible, "another client's temporary table is invisible");
+    Ok(())
+}
