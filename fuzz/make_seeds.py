@@ -274,3 +274,19 @@ write("sql_lexer", [
     'SELECT "unterminated',
     "SHOW POOLS; SET pool_mode = transaction; KILL app; RELOAD",
 ])
+
+# --- client encodings: the choice byte indexes fuzz_targets/client_encoding.rs's NAMES -------
+write("client_encoding", [
+    b"\x00select 'caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e'",  # UTF8
+    b"\x00select '\xc3\x28'",                                          # UTF8, invalid
+    b"\x01select '\xff'",                                              # SQL_ASCII
+    b"\x02select '\xe9\xa4\x80'",                                      # LATIN1
+    b"\x03select '\xf0\xd0\xfd'",                                      # LATIN5
+    b"\x04select '\xe9\xa4'",                                          # LATIN9
+    b"\x08select '\xe9\x80\x81'",                                      # WIN1252
+    b"\x0dselect '\xc6\xfc\xcb\xdc\xb8\xec'",                          # EUC_JP
+    b"\x0dselect '\xc6'",                                              # EUC_JP, truncated
+    b"\x0eselect '\x93\xfa\x96\x7b\x8c\xea'",                          # SJIS
+    b"\x12select '\xa4\xa4\xa4\xe5'",                                  # BIG5
+    b"\x13select '\x88\x61'",                                          # JOHAB
+])

@@ -333,8 +333,11 @@ fn welcome_parameters(
 ) -> Option<std::collections::BTreeMap<String, String>> {
     for (name, value) in welcome.iter_mut() {
         let lower = name.to_ascii_lowercase();
-        if let Some(own) = settings.current.get(&lower) {
-            *value = pool.reported_value(&lower, own)?;
+        match settings.current.get(&lower) {
+            // The server's own spelling is the one it reports back.
+            Some(own) if own == value => {}
+            Some(own) => *value = pool.reported_value(&lower, own)?,
+            None => {}
         }
     }
     Some(welcome)
