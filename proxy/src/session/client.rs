@@ -125,10 +125,9 @@ impl ClientConn {
     }
 
     /// After a FATAL sent to a client that may be about to send something (disconnected by a
-    /// drain or KILL while idle): stops writing and reads, discarding, until the client closes
-    /// or `limit` passes. Closing at once would answer the client's next message with a reset,
-    /// which can destroy the FATAL before the client reads it: it would report the server
-    /// closing unexpectedly instead of 57P01.
+    /// drain or KILL while idle): stops writing, then reads, discarding, until the client
+    /// closes or `limit` passes. Closing at once would answer the client's next message with
+    /// a reset, which can destroy the FATAL before the client reads it.
     pub async fn linger(&mut self, limit: std::time::Duration) {
         let discard = async {
             let _ = self.stream.shutdown().await;
