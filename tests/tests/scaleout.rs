@@ -367,3 +367,32 @@ async fn a_drained_instance_closes_its_clients_between_transactions_and_exits() 
     ensure!(stored == committed.len() as i64, "committed rows lost: {stored} of {}", committed.len());
     Ok(())
 }
+
+/// The lines of the `|` block under `key:` in `yaml` (indented by four spaces), unindented.
+fn yaml_block(yaml: &str, key: &str) -> Result<String> {
+    let mut lines = yaml.lines().skip_while(|l| l.trim_end() != format!("  {key}: |"));
+    ensure!(lines.next().is_some(), "no `{key}: |` block");
+    let block: Vec<&str> =
+        lines.take_while(|l| l.is_empty() || l.starts_with("    ")).map(|l| l.get(4..).unwrap_or("")).collect();
+    Ok(block.join("\n") + "\n")
+}
+
+/// The configuration in the Kubernetes manifests (the ConfigMap's pgvane.toml, the Secret's
+/// userlist.txt beside it) passes `pgvane check`.
+#[test]
+fn the_kubernetes_manifests_hold_a_valid_configuration() -> Result<()> {
+    let manifests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/pgvane.yaml");
+    let yaml = std::fs::read_to_string(&manifests).with_context(|| format!("reading {}", manifests.display()))?;
+    let dir = tempfile::tempdir()?;
+    let config = yaml_block(&yaml, "pgvane.toml")?;
+    ensure!(config.contains("[peers.3]") && config.contains("so_reuseport = true"), "unexpected config:\n{config}");
+    std::fs::write(dir.path().join("pgvane.toml"), config)?;
+    std::fs::write(dir.path().join("userlist.txt"), yaml_block(&yaml, "userlist.txt")?)?;
+    let out = std::process::Command::new(pgvane_tests::pgvane_bin()?)
+        .arg("check")
+        .arg("--config")
+        .arg(dir.path().join("pgvane.toml"))
+        .output()?;
+    ensure!(out.status.success(), "pgvane check on the manifests' configuration: {}", describe_output(&out));
+    Ok(())
+}
