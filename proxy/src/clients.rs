@@ -230,7 +230,8 @@ impl ClientRegistry {
             state_since: Instant::now(),
             server_pid: None,
         };
-        entries.insert(key(pid, secret), Entry { secret, info, target: None, signals: signals.clone(), evicted: false });
+        entries
+            .insert(key(pid, secret), Entry { secret, info, target: None, signals: signals.clone(), evicted: false });
         Some(ClientHandle { registry: self.clone(), pid, secret, signals })
     }
 
@@ -360,7 +361,9 @@ impl ClientHandle {
         let mut entries = self.registry.entries();
         let logged_in = entries
             .values()
-            .filter(|e| !e.evicted && e.info.state != ClientState::Login && !(e.info.pid == self.pid && e.secret == self.secret))
+            .filter(|e| {
+                !e.evicted && e.info.state != ClientState::Login && !(e.info.pid == self.pid && e.secret == self.secret)
+            })
             .count();
         let Some(entry) = entries.get_mut(&self.key()) else { return false };
         if !admin && logged_in >= max {
@@ -451,6 +454,28 @@ mod tests {
         assert!(registry.admit(peer(), l).is_some());
         drop(a); // evicted earlier: dropping it removes only its own entry
         assert_eq!(registry.len(), 2 + rest.len(), "c, d and the admins remain");
+    }
+
+    #[test]
+    fn a_drain_asks_busy_clients_now_and_new_or_just_idle_ones_after_the_grace() {
+        let registry = Arc::new(ClientRegistry::new(7));
+        let l = limits(10, 10);
+        let logging_in = registry.admit(peer(), l).unwrap();
+        let busy = registry.admit(peer(), l).unwrap();
+        let just_idle = registry.admit(peer(), l).unwrap();
+        for (handle, state) in [(&busy, ClientState::Active), (&just_idle, ClientState::Idle)] {
+            assert!(handle.logged_in("u", "d", "", 10, false));
+            handle.set_state(state, None);
+        }
+        assert_eq!(crate::peers::peer_of(busy.pid), 7, "keys name the instance");
+        registry.drain();
+        assert!(busy.signals.drain.is_raised());
+        assert!(!logging_in.signals.drain.is_raised() && !just_idle.signals.drain.is_raised());
+        std::thread::sleep(DRAIN_GRACE);
+        registry.drain();
+        assert!(just_idle.signals.drain.is_raised(), "idle past the grace");
+        assert!(!logging_in.signals.drain.is_raised(), "still logging in");
+        assert_eq!(registry.serving(), 3);
     }
 
     #[test]

@@ -84,7 +84,8 @@ pub async fn serve(listener: Listener, signals: Signals) {
 async fn drain(shared: &Shared, mode: ShutdownMode) {
     let timeout = shared.config().settings.shutdown_timeout();
     let deadline = tokio::time::Instant::now() + timeout;
-    let more_urgent = shared.shutdown_requested(Some(mode));
+    // WAIT_FOR_SERVERS after WAIT_FOR_CLIENTS goes on draining (sessions read the mode).
+    let more_urgent = shared.shutdown_requested(Some(mode.max(ShutdownMode::WaitForServers)));
     tokio::pin!(more_urgent);
     loop {
         shared.clients.drain();

@@ -127,7 +127,12 @@ impl Group {
     }
 
     fn logs(&self) -> String {
-        self.instances.iter().filter_map(|i| i.pgvane.as_ref()).map(|p| tail(&p.log(), 30)).collect::<Vec<_>>().join("\n---\n")
+        self.instances
+            .iter()
+            .filter_map(|i| i.pgvane.as_ref())
+            .map(|p| tail(&p.log(), 30))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
     }
 }
 
