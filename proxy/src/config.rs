@@ -982,6 +982,29 @@ mod tests {
     }
 
     #[test]
+    fn peers_need_a_peer_id_and_valid_ids() {
+        let base = "[pgvane]\nauth_type = \"trust\"\n{}\n[databases.app]\nhost = \"h\"\n{}";
+        let with = |settings: &str, peers: &str| load(&base.replacen("{}", settings, 1).replacen("{}", peers, 1));
+        let c =
+            with("peer_id = 2\nso_reuseport = true", "[peers.1]\nhost = \"a\"\n[peers.2]\nhost = \"b\"\nport = 7000\n")
+                .unwrap();
+        assert_eq!(c.peers[&1], PeerConfig { host: "a".into(), port: 6432 });
+        assert_eq!(c.peers[&2].port, 7000);
+        assert!(c.settings.so_reuseport && c.settings.peer_id == 2);
+        for (settings, peers, key) in [
+            ("", "[peers.1]\nhost = \"a\"\n", "pgvane.peer_id"),
+            ("peer_id = 16384", "", "pgvane.peer_id"),
+            ("peer_id = 1", "[peers.0]\nhost = \"a\"\n", "peers.0"),
+            ("peer_id = 1", "[peers.x]\nhost = \"a\"\n", "peers.x"),
+            ("peer_id = 1", "[peers.2]\nhost = \"\"\n", "peers.2.host"),
+            ("shutdown_timeout_ms = 0", "", "pgvane.shutdown_timeout_ms"),
+        ] {
+            let err = with(settings, peers).unwrap_err().to_string();
+            assert!(err.contains(key), "{settings} {peers}: {err}");
+        }
+    }
+
+    #[test]
     fn settings_serialize_every_key() {
         let table = toml::Table::try_from(Settings::default()).unwrap();
         assert_eq!(table["auth_file"].as_str(), Some(""));
