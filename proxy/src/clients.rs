@@ -4,7 +4,9 @@
 //! pgvane gives each client its own BackendKeyData and maps it to the server connection the
 //! client currently uses, so a CancelRequest reaches that server and nothing else; a cancel
 //! for an idle client is dropped. A server connection with a cancel on its way goes to no
-//! other client until the cancel has arrived (see `pool::CancelsInFlight`).
+//! other client until the cancel has arrived (see `pool::CancelsInFlight`). With peering on,
+//! the key names this instance, and a cancel for another instance's client is forwarded
+//! there (see `peers`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,6 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 
+use crate::config::Config;
+use crate::peers::{self, KeyScheme, Route};
 pub use crate::pool::CancelTarget;
 
 /// What a client is doing, as the admin console shows it.
@@ -97,6 +101,9 @@ pub struct Signals {
     pub cancel: Notify,
     /// The client must be disconnected (admin KILL, shutdown).
     pub kill: KillSwitch,
+    /// pgvane is draining: the client is disconnected (FATAL 57P01) at its next point
+    /// between transactions, so that it reconnects elsewhere.
+    pub drain: KillSwitch,
 }
 
 /// A flag that, once raised, stays raised and wakes the session's task.
@@ -111,6 +118,11 @@ pub struct KillSwitch {
 }
 
 impl KillSwitch {
+    /// True once raised.
+    pub fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::SeqCst)
+    }
+
     /// Raises the flag and wakes the task waiting for it.
     pub fn raise(&self) {
         self.raised.store(true, Ordering::SeqCst);
@@ -145,14 +157,40 @@ impl KillSwitch {
     }
 }
 
-/// Every connected client's entry.
+/// Every connected client's entry, by its whole cancel key.
 #[derive(Debug, Default)]
 pub struct ClientRegistry {
-    entries: Mutex<HashMap<u32, Entry>>,
+    entries: Mutex<HashMap<u64, Entry>>,
+    keys: KeyScheme,
+}
+
+/// How long a drain lets a client that is logging in, or idle since less than this, go on
+/// before it asks it to leave: a client that has just connected gets to send its first
+/// transaction (it would otherwise fail on a connection it has only just made), and one that
+/// keeps sending is asked to leave at once, after the transaction it is in.
+pub const DRAIN_GRACE: Duration = Duration::from_millis(250);
+
+/// True when a drain asks this client to leave now (see [`DRAIN_GRACE`]).
+fn leaves_now(info: &ClientInfo) -> bool {
+    match info.state {
+        ClientState::Login => false,
+        ClientState::Idle => info.state_since.elapsed() >= DRAIN_GRACE,
+        ClientState::Waiting | ClientState::Active => true,
+    }
+}
+
+/// The registry's key of (`pid`, `secret`).
+fn key(pid: u32, secret: u32) -> u64 {
+    (u64::from(pid) << 32) | u64::from(secret)
 }
 
 impl ClientRegistry {
-    fn entries(&self) -> MutexGuard<'_, HashMap<u32, Entry>> {
+    /// A registry whose keys name this instance (`peer_id`, 0 for none).
+    pub fn new(peer_id: u16) -> Self {
+        ClientRegistry { keys: KeyScheme { peer_id }, ..ClientRegistry::default() }
+    }
+
+    fn entries(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -176,12 +214,11 @@ impl ClientRegistry {
             oldest.evicted = true;
             oldest.signals.kill.raise();
         }
-        let secret = rand::random::<u32>();
-        let pid = loop {
+        let (pid, secret) = loop {
             // Non-zero and unused; random so keys cannot be guessed from each other.
-            let pid = rand::random::<u32>() & 0x7fff_ffff;
-            if pid != 0 && !entries.contains_key(&pid) {
-                break pid;
+            let (pid, secret) = self.keys.key(rand::random(), rand::random());
+            if pid != 0 && !entries.contains_key(&key(pid, secret)) {
+                break (pid, secret);
             }
         };
         let signals = Arc::new(Signals::default());
@@ -197,7 +234,8 @@ impl ClientRegistry {
             server_pid: None,
             pinned: None,
         };
-        entries.insert(pid, Entry { secret, info, target: None, signals: signals.clone(), evicted: false });
+        entries
+            .insert(key(pid, secret), Entry { secret, info, target: None, signals: signals.clone(), evicted: false });
         Some(ClientHandle { registry: self.clone(), pid, secret, signals })
     }
 
@@ -231,13 +269,47 @@ impl ClientRegistry {
         n
     }
 
-    /// Handles a CancelRequest for key (`pid`, `secret`): forwards it to the client's server
-    /// if it holds one, ends its wait for a server if it is waiting, and otherwise does
-    /// nothing, as PostgreSQL does for an idle backend.
-    pub async fn cancel(&self, pid: u32, secret: u32, connect_timeout: Duration) {
+    /// One pass of a drain: asks every client that should leave now (see [`DRAIN_GRACE`]) to
+    /// leave at its next point between transactions. A drain calls it until the clients are
+    /// gone, so that clients still logging in are asked in their turn.
+    pub fn drain(&self) {
+        for entry in self.entries().values() {
+            if !entry.signals.drain.is_raised() && leaves_now(&entry.info) {
+                entry.signals.drain.raise();
+            }
+        }
+    }
+
+    /// Clients still connected, the admin console's excepted (a drain waits for these).
+    pub fn serving(&self) -> usize {
+        self.entries().values().filter(|e| e.info.database != crate::ADMIN_DATABASE).count()
+    }
+
+    /// Handles a CancelRequest for key (`pid`, `secret`). A key of another instance of the
+    /// group goes to that peer (once; see `peers`). A key of this one: forwarded to the
+    /// client's server if it holds one, ends its wait for a server if it is waiting, and
+    /// otherwise does nothing, as PostgreSQL does for an idle backend.
+    pub async fn cancel(&self, pid: u32, secret: u32, config: &Config) {
+        let timeout = config.settings.server_connect_timeout();
+        match self.keys.route(pid, secret) {
+            Route::Local { pid, secret } => self.cancel_here(pid, secret, timeout).await,
+            Route::Exhausted { peer } => {
+                tracing::info!(pid, peer, "cancel request for another peer, already forwarded once; dropped")
+            }
+            Route::Forward { peer, pid, secret } => match config.peers.get(&peer) {
+                None => tracing::info!(pid, peer, "cancel request for a peer not in [peers]; dropped"),
+                Some(address) => match peers::forward(address, pid, secret, timeout).await {
+                    Ok(()) => tracing::debug!(pid, peer, "cancel request forwarded to peer"),
+                    Err(e) => tracing::warn!(pid, peer, error = %e, "could not forward cancel request to peer"),
+                },
+            },
+        }
+    }
+
+    async fn cancel_here(&self, pid: u32, secret: u32, connect_timeout: Duration) {
         let target = {
             let entries = self.entries();
-            let Some(entry) = entries.get(&pid).filter(|e| e.secret == secret) else {
+            let Some(entry) = entries.get(&key(pid, secret)).filter(|e| e.secret == secret) else {
                 tracing::debug!(pid, "cancel request with an unknown key; ignored");
                 return;
             };
@@ -276,8 +348,12 @@ pub struct ClientHandle {
 }
 
 impl ClientHandle {
+    fn key(&self) -> u64 {
+        key(self.pid, self.secret)
+    }
+
     fn update(&self, f: impl FnOnce(&mut Entry)) {
-        if let Some(entry) = self.registry.entries().get_mut(&self.pid) {
+        if let Some(entry) = self.registry.entries().get_mut(&self.key()) {
             f(entry);
         }
     }
@@ -289,9 +365,11 @@ impl ClientHandle {
         let mut entries = self.registry.entries();
         let logged_in = entries
             .values()
-            .filter(|e| !e.evicted && e.info.state != ClientState::Login && e.info.pid != self.pid)
+            .filter(|e| {
+                !e.evicted && e.info.state != ClientState::Login && !(e.info.pid == self.pid && e.secret == self.secret)
+            })
             .count();
-        let Some(entry) = entries.get_mut(&self.pid) else { return false };
+        let Some(entry) = entries.get_mut(&self.key()) else { return false };
         if !admin && logged_in >= max {
             return false;
         }
@@ -305,7 +383,7 @@ impl ClientHandle {
 
     /// True once the connection was dropped to admit a newer one (it was still logging in).
     pub fn evicted(&self) -> bool {
-        self.registry.entries().get(&self.pid).is_none_or(|e| e.evicted)
+        self.registry.entries().get(&self.key()).is_none_or(|e| e.evicted)
     }
 
     /// Records why the client keeps its server connection between transactions (`None`: it
@@ -329,10 +407,7 @@ impl ClientHandle {
 
 impl Drop for ClientHandle {
     fn drop(&mut self) {
-        let mut entries = self.registry.entries();
-        if entries.get(&self.pid).is_some_and(|e| e.secret == self.secret) {
-            entries.remove(&self.pid);
-        }
+        self.registry.entries().remove(&self.key());
     }
 }
 
@@ -389,6 +464,28 @@ mod tests {
         assert!(registry.admit(peer(), l).is_some());
         drop(a); // evicted earlier: dropping it removes only its own entry
         assert_eq!(registry.len(), 2 + rest.len(), "c, d and the admins remain");
+    }
+
+    #[test]
+    fn a_drain_asks_busy_clients_now_and_new_or_just_idle_ones_after_the_grace() {
+        let registry = Arc::new(ClientRegistry::new(7));
+        let l = limits(10, 10);
+        let logging_in = registry.admit(peer(), l).unwrap();
+        let busy = registry.admit(peer(), l).unwrap();
+        let just_idle = registry.admit(peer(), l).unwrap();
+        for (handle, state) in [(&busy, ClientState::Active), (&just_idle, ClientState::Idle)] {
+            assert!(handle.logged_in("u", "d", "", 10, false));
+            handle.set_state(state, None);
+        }
+        assert_eq!(crate::peers::peer_of(busy.pid), 7, "keys name the instance");
+        registry.drain();
+        assert!(busy.signals.drain.is_raised());
+        assert!(!logging_in.signals.drain.is_raised() && !just_idle.signals.drain.is_raised());
+        std::thread::sleep(DRAIN_GRACE);
+        registry.drain();
+        assert!(just_idle.signals.drain.is_raised(), "idle past the grace");
+        assert!(!logging_in.signals.drain.is_raised(), "still logging in");
+        assert_eq!(registry.serving(), 3);
     }
 
     #[test]

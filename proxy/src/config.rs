@@ -151,6 +151,15 @@ pub struct Settings {
     pub listen_addr: String,
     /// Port to listen on; 0 picks a free one (printed at startup).
     pub listen_port: u16,
+    /// Set SO_REUSEPORT on the listening socket, so several pgvane processes can listen on
+    /// one port (a rolling restart: the new one starts while the old one drains).
+    pub so_reuseport: bool,
+    /// This instance's id among its peers (1–16383), encoded into the cancel keys it hands
+    /// out; 0: peering off. See `[peers]`.
+    pub peer_id: u16,
+    /// How long a graceful shutdown (SIGTERM, SIGINT, SHUTDOWN) waits for clients to finish
+    /// their transactions (sessions in session mode) before it disconnects the rest.
+    pub shutdown_timeout_ms: u64,
     /// Pool mode.
     pub pool_mode: PoolMode,
     /// Server connections per (database, user) pool.
@@ -269,8 +278,36 @@ pub enum LogFormat {
 }
 
 /// Keys of `[pgvane]` that RELOAD cannot change: they take effect at the next start.
-pub const RESTART_KEYS: &[&str] =
-    &["listen_addr", "listen_port", "worker_threads", "metrics_addr", "log_format", "client_message_budget_bytes"];
+pub const RESTART_KEYS: &[&str] = &[
+    "listen_addr",
+    "listen_port",
+    "so_reuseport",
+    "peer_id",
+    "worker_threads",
+    "metrics_addr",
+    "log_format",
+    "client_message_budget_bytes",
+];
+
+/// The largest `peer_id` (PgBouncer's limit).
+pub const MAX_PEER_ID: u16 = 16383;
+
+/// A `[peers.<id>]` table: where another pgvane of the group listens, for the cancel
+/// requests meant for its clients.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Host name or IP address of the peer's listening socket (its own, not the load
+    /// balancer's).
+    pub host: String,
+    /// Its port.
+    #[serde(default = "default_listen_port")]
+    pub port: u16,
+}
+
+fn default_listen_port() -> u16 {
+    6432
+}
 
 /// Serializes an unset optional key as an empty string, so it still has a row in SHOW CONFIG
 /// (TOML has no null).
@@ -286,6 +323,9 @@ impl Default for Settings {
         Settings {
             listen_addr: "127.0.0.1".into(),
             listen_port: 6432,
+            so_reuseport: false,
+            peer_id: 0,
+            shutdown_timeout_ms: 30_000,
             pool_mode: PoolMode::Session,
             default_pool_size: 20,
             max_client_conn: 1000,
@@ -348,6 +388,11 @@ impl Settings {
     /// `idle_transaction_timeout_ms` as a Duration, `None` when off.
     pub fn idle_transaction_timeout(&self) -> Option<Duration> {
         (self.idle_transaction_timeout_ms > 0).then(|| Duration::from_millis(self.idle_transaction_timeout_ms))
+    }
+
+    /// `shutdown_timeout_ms` as a Duration.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
     }
 
     /// `server_connect_timeout_ms` as a Duration.
@@ -492,6 +537,8 @@ struct File {
     plugins: Vec<PluginSettings>,
     #[serde(default)]
     oci: OciSettings,
+    #[serde(default)]
+    peers: BTreeMap<String, PeerConfig>,
 }
 
 /// A loaded, validated configuration.
@@ -513,6 +560,9 @@ pub struct Config {
     pub client_tls: ClientTls,
     /// TLS towards servers, certificates loaded.
     pub server_tls: ServerTls,
+    /// `[peers.<id>]`: the other instances of the group, by peer id (this one's own id may
+    /// be listed too, so every instance can share one table).
+    pub peers: BTreeMap<u16, PeerConfig>,
 }
 
 impl Config {
@@ -703,9 +753,36 @@ impl Config {
                 ));
             }
         }
+        let mut peers = BTreeMap::new();
+        for (id, peer) in &file.peers {
+            let key = format!("peers.{id}");
+            let number = id.parse::<u16>().ok().filter(|n| (1..=MAX_PEER_ID).contains(n));
+            let Some(number) = number else {
+                return Err(invalid(&key, &format!("a peer id must be a number from 1 to {MAX_PEER_ID}")));
+            };
+            if peer.host.is_empty() {
+                return Err(invalid(&format!("{key}.host"), "must not be empty"));
+            }
+            if peer.port == 0 {
+                return Err(invalid(&format!("{key}.port"), "must be between 1 and 65535"));
+            }
+            if peers.insert(number, peer.clone()).is_some() {
+                return Err(invalid(&key, "the same peer id is listed twice"));
+            }
+        }
+        if file.pgvane.peer_id > MAX_PEER_ID {
+            return Err(invalid("pgvane.peer_id", &format!("must be at most {MAX_PEER_ID} (0: peering off)")));
+        }
+        if file.pgvane.peer_id == 0 && !peers.is_empty() {
+            return Err(invalid("pgvane.peer_id", "must be set (1 to 16383) when [peers] lists other instances"));
+        }
+        if file.pgvane.shutdown_timeout_ms == 0 {
+            return Err(invalid("pgvane.shutdown_timeout_ms", "must be greater than 0"));
+        }
         Ok(Config {
             path: path.to_owned(),
             settings: file.pgvane,
+            peers,
             databases: file.databases,
             userlist,
             plugins: file.plugins,
@@ -907,6 +984,29 @@ mod tests {
             assert!(err.contains(key), "{keys}: {err}");
         }
         load(&plugin("max_instances = 256\nmemory_limit_mb = 4096")).unwrap();
+    }
+
+    #[test]
+    fn peers_need_a_peer_id_and_valid_ids() {
+        let base = "[pgvane]\nauth_type = \"trust\"\n{}\n[databases.app]\nhost = \"h\"\n{}";
+        let with = |settings: &str, peers: &str| load(&base.replacen("{}", settings, 1).replacen("{}", peers, 1));
+        let c =
+            with("peer_id = 2\nso_reuseport = true", "[peers.1]\nhost = \"a\"\n[peers.2]\nhost = \"b\"\nport = 7000\n")
+                .unwrap();
+        assert_eq!(c.peers[&1], PeerConfig { host: "a".into(), port: 6432 });
+        assert_eq!(c.peers[&2].port, 7000);
+        assert!(c.settings.so_reuseport && c.settings.peer_id == 2);
+        for (settings, peers, key) in [
+            ("", "[peers.1]\nhost = \"a\"\n", "pgvane.peer_id"),
+            ("peer_id = 16384", "", "pgvane.peer_id"),
+            ("peer_id = 1", "[peers.0]\nhost = \"a\"\n", "peers.0"),
+            ("peer_id = 1", "[peers.x]\nhost = \"a\"\n", "peers.x"),
+            ("peer_id = 1", "[peers.2]\nhost = \"\"\n", "peers.2.host"),
+            ("shutdown_timeout_ms = 0", "", "pgvane.shutdown_timeout_ms"),
+        ] {
+            let err = with(settings, peers).unwrap_err().to_string();
+            assert!(err.contains(key), "{settings} {peers}: {err}");
+        }
     }
 
     #[test]

@@ -9,9 +9,10 @@
 //! The modules read bottom-up, each importing only ones below it: [`metrics`] (counters and
 //! histograms in atomics), [`protocol`], [`auth`],
 //! [`tls`], [`oci`], [`policy`] (the plugin engine and its settings), [`config`], [`lifecycle`]
-//! (loading a plugin set), [`pool`], [`cluster`], [`clients`] (cancel keys, states, signals),
+//! (loading a plugin set), [`pool`], [`cluster`], [`peers`] (cancel keys across instances), [`clients`] (cancel keys, states,
+//! signals),
 //! [`shared`] (the state every session shares, and the reload), [`session`], [`admin`],
-//! [`listener`]; `main` on top.
+//! [`listener`], [`shutdown`] (signals and the drain); `main` on top.
 //!
 //! Without the default feature `plugin-host` (wasmtime and the OCI client), only the modules
 //! that read outside input without serving it are built: [`protocol`], [`auth`], [`tls`],
@@ -35,6 +36,8 @@ pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
 pub mod oci;
+#[cfg(feature = "plugin-host")]
+pub mod peers;
 pub mod plugin_test;
 pub mod policy;
 #[cfg(feature = "plugin-host")]
@@ -44,6 +47,8 @@ pub mod protocol;
 pub mod session;
 #[cfg(feature = "plugin-host")]
 pub mod shared;
+#[cfg(feature = "plugin-host")]
+pub mod shutdown;
 pub mod tls;
 
 /// The virtual database of the admin console; no `[databases]` entry may use it.

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -367,23 +366,12 @@ fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         // killing the process (the default action).
         let hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         tokio::spawn(reload_on_sighup(hangup, shared.clone()));
+        let signals = pgvane::shutdown::Signals::install().context("cannot handle shutdown signals")?;
         tracing::info!(%addr, "pgvane listening");
         // A machine-readable line for scripts and the test harness.
         println!("pgvane listening on {addr}");
-        let draining = shared.clone();
-        tokio::select! {
-            () = listener.run() => {}
-            signal = shutdown_signal() => {
-                tracing::info!(signal, "shutting down");
-            }
-            () = shared.shutdown_requested() => {
-                tracing::info!("shutting down: SHUTDOWN on the admin console");
-            }
-        }
-        // Load balancers take the instance out first (/ready answers 503 from here on).
-        draining.metrics.start_draining();
-        // The listening socket is closed now; tell connected clients, as PostgreSQL does.
-        disconnect_clients(&shared).await;
+        pgvane::shutdown::serve(listener, signals).await;
+        tracing::info!("pgvane stopped");
         anyhow::Ok(())
     })
 }
@@ -403,26 +391,5 @@ async fn reload_on_sighup(mut hangup: Signal, shared: Arc<Shared>) {
             ),
             Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded; the old one stays in force"),
         }
-    }
-}
-
-/// Ends every session with FATAL 57P01 and gives them a moment to say so.
-async fn disconnect_clients(shared: &Shared) {
-    const GRACE: Duration = Duration::from_secs(2);
-    shared.clients.kill(None);
-    let deadline = tokio::time::Instant::now() + GRACE;
-    while !shared.clients.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM with the signal's name.
-async fn shutdown_signal() -> &'static str {
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
     }
 }

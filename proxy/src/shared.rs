@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use crate::budget::MessageBudget;
 use crate::clients::ClientRegistry;
@@ -50,7 +50,36 @@ pub struct Shared {
     after_reload: fn(&Shared),
     /// Held while a reload runs, so two reloads cannot interleave.
     reloading: tokio::sync::Mutex<()>,
-    shutdown: Notify,
+    /// The shutdown asked for (by a signal or the admin console), if any.
+    shutdown: watch::Sender<Option<ShutdownMode>>,
+}
+
+/// How pgvane shuts down: PgBouncer's SHUTDOWN variants (docs/deploy.md maps them to signals).
+/// Ordered by urgency: a request never moves back to a gentler mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ShutdownMode {
+    /// `SHUTDOWN WAIT_FOR_CLIENTS`, SIGTERM: stop accepting; clients in transaction and
+    /// statement modes are disconnected between transactions, clients in session mode end
+    /// their sessions; whoever is left after `shutdown_timeout_ms` is disconnected.
+    WaitForClients,
+    /// `SHUTDOWN WAIT_FOR_SERVERS`, SIGINT: as `WaitForClients`, but clients in session mode
+    /// too are disconnected at their next point between transactions (their server
+    /// connection is then free).
+    WaitForServers,
+    /// `SHUTDOWN`, SIGQUIT, or a second signal during a drain: every client is disconnected
+    /// now.
+    Immediate,
+}
+
+impl ShutdownMode {
+    /// The name the logs and the console use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShutdownMode::WaitForClients => "WAIT_FOR_CLIENTS",
+            ShutdownMode::WaitForServers => "WAIT_FOR_SERVERS",
+            ShutdownMode::Immediate => "immediate",
+        }
+    }
 }
 
 /// Why [`Shared::reload`] changed nothing.
@@ -101,19 +130,20 @@ impl Shared {
         for plugin in policy.plugins() {
             metrics.plugin_loaded(&plugin.settings.name, &plugin.origin.digest, true);
         }
+        let clients = Arc::new(ClientRegistry::new(config.settings.peer_id));
         Shared {
             message_budget: MessageBudget::new(config.settings.client_message_budget_bytes),
             config: RwLock::new(Arc::new(config)),
             policy: RwLock::new(Arc::new(policy)),
             pools: Arc::new(Pools::default()),
-            clients: Arc::new(ClientRegistry::default()),
+            clients,
             clusters: Arc::default(),
             plugin_failures: Failures::default(),
             metrics,
             averages: Averages::default(),
             after_reload,
             reloading: tokio::sync::Mutex::new(()),
-            shutdown: Notify::new(),
+            shutdown: watch::Sender::new(None),
         }
     }
 
@@ -191,14 +221,45 @@ impl Shared {
         Ok(outcome)
     }
 
-    /// Asks the process to shut down (admin SHUTDOWN); `main` waits for it.
-    pub fn request_shutdown(&self) {
-        self.shutdown.notify_one();
+    /// Asks the process to shut down (admin SHUTDOWN, a signal); `shutdown::serve` carries it
+    /// out. A request gentler than one already made changes nothing.
+    pub fn request_shutdown(&self, mode: ShutdownMode) {
+        self.shutdown.send_if_modified(|current| match *current {
+            Some(earlier) if earlier >= mode => false,
+            _ => {
+                *current = Some(mode);
+                true
+            }
+        });
     }
 
-    /// Resolves once [`Shared::request_shutdown`] has been called.
-    pub async fn shutdown_requested(&self) {
-        self.shutdown.notified().await;
+    /// The shutdown asked for so far, if any.
+    pub fn shutdown_mode(&self) -> Option<ShutdownMode> {
+        *self.shutdown.borrow()
+    }
+
+    /// Resolves with the mode once a shutdown more urgent than `than` is asked for.
+    pub async fn shutdown_requested(&self, than: Option<ShutdownMode>) -> ShutdownMode {
+        let mut requests = self.shutdown.subscribe();
+        loop {
+            if let Some(mode) = *requests.borrow_and_update() {
+                if Some(mode) > than {
+                    return mode;
+                }
+            }
+            // The sender lives as long as `self`: this only ends by a request.
+            if requests.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Starts a graceful drain: `/ready` answers 503 from now on, and every client is told
+    /// to leave at its next point between transactions (see [`ClientRegistry::drain`]). The
+    /// listener stops accepting once the mode is set (see `listener`).
+    pub fn start_draining(&self) {
+        self.metrics.start_draining();
+        self.clients.drain();
     }
 }
 

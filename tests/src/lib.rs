@@ -25,6 +25,7 @@
 
 pub mod drivers;
 pub mod fixture;
+pub mod haproxy;
 pub mod load;
 pub mod prometheus;
 pub mod registry;

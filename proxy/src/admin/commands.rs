@@ -5,6 +5,7 @@
 //! Comments (`--`, `/* */`) are skipped; the text is lexed as the proxy lexes SQL.
 
 use super::AdminError;
+use crate::shared::ShutdownMode;
 
 /// One console command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,8 +22,8 @@ pub enum Command {
     Reconnect(Option<String>),
     /// `KILL [db]`.
     Kill(Option<String>),
-    /// `SHUTDOWN`.
-    Shutdown,
+    /// `SHUTDOWN` (immediate), `SHUTDOWN WAIT_FOR_CLIENTS`, `SHUTDOWN WAIT_FOR_SERVERS`.
+    Shutdown(ShutdownMode),
 }
 
 /// What `SHOW` shows.
@@ -73,7 +74,7 @@ const SHOW_ITEMS: &[(&str, Show)] = &[
 /// Every command, as the HINT of an unknown one lists them.
 pub const USAGE: &str =
     "SHOW HELP|POOLS|CLIENTS|SERVERS|DATABASES|STATS|STATS_TOTALS|STATS_AVERAGES|CONFIG|VERSION|BACKENDS|PLUGINS; \
-                         PAUSE [db]; RESUME [db]; RELOAD; RECONNECT [db]; KILL [db]; SHUTDOWN";
+                         PAUSE [db]; RESUME [db]; RELOAD; RECONNECT [db]; KILL [db]; SHUTDOWN [WAIT_FOR_CLIENTS|WAIT_FOR_SERVERS]";
 
 /// A word of a statement.
 #[derive(Debug)]
@@ -167,7 +168,15 @@ fn parse_statement(words: Vec<Word>) -> Result<Command, AdminError> {
         "RECONNECT" => optional_db(Command::Reconnect),
         "KILL" => optional_db(Command::Kill),
         "RELOAD" => no_args(Command::Reload),
-        "SHUTDOWN" => no_args(Command::Shutdown),
+        "SHUTDOWN" => match rest.as_slice() {
+            [] => Ok(Command::Shutdown(ShutdownMode::Immediate)),
+            [mode] => match keyword(mode).as_deref() {
+                Some("WAIT_FOR_CLIENTS") => Ok(Command::Shutdown(ShutdownMode::WaitForClients)),
+                Some("WAIT_FOR_SERVERS") => Ok(Command::Shutdown(ShutdownMode::WaitForServers)),
+                _ => Err(AdminError::Syntax("SHUTDOWN takes WAIT_FOR_CLIENTS, WAIT_FOR_SERVERS or nothing".into())),
+            },
+            _ => Err(AdminError::Syntax("SHUTDOWN takes at most one word".into())),
+        },
         _ => Err(AdminError::UnknownCommand(first.text)),
     }
 }
@@ -188,7 +197,10 @@ mod tests {
         assert_eq!(one("  show\tclients ; "), Command::Show(Show::Clients));
         assert_eq!(one("show plugins"), Command::Show(Show::Plugins));
         assert_eq!(one("Reload;"), Command::Reload);
-        assert_eq!(one("shutdown"), Command::Shutdown);
+        assert_eq!(one("shutdown"), Command::Shutdown(ShutdownMode::Immediate));
+        assert_eq!(one("shutdown wait_for_clients"), Command::Shutdown(ShutdownMode::WaitForClients));
+        assert_eq!(one("SHUTDOWN WAIT_FOR_SERVERS;"), Command::Shutdown(ShutdownMode::WaitForServers));
+        assert!(parse_script("SHUTDOWN NOW").is_err());
         assert_eq!(one("pause"), Command::Pause(None));
         assert_eq!(one("PAUSE app"), Command::Pause(Some("app".into())));
         assert_eq!(one("resume App"), Command::Resume(Some("App".into())));

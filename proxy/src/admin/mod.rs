@@ -111,8 +111,8 @@ fn notice(message: &str, detail: Option<&str>, dst: &mut BytesMut) {
 enum After {
     /// Wait for the next message.
     Continue,
-    /// Ask the process to shut down once the reply is out.
-    Shutdown,
+    /// Ask the process to shut down, this way, once the reply is out.
+    Shutdown(crate::shared::ShutdownMode),
     /// End the session with this FATAL error.
     Terminate(ErrorResponse),
 }
@@ -168,9 +168,9 @@ pub async fn serve(
                 messages::encode_ready_for_query(TransactionStatus::Idle, &mut client.out);
                 match after {
                     After::Continue => {}
-                    After::Shutdown => {
+                    After::Shutdown(mode) => {
                         client.flush().await?;
-                        shared.request_shutdown();
+                        shared.request_shutdown(mode);
                     }
                     After::Terminate(error) => return Err(SessionError::Refused(error)),
                 }
@@ -237,8 +237,11 @@ async fn run_query(sql: &str, out: &mut BytesMut, handle: &ClientHandle, shared:
     let mut after = After::Continue;
     for command in commands {
         match execute(&command, out, handle, shared).await {
-            Ok(()) if command == Command::Shutdown => after = After::Shutdown,
-            Ok(()) => {}
+            Ok(()) => {
+                if let Command::Shutdown(mode) = command {
+                    after = After::Shutdown(mode);
+                }
+            }
             Err(AdminError::Terminated) => return After::Terminate(terminated_error()),
             Err(e) => {
                 tracing::info!(error = %e, "admin command failed");
@@ -299,8 +302,8 @@ async fn execute(
             control::kill(shared, db.as_deref())?;
             complete("KILL", out);
         }
-        Command::Shutdown => {
-            tracing::info!("SHUTDOWN requested on the admin console");
+        Command::Shutdown(mode) => {
+            tracing::info!(mode = mode.as_str(), "SHUTDOWN requested on the admin console");
             complete("SHUTDOWN", out);
         }
     }

@@ -124,6 +124,24 @@ impl ClientConn {
         }
     }
 
+    /// After a FATAL sent to a client that may be about to send something (disconnected by a
+    /// drain or KILL while idle): stops writing, then reads, discarding, until the client
+    /// closes or `limit` passes. Closing at once would answer the client's next message with
+    /// a reset, which can destroy the FATAL before the client reads it.
+    pub async fn linger(&mut self, limit: std::time::Duration) {
+        let discard = async {
+            let _ = self.stream.shutdown().await;
+            loop {
+                self.read_buf.clear();
+                match self.stream.read_buf(&mut self.read_buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(limit, discard).await;
+    }
+
     /// Writes out everything queued in `out`.
     pub async fn flush(&mut self) -> Result<(), SessionError> {
         self.stream.write_all(&self.out).await.map_err(SessionError::ClientIo)?;

@@ -144,6 +144,9 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, conso
             Err(SessionError::Refused(error)) => {
                 tracing::info!(code = error.code(), message = error.message(), "client refused");
                 let _ = client.send_error(&error).await;
+                if error.code() == "57P01" {
+                    client.linger(KILLED_LINGER).await;
+                }
             }
             Err(SessionError::ClientProtocol(e)) => {
                 tracing::info!(error = %e, "client protocol violation");
@@ -352,6 +355,10 @@ fn note_reported_values(pool: &Pool, reported: &std::collections::BTreeMap<Strin
         }
     }
 }
+
+/// How long a client disconnected with 57P01 gets to read it and close (see
+/// [`ClientConn::linger`]).
+const KILLED_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a client killed by the admin console (or shutdown) is told, as PostgreSQL words it.
 fn killed() -> SessionError {

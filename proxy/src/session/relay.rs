@@ -318,12 +318,16 @@ impl<'a> Relay<'a> {
             Budget(Option<Reservation>),
             IdleInTransaction,
             Killed,
+            Drained,
         }
         self.reserve_client_read();
         self.reserve_server_read();
         let client_out = &self.client.out;
         let server_out = &self.server_out;
         let kill = self.handle.signals.kill.raised();
+        // Draining: the client leaves at a point between transactions (see `shutdown`).
+        let drain = self.handle.signals.drain.raised();
+        let drain_point = self.at_drain_point();
         // A long client message is read once the budget has room for it.
         let wanted = self.large.wanted_budget();
         let budget = self.shared.message_budget.reserve(wanted.unwrap_or_default());
@@ -369,6 +373,7 @@ impl<'a> Relay<'a> {
                     r = budget, if wanted.is_some() => Io::Budget(r),
                     () = idle, if idle_limit.is_some() => Io::IdleInTransaction,
                     n = notified => Io::Notification(n),
+                    () = drain, if drain_point => Io::Drained,
                 }
             }
             None => tokio::select! {
@@ -378,6 +383,7 @@ impl<'a> Relay<'a> {
                 r = budget, if wanted.is_some() => Io::Budget(r),
                 () = idle, if idle_limit.is_some() => Io::IdleInTransaction,
                 n = notified => Io::Notification(n),
+                () = drain, if drain_point => Io::Drained,
             },
         };
         match io {
@@ -414,7 +420,26 @@ impl<'a> Relay<'a> {
                 Ok(())
             }
             Io::Notification(None) => Ok(()), // no sender left: the listener is gone
+            Io::Drained => {
+                tracing::info!("draining: disconnecting the client between transactions");
+                Err(End::Killed)
+            }
         }
+    }
+
+    /// True between transactions with nothing in flight nor half-read, where a drain may
+    /// disconnect the client: in session mode only when the shutdown waits for servers.
+    fn at_drain_point(&self) -> bool {
+        self.status == TransactionStatus::Idle
+            && self.pipeline.is_empty()
+            && self.pipeline.batch == Batch::Synced
+            && self.server_out.is_empty()
+            && self.deferred.is_none()
+            && self.replay.is_empty()
+            && self.client.read_buf.is_empty()
+            && (self.pooled()
+                || (self.handle.signals.drain.is_raised()
+                    && self.shared.shutdown_mode() == Some(crate::shared::ShutdownMode::WaitForServers)))
     }
 
     // ----- client → server -----

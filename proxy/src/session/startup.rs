@@ -61,7 +61,7 @@ pub async fn login(
                 client.write_raw(b"N").await.map_err(SessionError::ClientIo)?;
             }
             Startup::Cancel { pid, secret } => {
-                shared.clients.cancel(pid, secret, config.settings.server_connect_timeout()).await;
+                shared.clients.cancel(pid, secret, config).await;
                 return Ok(None);
             }
             Startup::Startup { major: 3, minor, params } => break (minor, params),
