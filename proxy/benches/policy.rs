@@ -274,7 +274,8 @@ fn main() {
         let wasm = loadable(setup);
         let bytes = wasm.wasm.len();
         let started = Instant::now();
-        let chain = rt.block_on(Chain::load(vec![wasm], &databases)).unwrap_or_else(|e| panic!("{}: {e}", setup.name));
+        let chain =
+            rt.block_on(Chain::load(vec![wasm], &databases, None)).unwrap_or_else(|e| panic!("{}: {e}", setup.name));
         loads.push((setup.name, bytes, started.elapsed()));
         let plugin = &chain.plugins()[0];
         let known = |db: &str| DATABASES.contains(&db);

@@ -255,6 +255,10 @@ pub struct Settings {
     /// `ip:port` serving `/metrics` (Prometheus), `/health` and `/ready`; unset: none.
     #[serde(serialize_with = "none_as_empty")]
     pub metrics_addr: Option<String>,
+    /// Where compiled plugin components are kept between loads, relative to this file; unset:
+    /// every load compiles (docs/plugins.md, "The compiled-component cache").
+    #[serde(serialize_with = "none_as_empty")]
+    pub plugin_cache_dir: Option<PathBuf>,
     /// Log lines as human-readable text or as one JSON object per line.
     pub log_format: LogFormat,
     /// Log every client login (as PgBouncer's `log_connections`).
@@ -365,6 +369,7 @@ impl Default for Settings {
             server_tls_key_file: None,
             server_allow_cleartext_password: false,
             metrics_addr: None,
+            plugin_cache_dir: None,
             log_format: LogFormat::Text,
             log_connections: true,
             log_disconnections: true,
@@ -628,6 +633,9 @@ impl Config {
         if !matches!(s.auth_type, AuthType::Trust | AuthType::Cert) && s.auth_file.is_none() {
             return Err(invalid("pgvane.auth_file", "required unless auth_type = \"trust\" or \"cert\""));
         }
+        if s.plugin_cache_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            return Err(invalid("pgvane.plugin_cache_dir", "must not be empty (leave it out for no cache)"));
+        }
         let (client_tls, server_tls) = load_tls(path, s)?;
         if file.databases.is_empty() {
             return Err(invalid("databases", "define at least one [databases.<name>] table"));
@@ -795,6 +803,11 @@ impl Config {
     /// The folder relative paths in the file are resolved against.
     pub fn dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// `plugin_cache_dir`, resolved against [`Config::dir`]; `None` when unset.
+    pub fn plugin_cache_dir(&self) -> Option<PathBuf> {
+        self.settings.plugin_cache_dir.as_ref().map(|dir| self.dir().join(dir))
     }
 
     /// The server-side name of database `name`.

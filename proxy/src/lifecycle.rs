@@ -93,7 +93,7 @@ pub async fn load(config: &Config) -> Result<Chain, LoadError> {
     let databases: Vec<String> = config.databases.keys().cloned().collect();
     let digests: Vec<(String, String)> =
         loadables.iter().map(|l| (l.settings.name.clone(), l.origin.digest.clone())).collect();
-    Chain::load(loadables, &databases).await.map_err(|error| {
+    Chain::load(loadables, &databases, config.plugin_cache_dir().as_deref()).await.map_err(|error| {
         let digest = match &error {
             PolicyError::Load { plugin, .. } => digests.iter().find(|(name, _)| name == plugin).map(|(_, d)| d.clone()),
             PolicyError::Engine(_) => None,
@@ -115,7 +115,8 @@ pub async fn load_off_the_serving_threads(config: Arc<Config>) -> Result<Chain, 
     }
 }
 
-async fn loadable(config: &Config, settings: &PluginSettings) -> Result<Loadable, LoadError> {
+/// One `[[plugins]]` entry's component, read or fetched, with its origin.
+pub async fn loadable(config: &Config, settings: &PluginSettings) -> Result<Loadable, LoadError> {
     let plugin = settings.name.clone();
     let wasm = match (&settings.source, &settings.path) {
         (Some(source), _) => {

@@ -77,6 +77,18 @@ enum PluginCommand {
         #[arg(long)]
         insecure: bool,
     },
+    /// Compile components into the compiled-component cache (`plugin_cache_dir` of the
+    /// configuration, docs/plugins.md), so that the next start, `check` or RELOAD reads them
+    /// instead of compiling: run it when building a container image. Compiled for the engine the
+    /// configuration's chain gets (its settings change the code). Prints each component's entry.
+    Compile {
+        /// Components (.wasm) [default: every [[plugins]] entry of the configuration, files and
+        /// oci:// sources alike].
+        files: Vec<PathBuf>,
+        /// The configuration file [default: the one given before `plugin`, pgvane.toml].
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Run a plugin offline over a file of queries (one per line, or a PostgreSQL log) and print
     /// its verdict on each (pass, route, rewrite, reject). With --expect, compare them with an
     /// expectation file (this command's saved output) and exit 1 when any differs. The input and
@@ -158,7 +170,7 @@ fn plugin_test(args: TestArgs) -> anyhow::Result<bool> {
         loaded_at: std::time::SystemTime::now(),
     };
     let chain = runtime
-        .block_on(Chain::load(vec![Loadable { settings, origin, wasm }], &args.databases))
+        .block_on(Chain::load(vec![Loadable { settings, origin, wasm }], &args.databases, None))
         .context("the plugin did not load")?;
 
     let text =
@@ -227,7 +239,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Command::Plugin(command)) => match plugin_command(command) {
+        Some(Command::Plugin(command)) => match plugin_command(command, &cli.config) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE, // a plugin test with differing verdicts
             Err(e) => {
@@ -246,12 +258,16 @@ fn main() -> ExitCode {
 }
 
 /// `pgvane plugin …`: `Ok(false)` when `plugin test` found verdicts that differ.
-fn plugin_command(command: PluginCommand) -> anyhow::Result<bool> {
+/// `default_config`: the `--config` given before `plugin`.
+fn plugin_command(command: PluginCommand, default_config: &std::path::Path) -> anyhow::Result<bool> {
     use pgvane::oci::{self, Access, Reference};
     let access = |insecure: bool| Access { insecure, ..Access::from_env() };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match command {
         PluginCommand::Test(args) => return plugin_test(args),
+        PluginCommand::Compile { files, config } => {
+            plugin_compile(&runtime, config.as_deref().unwrap_or(default_config), &files)?
+        }
         PluginCommand::Push { file, reference, insecure } => {
             let reference = Reference::parse(&reference)?;
             let wasm = oci::read_file(&file)?;
@@ -309,8 +325,48 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// `pgvane plugin compile`: each component (the configuration's plugins when `files` is empty)
+/// compiled into `plugin_cache_dir` for the configuration's chain.
+fn plugin_compile(runtime: &tokio::runtime::Runtime, path: &std::path::Path, files: &[PathBuf]) -> anyhow::Result<()> {
+    use pgvane::policy::{Precompiled, Precompiler};
+    init_logging(LogFormat::Text, "pgvane=warn");
+    let config = Config::load(path)?;
+    let dir = config.plugin_cache_dir().with_context(|| {
+        format!("{}: set plugin_cache_dir in [pgvane]: it says where compiled components are kept", path.display())
+    })?;
+    anyhow::ensure!(
+        !config.plugins.is_empty(),
+        "{}: no [[plugins]]: components are compiled for the chain they will run in, whose settings change the code",
+        path.display()
+    );
+    let precompiler = Precompiler::new(&config.plugins, &dir)?;
+    let mut components = Vec::new();
+    for file in files {
+        components.push((file.display().to_string(), pgvane::oci::read_file(file)?));
+    }
+    if files.is_empty() {
+        for settings in &config.plugins {
+            let loadable = runtime.block_on(pgvane::lifecycle::loadable(&config, settings))?;
+            components.push((format!("{} ({})", settings.name, loadable.origin.source), loadable.wasm));
+        }
+    }
+    for (name, wasm) in components {
+        let (entry, precompiled) = precompiler.compile(&name, &wasm)?;
+        let what = match precompiled {
+            Precompiled::AlreadyThere => "already compiled".to_owned(),
+            Precompiled::Compiled => "compiled".to_owned(),
+            Precompiled::Replaced(refused) => format!("compiled, replacing an entry that was refused ({refused})"),
+        };
+        println!("{name}: {what}: {}", entry.display());
+    }
+    Ok(())
+}
+
 /// Loads the configuration and its plugins, as a start would.
 fn check(path: &std::path::Path) -> Result<(pgvane::policy::Chain, Config), ReloadError> {
+    // Warnings (a plugin_cache_dir that is refused) on stderr; RUST_LOG=pgvane=info tells how
+    // each plugin was compiled or read from the cache.
+    init_logging(LogFormat::Text, "pgvane=warn");
     let config = Config::load(path)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -322,9 +378,10 @@ fn check(path: &std::path::Path) -> Result<(pgvane::policy::Chain, Config), Relo
 
 /// Logs to stderr as `log_format` asks: text, or one JSON object per line with the fields of
 /// the current span (a session's conn, peer, user, database) and of its parents.
-fn init_logging(format: LogFormat) {
+/// `default_filter` applies without RUST_LOG.
+fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("pgvane=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let logger = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => logger.init(),
@@ -336,7 +393,7 @@ fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     // The format is read before anything else can log; a file that does not load is
     // reported below, in text.
     let config = Config::load(config_path);
-    init_logging(config.as_ref().map_or(LogFormat::Text, |c| c.settings.log_format));
+    init_logging(config.as_ref().map_or(LogFormat::Text, |c| c.settings.log_format), "pgvane=info");
     let config = config?;
     let runtime = match config.settings.worker_threads {
         // One thread: no work stealing and no wake-ups across threads, the least CPU per query.

@@ -6,10 +6,15 @@
 //! ones left it), the first route wins, a reject ends the chain. A plugin error (trap, limit
 //! hit, invalid verdict) is handled by that plugin's `on_error`: `pass` skips it, `reject`
 //! refuses the statement with an error naming the plugin.
+//!
+//! Components are compiled when a chain loads, or read back from the compiled-component cache
+//! (`plugin_cache_dir`, [`cache`]) when an earlier load or `pgvane plugin compile` left them there.
 
 // Without the plugin host (the fuzz targets' build), only the settings and the domain types.
 #![cfg_attr(not(feature = "plugin-host"), allow(dead_code, unused_imports))]
 
+#[cfg(feature = "plugin-host")]
+pub mod cache;
 #[cfg(feature = "plugin-host")]
 mod plugin;
 
@@ -303,6 +308,63 @@ fn engine(settings: &[PluginSettings]) -> Result<wasmtime::Engine, PolicyError> 
     Ok(engine)
 }
 
+/// `pgvane plugin compile`: components compiled into the cache for the engine a chain of the
+/// given `[[plugins]]` gets, so that the chain's next load reads them instead of compiling.
+#[cfg(feature = "plugin-host")]
+pub struct Precompiler {
+    engine: wasmtime::Engine,
+    cache: cache::CompiledCache,
+}
+
+/// Why `pgvane plugin compile` could not fill the cache.
+#[cfg(feature = "plugin-host")]
+#[derive(Debug, Error)]
+pub enum PrecompileError {
+    /// The engine could not be set up, or a component did not compile.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The cache directory cannot be made or is refused.
+    #[error("plugin_cache_dir: {0}")]
+    Cache(#[from] cache::CacheError),
+}
+
+#[cfg(feature = "plugin-host")]
+impl Precompiler {
+    /// For the chain `settings` (in chain order, as in the file: the engine depends on the
+    /// largest `memory_limit_mb` of them), into the cache at `dir`.
+    pub fn new(settings: &[PluginSettings], dir: &std::path::Path) -> Result<Precompiler, PrecompileError> {
+        Ok(Precompiler { engine: engine(settings)?, cache: cache::CompiledCache::open(dir)? })
+    }
+
+    /// Compiles `wasm` into the cache, unless a sound entry is there already: its entry, and
+    /// what was done.
+    pub fn compile(&self, name: &str, wasm: &[u8]) -> Result<(std::path::PathBuf, Precompiled), PrecompileError> {
+        let loaded = self.cache.component(&self.engine, wasm).map_err(|e| PolicyError::Load {
+            plugin: name.to_owned(),
+            reason: format!("not a valid component: {e:#}"),
+        })?;
+        let done = match loaded.outcome {
+            cache::Outcome::Hit => Precompiled::AlreadyThere,
+            cache::Outcome::Compiled { not_stored: Some(error), .. } => return Err(error.into()),
+            cache::Outcome::Compiled { refused: None, not_stored: None } => Precompiled::Compiled,
+            cache::Outcome::Compiled { refused: Some(refused), not_stored: None } => Precompiled::Replaced(refused),
+        };
+        Ok((loaded.file, done))
+    }
+}
+
+/// What [`Precompiler::compile`] did.
+#[cfg(feature = "plugin-host")]
+#[derive(Debug)]
+pub enum Precompiled {
+    /// A sound entry was there: nothing compiled.
+    AlreadyThere,
+    /// Compiled into a new entry.
+    Compiled,
+    /// Compiled, and the entry that was there replaced: why it was refused.
+    Replaced(cache::CacheError),
+}
+
 /// Where a statement should run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -399,17 +461,25 @@ impl Default for Chain {
 
 #[cfg(feature = "plugin-host")]
 impl Chain {
-    /// Compiles and initialises every plugin, in order; all or nothing.
-    pub async fn load(loadables: Vec<Loadable>, databases: &[String]) -> Result<Chain, PolicyError> {
+    /// Compiles and initialises every plugin, in order; all or nothing. With `cache_dir`
+    /// (`plugin_cache_dir`), compiled components are read from and stored in that cache; a
+    /// directory that is refused is logged and the plugins are compiled without it.
+    pub async fn load(
+        loadables: Vec<Loadable>,
+        databases: &[String],
+        cache_dir: Option<&std::path::Path>,
+    ) -> Result<Chain, PolicyError> {
         if loadables.is_empty() {
             return Ok(Chain::default());
         }
         let settings: Vec<PluginSettings> = loadables.iter().map(|l| l.settings.clone()).collect();
         let engine = engine(&settings)?;
+        let cache = cache_dir.and_then(cache::open);
         let databases: Arc<[String]> = databases.into();
         let mut plugins = Vec::new();
         for l in loadables {
-            plugins.push(Plugin::load(&engine, l.settings, l.origin, &l.wasm, databases.clone()).await?);
+            plugins
+                .push(Plugin::load(&engine, cache.as_ref(), l.settings, l.origin, &l.wasm, databases.clone()).await?);
         }
         Ok(Chain { plugins, generation: next_generation() })
     }

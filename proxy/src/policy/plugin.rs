@@ -1,6 +1,7 @@
 //! One loaded plugin: its compiled component, its warm instances and its limits.
 //!
-//! The component is compiled once at load; instances come from a pre-instantiated
+//! The component is compiled once at load (or read from the compiled-component cache, see
+//! `super::cache`); instances come from a pre-instantiated
 //! `PolicyPre`, live in the chain's pooling allocator (at most `max_instances` of them, see
 //! `super::engine`) and are reused between calls, each keeping its fiber stack. Every call gets
 //! fresh fuel, a wall-clock deadline (epochs) and runs under the store's memory cap; an instance
@@ -17,6 +18,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::pgvane::policy::host::{self, Level};
 use super::bindings::pgvane::policy::types as wit;
 use super::bindings::{Policy, PolicyPre};
+use super::cache::{self, CompiledCache};
 use super::{ErrorCause, Origin, PluginError, PluginSettings, PolicyError, VerdictKind, EPOCH_TICK};
 use crate::metrics::{Histogram, FUEL_BUCKETS, PLUGIN_LATENCY_BUCKETS_US};
 
@@ -251,17 +253,19 @@ impl std::fmt::Debug for Plugin {
 }
 
 impl Plugin {
-    /// Compiles `wasm`, links it against the host, and makes its `max_instances` instances,
-    /// each with `init` run on the config (which refuses a bad one).
+    /// Compiles `wasm` (through `cache` when there is one), links it against the host, and makes
+    /// its `max_instances` instances, each with `init` run on the config (which refuses a bad one).
     pub async fn load(
         engine: &Engine,
+        cache: Option<&CompiledCache>,
         settings: PluginSettings,
         origin: Origin,
         wasm: &[u8],
         databases: Arc<[String]>,
     ) -> Result<Plugin, PolicyError> {
         let name = settings.name.clone();
-        let pre = link(engine, &name, wasm)?;
+        let component = cache::compile(engine, cache, &name, wasm).map_err(|e| not_valid(&name, e))?;
+        let pre = link(engine, &name, &component)?;
         let config_json = serde_json::to_string(&settings.config).map_err(|e| PolicyError::Load {
             plugin: name.clone(),
             reason: format!("config cannot be turned into JSON: {e}"),
@@ -413,25 +417,30 @@ impl Plugin {
     }
 }
 
-/// Compiles `wasm` and links it against the host: it must be a component of the
-/// `pgvane:policy` world.
-fn link(engine: &Engine, name: &str, wasm: &[u8]) -> Result<PolicyPre<PluginState>, PolicyError> {
+/// The error of a component that does not compile.
+fn not_valid(name: &str, e: wasmtime::Error) -> PolicyError {
+    PolicyError::Load { plugin: name.to_owned(), reason: format!("not a valid component: {e:#}") }
+}
+
+/// Links `component` against the host: it must be a component of the `pgvane:policy` world.
+fn link(engine: &Engine, name: &str, component: &Component) -> Result<PolicyPre<PluginState>, PolicyError> {
     let failed = |what: &str, e: wasmtime::Error| PolicyError::Load {
         plugin: name.to_owned(),
         reason: format!("{what}: {e:#}"),
     };
-    let component = Component::from_binary(engine, wasm).map_err(|e| failed("not a valid component", e))?;
     let mut linker: Linker<PluginState> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| failed("linking WASI", e))?;
     Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state).map_err(|e| failed("linking", e))?;
-    let pre = linker.instantiate_pre(&component).map_err(|e| failed("it does not fit the pgvane:policy world", e))?;
+    let pre = linker.instantiate_pre(component).map_err(|e| failed("it does not fit the pgvane:policy world", e))?;
     PolicyPre::new(pre).map_err(|e| failed("it does not export the pgvane:policy world", e))
 }
 
 /// Checks that `wasm` compiles and fits the `pgvane:policy` world, without running it
 /// (`pgvane plugin inspect`).
 pub fn check_component(wasm: &[u8]) -> Result<(), PolicyError> {
-    link(&super::engine(&[])?, "inspected", wasm).map(drop)
+    let engine = super::engine(&[])?;
+    let component = Component::from_binary(&engine, wasm).map_err(|e| not_valid("inspected", e))?;
+    link(&engine, "inspected", &component).map(drop)
 }
 
 /// A trap's cause, and in words an operator can act on.
