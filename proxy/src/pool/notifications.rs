@@ -7,12 +7,12 @@
 //! reset before anyone else gets it); notifications from those are dropped by the session,
 //! so each arrives once, from here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use postgres_protocol::escape::escape_identifier;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::messages::tag;
 
@@ -24,7 +24,7 @@ pub type Subscriber = mpsc::UnboundedSender<Bytes>;
 /// What a session asks of its (database, user)'s listener.
 #[derive(Debug)]
 enum Command {
-    Listen { client: u32, channel: String, subscriber: Subscriber },
+    Listen { client: u32, channel: String, subscriber: Subscriber, listening: oneshot::Sender<()> },
     Unlisten { client: u32, channel: String },
     UnlistenAll { client: u32 },
 }
@@ -36,9 +36,19 @@ pub struct Notifications {
 }
 
 impl Notifications {
-    /// Client `client` of `pool` listens on `channel` (as the server names it).
-    pub fn listen(&self, pool: &Arc<Pool>, client: u32, channel: &str, subscriber: Subscriber) {
-        self.send(pool, Command::Listen { client, channel: channel.to_owned(), subscriber });
+    /// Client `client` of `pool` listens on `channel` (as the server names it). The receiver
+    /// completes once the listening connection listens on it (or gave up trying), so the
+    /// client's LISTEN completes only when notifications sent after it reach the client.
+    pub fn listen(
+        &self,
+        pool: &Arc<Pool>,
+        client: u32,
+        channel: &str,
+        subscriber: Subscriber,
+    ) -> oneshot::Receiver<()> {
+        let (listening, done) = oneshot::channel();
+        self.send(pool, Command::Listen { client, channel: channel.to_owned(), subscriber, listening });
+        done
     }
 
     /// Client `client` stops listening on `channel`.
@@ -75,11 +85,13 @@ struct Listener {
     conn: Option<ServerConn>,
     /// Channel → client → where its notifications go.
     channels: HashMap<String, HashMap<u32, Subscriber>>,
+    /// For each query sent and not yet answered (ReadyForQuery), who waits for it.
+    answers: VecDeque<Option<oneshot::Sender<()>>>,
 }
 
 impl Listener {
     fn new(pool: Arc<Pool>) -> Self {
-        Listener { pool, conn: None, channels: HashMap::new() }
+        Listener { pool, conn: None, channels: HashMap::new(), answers: VecDeque::new() }
     }
 
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
@@ -98,6 +110,11 @@ impl Listener {
                 },
                 frame = read => match frame {
                     Ok(frame) if frame.tag() == tag::NOTIFICATION_RESPONSE => self.dispatch(frame.into_raw()),
+                    Ok(frame) if frame.tag() == tag::READY_FOR_QUERY => {
+                        if let Some(Some(waiting)) = self.answers.pop_front() {
+                            let _ = waiting.send(());
+                        }
+                    }
                     Ok(frame) if frame.tag() == tag::ERROR_RESPONSE => {
                         tracing::warn!(database = %self.pool.database, body = ?String::from_utf8_lossy(frame.body()), "the listening connection's LISTEN failed");
                     }
@@ -105,7 +122,7 @@ impl Listener {
                     Err(error) => {
                         tracing::warn!(database = %self.pool.database, %error, "the listening connection was lost; listening again (notifications meanwhile are lost)");
                         self.conn = None;
-                        self.reconnect().await;
+                        self.reconnect(None).await;
                     }
                 },
             }
@@ -114,12 +131,15 @@ impl Listener {
 
     async fn apply(&mut self, command: Command) {
         match command {
-            Command::Listen { client, channel, subscriber } => {
+            Command::Listen { client, channel, subscriber, listening } => {
                 let clients = self.channels.entry(channel.clone()).or_default();
                 let first = clients.is_empty();
                 clients.insert(client, subscriber);
-                if first {
-                    self.query(&format!("LISTEN {}", escape_identifier(&channel))).await;
+                match first {
+                    true => self.query(&format!("LISTEN {}", escape_identifier(&channel)), Some(listening)).await,
+                    false => {
+                        let _ = listening.send(());
+                    }
                 }
             }
             Command::Unlisten { client, channel } => self.drop_client(client, Some(&channel)).await,
@@ -138,31 +158,38 @@ impl Listener {
         }
         for name in emptied {
             self.channels.remove(&name);
-            self.query(&format!("UNLISTEN {}", escape_identifier(&name))).await;
+            self.query(&format!("UNLISTEN {}", escape_identifier(&name)), None).await;
         }
         if self.channels.is_empty() {
             self.conn = None; // the last channel is gone: so is the connection
+            self.answers.clear();
         }
     }
 
     /// Sends `sql` on the listening connection (opened if needed); its answers are read by
     /// the main loop.
-    async fn query(&mut self, sql: &str) {
+    /// `waiting` is told once the server has answered it.
+    async fn query(&mut self, sql: &str, waiting: Option<oneshot::Sender<()>>) {
         if self.conn.is_none() {
-            self.reconnect().await;
+            self.reconnect(waiting).await;
             return; // reconnecting listened on every channel, this one included
         }
         if let Some(conn) = self.conn.as_mut() {
-            if let Err(error) = conn.send_query(sql).await {
-                tracing::warn!(%error, "the listening connection failed");
-                self.conn = None;
-                self.reconnect().await;
+            match conn.send_query(sql).await {
+                Ok(()) => self.answers.push_back(waiting),
+                Err(error) => {
+                    tracing::warn!(%error, "the listening connection failed");
+                    self.conn = None;
+                    self.reconnect(waiting).await;
+                }
             }
         }
     }
 
     /// Opens the listening connection and listens on every channel, while there is any.
-    async fn reconnect(&mut self) {
+    async fn reconnect(&mut self, waiting: Option<oneshot::Sender<()>>) {
+        // Answers the old connection owed are not coming: whoever waits is let go.
+        self.answers.clear();
         if self.channels.is_empty() {
             return;
         }
@@ -179,6 +206,7 @@ impl Listener {
             return;
         }
         tracing::debug!(database = %self.pool.database, channels = self.channels.len(), "listening connection open");
+        self.answers.push_back(waiting); // one ReadyForQuery answers the whole query
         self.conn = Some(conn);
     }
 

@@ -188,6 +188,9 @@ pub struct Relay<'a> {
     /// pool's listening connection, `pool/notifications.rs`), once it has listened.
     /// The pool it listens through is the one its first LISTEN ran on.
     notifications: Option<(Arc<Pool>, Subscriber, mpsc::UnboundedReceiver<bytes::Bytes>)>,
+    /// The pool's listener has yet to listen on channels of a LISTEN about to run: the
+    /// LISTEN waits for it, so notifications sent once it completed reach the client.
+    listening: Vec<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl<'a> Relay<'a> {
@@ -237,6 +240,7 @@ impl<'a> Relay<'a> {
             stale_retried: false,
             pinned: pins::Pinned::default(),
             notifications: None,
+            listening: Vec::new(),
         }
     }
 
@@ -589,7 +593,10 @@ impl<'a> Relay<'a> {
         if kind == Kind::Parse {
             self.meter.server_parses += 1;
         }
-        let replay = self.replayable().then(|| frame.clone());
+        // A large message is not kept to run again: it would hold memory its budget
+        // reservation no longer covers once it has been written.
+        let small = frame.raw().len() <= crate::budget::UNRESERVED_MESSAGE_BYTES;
+        let replay = (small && self.replayable()).then(|| frame.clone());
         self.pipeline.expect(kind, Purpose::Client, undo, replay);
         self.pins_may_have_changed();
         self.started(kind);

@@ -255,15 +255,26 @@ impl Relay<'_> {
             (StateCommand::Listen(channel), None) => {
                 let (subscriber, receiver) = tokio::sync::mpsc::unbounded_channel();
                 let pool = self.router.current().clone();
-                notifications.listen(&pool, client, channel, subscriber.clone());
+                self.listening.push(notifications.listen(&pool, client, channel, subscriber.clone()));
                 self.notifications = Some((pool, subscriber, receiver));
             }
             (StateCommand::Listen(channel), Some((pool, subscriber, _))) => {
-                notifications.listen(pool, client, channel, subscriber.clone())
+                self.listening.push(notifications.listen(pool, client, channel, subscriber.clone()))
             }
             (StateCommand::Unlisten(channel), Some((pool, _, _))) => notifications.unlisten(pool, client, channel),
             (StateCommand::UnlistenAll, Some((pool, _, _))) => notifications.unlisten_all(pool, client),
             _ => {}
+        }
+    }
+
+    /// Waits (bounded by `server_connect_timeout_ms`) until the pool's listener listens on
+    /// the channels of the LISTEN about to run.
+    pub(super) async fn wait_for_listener(&mut self) {
+        let timeout = self.shared.config().settings.server_connect_timeout();
+        for listening in std::mem::take(&mut self.listening) {
+            if tokio::time::timeout(timeout, listening).await.is_err() {
+                tracing::warn!("the pool's listening connection did not listen in time; notifications may be missed");
+            }
         }
     }
 

@@ -37,6 +37,7 @@ impl Relay<'_> {
             return Ok(());
         }
         self.track_statement(&commands);
+        self.wait_for_listener().await;
         match rewritten {
             None => self.forward(frame, Kind::Query).await,
             Some(sql) => {
@@ -212,6 +213,7 @@ impl Relay<'_> {
         // (a prepared SET is carried each time it runs, read back once it has).
         if let Some(commands) = self.statements.get(bind.statement).map(|s| s.commands.clone()) {
             self.track_statement(&commands);
+            self.wait_for_listener().await;
         }
         self.send_using_statement(frame, Kind::Bind, bind.statement, statement, reprepare, |server_name, out| {
             bind.encode_renamed(server_name, out)
