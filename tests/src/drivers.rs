@@ -90,3 +90,21 @@ pub async fn run_java(source: &str, args: Vec<String>) -> Result<Output> {
     command.arg("-cp").arg(PGJDBC_JAR).arg(&path).args(args);
     output(command, "running java").await
 }
+
+/// Waits for a script's `run` (at most `timeout`), requires it to succeed, and returns what it
+/// printed on stdout, trimmed. `what` names the run in errors.
+pub async fn observe(
+    what: &str,
+    timeout: std::time::Duration,
+    run: impl std::future::Future<Output = Result<Output>>,
+) -> Result<String> {
+    let out = tokio::time::timeout(timeout, run).await.with_context(|| format!("{what}: timed out"))??;
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    anyhow::ensure!(
+        out.status.success(),
+        "{what} failed ({}): {stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
+}

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::Result;
 use pgvane_tests::drivers;
 use pgvane_tests::fixture::{Proxied, ProxyOptions, APP_DB, APP_PASSWORD, APP_USER};
 use pgvane_tests::{SUPERUSER, SUPERUSER_PASSWORD};
@@ -40,10 +40,7 @@ fn args(p: &Proxied, port: u16, suffix: &str) -> Vec<String> {
 
 /// Runs a script (bounded), requires success, and returns what it printed.
 async fn observe(what: &str, run: impl std::future::Future<Output = Result<std::process::Output>>) -> Result<String> {
-    let out = tokio::time::timeout(RUN_TIMEOUT, run).await.with_context(|| format!("{what}: timed out"))??;
-    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    ensure!(out.status.success(), "{what} failed ({}): {stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-    Ok(stdout)
+    drivers::observe(what, RUN_TIMEOUT, run).await
 }
 
 /// Runs `script` with `run` directly and through pgvane (a transaction pool of

@@ -20,10 +20,7 @@ fn transaction_mode(pool_size: usize) -> ProxyOptions {
 }
 
 async fn observe(what: &str, run: impl std::future::Future<Output = Result<std::process::Output>>) -> Result<String> {
-    let out = tokio::time::timeout(RUN_TIMEOUT, run).await.with_context(|| format!("{what}: timed out"))??;
-    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    ensure!(out.status.success(), "{what} failed ({}): {stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-    Ok(stdout)
+    drivers::observe(what, RUN_TIMEOUT, run).await
 }
 
 /// psycopg's `notifies()`: notifications from three other connections, then UNLISTEN stops
