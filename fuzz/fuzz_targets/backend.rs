@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Ok(BackendMessage::ErrorResponse(error)) => {
             let _ = (error.code(), error.message(), error.severity(), error.to_string());
-            round_trip("ErrorResponse", &|out| error.encode(out))
+            error_round_trip("ErrorResponse", &error, body, &|error, out| error.encode(out))
         }
         Ok(message @ BackendMessage::DataRow(_)) => {
             if let Ok(values) = message.row_values() {
@@ -84,9 +84,41 @@ fuzz_target!(|data: &[u8]| {
         }
         tag::NOTICE_RESPONSE => {
             if let Ok(notice) = ErrorResponse::parse(body) {
-                round_trip("NoticeResponse", &|out| notice.encode_notice(out))
+                error_round_trip("NoticeResponse", &notice, body, &|notice, out| notice.encode_notice(out))
             }
         }
         _ => {}
     }
 });
+
+/// Error and notice fields are read as UTF-8 with U+FFFD for bytes that are not (a server
+/// writes them in the client's encoding; pgvane forwards the frame itself unchanged). So a body
+/// whose values are UTF-8 re-encodes to the same bytes, and any other body re-encodes to one that parses
+/// back to the same fields.
+fn error_round_trip(what: &str, error: &ErrorResponse, body: &[u8], encode: &dyn Fn(&ErrorResponse, &mut BytesMut)) {
+    let mut out = BytesMut::new();
+    encode(error, &mut out);
+    if values_are_utf8(body) {
+        assert_eq!(&out[5..], body, "{what} round trip");
+    } else {
+        let again = ErrorResponse::parse(&out[5..]).expect("pgvane's own encoding parses");
+        assert_eq!(&again, error, "{what} lossy round trip");
+    }
+}
+
+/// Whether every field value of a well-formed error body (code byte, NUL-terminated value, …,
+/// NUL) is UTF-8 on its own.
+fn values_are_utf8(body: &[u8]) -> bool {
+    let mut rest = body;
+    while let [code, values @ ..] = rest {
+        if *code == 0 {
+            break;
+        }
+        let Some(end) = values.iter().position(|b| *b == 0) else { return false };
+        if std::str::from_utf8(&values[..end]).is_err() {
+            return false;
+        }
+        rest = &values[end + 1..];
+    }
+    true
+}

@@ -246,11 +246,14 @@ impl ClientEncoding {
             Codec::Latin5 => text.chars().map(|c| latin5_byte(c).ok_or_else(|| self.untranslatable(c))).collect(),
             Codec::AsciiOnly => Err(EncodingError::Unsupported { encoding: self.name }),
             Codec::Whatwg(encoding) => match encoding.encode(text) {
-                (bytes, _, false) => Ok(bytes),
-                (_, _, true) => {
+                (bytes, _, false) if round_trips(encoding, &bytes, text) => Ok(bytes),
+                _ => {
                     // The first character the encoding lacks, for the message.
                     let mut utf8 = [0; 4];
-                    let lacking = text.chars().find(|c| encoding.encode(c.encode_utf8(&mut utf8)).2);
+                    let lacking = text.chars().find(|c| {
+                        let one = c.encode_utf8(&mut utf8);
+                        !matches!(encoding.encode(one), (bytes, _, false) if round_trips(encoding, &bytes, one))
+                    });
                     Err(self.untranslatable(lacking.unwrap_or(char::REPLACEMENT_CHARACTER)))
                 }
             },
@@ -348,6 +351,14 @@ impl EncodedText {
     pub fn bytes(&self) -> &[u8] {
         self.bytes.as_deref().unwrap_or(self.text.as_bytes())
     }
+}
+
+/// Whether `bytes` (the encoding of `text`) decode back to `text`. A few encoders are not the
+/// inverse of their decoders: GB18030 writes some private-use characters (U+E832) as bytes
+/// that read back as standard ones (U+9FB8). Such a character is untranslatable, as the
+/// server would not see what the plugin wrote.
+fn round_trips(encoding: &'static Encoding, bytes: &[u8], text: &str) -> bool {
+    matches!(encoding.decode_without_bom_handling_and_without_replacement(bytes), Some(back) if back == text)
 }
 
 #[cfg(test)]
@@ -454,6 +465,13 @@ mod tests {
         // LATIN5 has ğ where LATIN1 has ð.
         assert_eq!(encoding("LATIN5").encode("ð").unwrap_err().code(), "22P05");
         assert_eq!(encoding("EUC_TW").encode("中").unwrap_err().code(), "0A000");
+        // GB18030's encoder writes U+E832 as the bytes of U+9FB8: the server would read another
+        // character, so it is untranslatable too (found by the client_encoding fuzz target).
+        let err = encoding("GB18030").encode("a\u{e832}").unwrap_err();
+        assert_eq!(err.code(), "22P05");
+        assert!(err.to_string().contains("0xee 0xa0 0xb2"), "{err}");
+        let standard = encoding("GB18030").encode("龸").unwrap();
+        assert_eq!(encoding("GB18030").decode(&standard).unwrap(), "龸");
         assert!(EncodedText::new("€".to_owned(), encoding("LATIN1")).is_err());
     }
 
