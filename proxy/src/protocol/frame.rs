@@ -33,6 +33,17 @@ impl Frame {
     pub fn into_raw(self) -> Bytes {
         self.raw
     }
+
+    /// The frame copied into memory of its own, for a frame kept long after it was read
+    /// (which would keep the whole read buffer it came in from being reused). `old`, a frame
+    /// such a copy made before, lends its memory when nothing else holds it, so replacing
+    /// one kept frame by another allocates nothing once warm.
+    pub fn detached(&self, old: Option<Frame>) -> Frame {
+        let mut copy = old.and_then(|old| old.raw.try_into_mut().ok()).unwrap_or_default();
+        copy.clear();
+        copy.extend_from_slice(&self.raw);
+        Frame { raw: copy.freeze() }
+    }
 }
 
 /// The type byte and total length (header included) of the frame starting `buf`, once its
@@ -113,6 +124,23 @@ mod tests {
         let frame = decode_frame(&mut buf, 1024).unwrap().unwrap();
         assert_eq!((frame.tag(), frame.body()), (b'Z', &b"I"[..]));
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_detached_frame_reuses_the_memory_of_the_one_it_replaces() {
+        let mut buf = BytesMut::from(&b"Q\0\0\0\x09abcd\0Q\0\0\0\x09efgh\0"[..]);
+        let first = decode_frame(&mut buf, 1024).unwrap().unwrap();
+        let second = decode_frame(&mut buf, 1024).unwrap().unwrap();
+        let kept = first.detached(None);
+        assert_eq!(kept, first);
+        let at = kept.raw().as_ptr();
+        let replaced = second.detached(Some(kept));
+        assert_eq!(replaced, second);
+        assert_eq!(replaced.raw().as_ptr(), at, "the old copy's memory is reused");
+        // Held elsewhere too: a fresh copy, the other holder's bytes untouched.
+        let other = replaced.clone();
+        let third = first.detached(Some(replaced));
+        assert_eq!((third.body(), other.body()), (&b"abcd\0"[..], &b"efgh\0"[..]));
     }
 
     #[test]

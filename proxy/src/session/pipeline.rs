@@ -136,11 +136,11 @@ pub(super) enum Condition {
 }
 
 /// What the client has seen since its last ReadyForQuery.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Progress {
-    /// Echoes only (or nothing): the messages answered so far, with what undoes them, so a
-    /// replay can run them again.
-    Echoed(Vec<(Frame, Undo)>),
+    /// Echoes only (or nothing): the messages answered so far are in `Pipeline::echoed`, so
+    /// a replay can run them again.
+    Echoed,
     /// More than echoes reached the client (or it asked for a Flush): no replay.
     Answered,
 }
@@ -161,6 +161,9 @@ pub(super) struct Pipeline {
     /// What the server connection needs before it is given back.
     pub condition: Condition,
     progress: Progress,
+    /// While `progress` is `Echoed`: the client messages answered so far, with what undoes
+    /// them. Cleared, not dropped, so that its memory serves the next transaction.
+    echoed: Vec<(Frame, Undo)>,
     echoes: Echoes,
 }
 
@@ -170,7 +173,8 @@ impl Default for Pipeline {
             queue: VecDeque::new(),
             batch: Batch::Synced,
             condition: Condition::Clean,
-            progress: Progress::Echoed(Vec::new()),
+            progress: Progress::Echoed,
+            echoed: Vec::new(),
             echoes: Echoes::default(),
         }
     }
@@ -246,9 +250,9 @@ impl Pipeline {
         let done = self.queue.pop_front()?;
         match done {
             Expect::Reply { purpose: Purpose::Client, undo, replay, .. } if echo => {
-                match (replay, &mut self.progress) {
-                    (Some(frame), Progress::Echoed(echoed)) => echoed.push((frame, undo)),
-                    _ => self.progress = Progress::Answered, // a replay could not make this echo again
+                match (replay, self.progress) {
+                    (Some(frame), Progress::Echoed) => self.echoed.push((frame, undo)),
+                    _ => self.note_answer(), // a replay could not make this echo again
                 }
                 None
             }
@@ -288,8 +292,8 @@ impl Pipeline {
     /// pgvane answered a client's message itself with an echo, sent at once: kept, with what
     /// undoes it, for a replay (which leaves the echo out).
     pub fn note_own_echo(&mut self, frame: Frame, undo: Undo) {
-        if let Progress::Echoed(echoed) = &mut self.progress {
-            echoed.push((frame, undo));
+        if self.progress == Progress::Echoed {
+            self.echoed.push((frame, undo));
         }
         self.echoes.sent += 1;
     }
@@ -297,6 +301,7 @@ impl Pipeline {
     /// A message that the client sees as more than an echo reached it.
     pub fn note_answer(&mut self) {
         self.progress = Progress::Answered;
+        self.echoed.clear();
     }
 
     /// An echo of a client message reached the client.
@@ -320,15 +325,23 @@ impl Pipeline {
     /// A ReadyForQuery ended what the client had in flight: nothing since can be replayed
     /// from before it.
     pub fn forget_answers(&mut self) {
-        self.progress = Progress::Echoed(Vec::new());
+        self.progress = Progress::Echoed;
+        self.echoed.clear();
         self.echoes.sent = 0;
+    }
+
+    /// Client messages answered with echoes only are kept for a replay.
+    pub fn keeps_echoes(&self) -> bool {
+        !self.echoed.is_empty()
     }
 
     /// Everything in flight can run again: nothing but echoes reached the client, every
     /// client message was recorded when sent, and no response of pgvane's own is queued.
     pub fn replayable(&self) -> bool {
-        let Progress::Echoed(echoed) = &self.progress else { return false };
-        let mut messages = echoed.len();
+        if self.progress != Progress::Echoed {
+            return false;
+        }
+        let mut messages = self.echoed.len();
         for expect in &self.queue {
             match expect {
                 Expect::Reply { purpose: Purpose::Client, replay: Some(_), .. } => messages += 1,
@@ -349,10 +362,7 @@ impl Pipeline {
     /// True when a replay would run one of the client's Parse messages again.
     pub fn replays_a_parse(&self) -> bool {
         let is_parse = |frame: &Frame| frame.tag() == tag::PARSE;
-        let echoed = match &self.progress {
-            Progress::Echoed(echoed) => echoed.iter().any(|(frame, _)| is_parse(frame)),
-            Progress::Answered => false,
-        };
+        let echoed = self.echoed.iter().any(|(frame, _)| is_parse(frame));
         echoed || self.queue.iter().any(|e| matches!(e, Expect::Reply { replay: Some(frame), .. } if is_parse(frame)))
     }
 
@@ -362,12 +372,11 @@ impl Pipeline {
         let mut frames = Vec::new();
         let mut undone = Vec::new();
         self.echoes.to_skip = std::mem::take(&mut self.echoes.sent);
-        if let Progress::Echoed(echoed) = std::mem::replace(&mut self.progress, Progress::Echoed(Vec::new())) {
-            for (frame, undo) in echoed {
-                undone.push(undo);
-                frames.push(frame);
-            }
+        for (frame, undo) in self.echoed.drain(..) {
+            undone.push(undo);
+            frames.push(frame);
         }
+        self.progress = Progress::Echoed;
         for expect in std::mem::take(&mut self.queue) {
             if let Expect::Reply { undo, replay, .. } = expect {
                 undone.push(undo);

@@ -177,6 +177,9 @@ pub struct Relay<'a> {
     meter: Meter,
     /// Large messages in either direction (`relay/large.rs`).
     large: LargeMessages,
+    /// Where a client message pgvane changes (a Bind renamed for its server) is written
+    /// before it is queued: kept so the steady state allocates nothing.
+    scratch: BytesMut,
     /// The client sent a cancel while waiting for a server connection: delivered once its
     /// statement runs.
     held_cancel: bool,
@@ -236,6 +239,7 @@ impl<'a> Relay<'a> {
             settling_parameters: BTreeMap::new(),
             meter: Meter::default(),
             large: LargeMessages::default(),
+            scratch: BytesMut::new(),
             held_cancel: false,
             stale_retried: false,
             pinned: pins::Pinned::default(),

@@ -120,14 +120,17 @@ fn may_hold_state_command(sql: &str) -> bool {
 /// literal or a longer name matches too, and the lexer then decides.
 const HIDING_WORDS: [&str; 3] = ["set_config", "advisory_lock", "into"];
 
-/// True if `sql` may hold one of [`HIDING_WORDS`]: a scan of its bytes, no lexing.
+/// True if `sql` may hold one of [`HIDING_WORDS`]: a scan of its bytes, no lexing. It runs
+/// on every simple Query, so it looks at each byte once and compares only where one of the
+/// words' first letters is (`s`, `a`, `i`, any case).
 fn may_hide_state(sql: &str) -> bool {
     let bytes = sql.as_bytes();
-    bytes.windows(4).enumerate().any(|(i, window)| {
-        HIDING_WORDS.iter().any(|word| {
-            window.eq_ignore_ascii_case(&word.as_bytes()[..4])
-                && bytes.get(i..i + word.len()).is_some_and(|found| found.eq_ignore_ascii_case(word.as_bytes()))
-        })
+    bytes.iter().enumerate().any(|(i, byte)| {
+        // ASCII letters only differ from their lower case in bit 0x20.
+        matches!(byte | 0x20, b's' | b'a' | b'i')
+            && HIDING_WORDS.iter().any(|word| {
+                bytes.get(i..i + word.len()).is_some_and(|found| found.eq_ignore_ascii_case(word.as_bytes()))
+            })
     })
 }
 

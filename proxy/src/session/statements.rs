@@ -110,9 +110,16 @@ impl ClientStatements {
     }
 
     /// Records a statement the client created.
-    pub fn insert(&mut self, name: &str, statement: ClientStatement) {
+    pub fn insert(&mut self, name: &str, mut statement: ClientStatement) {
         match name.is_empty() {
-            true => self.unnamed = Some(statement),
+            true => {
+                // Replaced at every unnamed Parse: its Parse is copied into the memory of the
+                // one it replaces, so that it does not keep the client's read buffer (which
+                // then could not be reused) and costs no allocation.
+                let old = self.unnamed.take().map(|old| old.parse);
+                statement.parse = statement.parse.detached(old);
+                self.unnamed = Some(statement);
+            }
             false => {
                 self.by_name.insert(name.to_owned(), statement);
             }

@@ -20,6 +20,10 @@ use crate::protocol::{peek_header, reserve_read, READ_CHUNK};
 use super::super::pipeline::{Batch, Kind};
 use super::{End, Relay};
 
+/// The least room a client read gets while frames of the read buffer are in flight (see
+/// `reserve_client_read`).
+const MIN_ROOM_WHILE_HELD: usize = 1024;
+
 /// Where the client message at the front of the read buffer stands.
 #[derive(Debug, Default)]
 pub(super) enum Incoming {
@@ -176,8 +180,23 @@ impl Relay<'_> {
         match self.large.incoming {
             Incoming::Dropping { .. } => reserve_read(&mut self.client.read_buf, READ_CHUNK),
             Incoming::Reading(_) => {} // reserved whole
-            Incoming::Plain | Incoming::Waiting(_) => crate::protocol::reserve_for_partial(&mut self.client.read_buf),
+            Incoming::Plain | Incoming::Waiting(_) => {
+                // Client frames in flight (kept to run again) share the buffer's memory, so
+                // growing it now would allocate another. While some room is left, the read
+                // waits for them to be answered: then the buffer is topped up in place.
+                let room = self.client.read_buf.capacity() - self.client.read_buf.len();
+                if room >= MIN_ROOM_WHILE_HELD && self.holds_client_frames() {
+                    return;
+                }
+                crate::protocol::reserve_for_partial(&mut self.client.read_buf)
+            }
         }
+    }
+
+    /// Whether frames split off the client's read buffer may still be held (in flight, kept
+    /// for a replay, deferred or to run again).
+    fn holds_client_frames(&self) -> bool {
+        !self.pipeline.is_empty() || self.pipeline.keeps_echoes() || self.deferred.is_some() || !self.replay.is_empty()
     }
 
     /// Gives back the budget of large messages once they have been written to the server,

@@ -324,9 +324,12 @@ impl Relay<'_> {
             return Ok(());
         };
         self.prepare_on_server(client_name, &statement);
-        let mut renamed = BytesMut::new();
+        // Written into the session's scratch buffer, whose memory serves every Bind.
+        let mut renamed = std::mem::take(&mut self.scratch);
+        renamed.clear();
         rename(&statement.server_name, &mut renamed);
         self.send(&renamed, kind, frame);
+        self.scratch = renamed;
         Ok(())
     }
 
