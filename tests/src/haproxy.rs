@@ -40,8 +40,6 @@ pub struct Haproxy {
 impl Haproxy {
     /// Starts HAProxy on a free port in front of `backends`, and waits until it listens.
     pub fn start(backends: &[Backend]) -> Result<Haproxy> {
-        let port = free_port()?;
-        let dir = tempfile::Builder::new().prefix("haproxy-").tempdir_in(scratch_dir())?;
         let mut servers = String::new();
         for (i, backend) in backends.iter().enumerate() {
             let check = match backend.ready_port {
@@ -53,16 +51,37 @@ impl Haproxy {
         // Health checks every 100 ms: a draining pgvane (503 on /ready) or a stopped one is out
         // after one failed check, back after two good ones. A refused connection is retried,
         // on another server (redispatch on every retry).
-        let config = format!(
-            "global\n    maxconn 2000\n\n\
-             defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 120s\n    timeout server 120s\n    \
-             retries 3\n    option redispatch 1\n\n\
-             listen pgvane\n    bind {HOST}:{port}\n    balance roundrobin\n    \
-             option httpchk GET /ready\n    http-check expect status 200\n    \
-             default-server inter 100ms fall 1 rise 2\n{servers}"
-        );
+        Self::run(|port| {
+            format!(
+                "global\n    maxconn 2000\n\n\
+                 defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 120s\n    timeout server 120s\n    \
+                 retries 3\n    option redispatch 1\n\n\
+                 listen pgvane\n    bind {HOST}:{port}\n    balance roundrobin\n    \
+                 option httpchk GET /ready\n    http-check expect status 200\n    \
+                 default-server inter 100ms fall 1 rise 2\n{servers}"
+            )
+        })
+    }
+
+    /// A plain TCP relay to one server on one thread: what relaying bytes costs with no
+    /// protocol work, the floor the bench compares proxies with.
+    pub fn relay(server_port: u16) -> Result<Haproxy> {
+        Self::run(|port| {
+            format!(
+                "global\n    maxconn 2000\n    nbthread 1\n\n\
+                 defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 120s\n    timeout server 120s\n\n\
+                 listen relay\n    bind {HOST}:{port}\n    server postgres {HOST}:{server_port}\n"
+            )
+        })
+    }
+
+    /// Starts HAProxy with the configuration `config` makes for a free port, and waits until
+    /// it listens.
+    fn run(config: impl FnOnce(u16) -> String) -> Result<Haproxy> {
+        let port = free_port()?;
+        let dir = tempfile::Builder::new().prefix("haproxy-").tempdir_in(scratch_dir())?;
         let config_path = dir.path().join("haproxy.cfg");
-        fs::write(&config_path, config).context("writing haproxy.cfg")?;
+        fs::write(&config_path, config(port)).context("writing haproxy.cfg")?;
         let log = fs::File::create(dir.path().join("haproxy.log"))?;
         let child = Command::new(HAPROXY)
             .arg("-db")
@@ -83,6 +102,11 @@ impl Haproxy {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(haproxy)
+    }
+
+    /// Its process ID (with `-db`, the process that relays).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The port clients connect to.

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use pgvane_tests::fixture::{APP_DB, APP_PASSWORD, APP_USER};
+use pgvane_tests::haproxy::Haproxy;
 use pgvane_tests::{describe_output, pgbench as run_pgbench, pgvane_bin, tail, PgCluster, Pgvane};
 
 use crate::pgbench::{Outcome, Run};
@@ -150,6 +151,9 @@ impl PoolMode {
 pub enum Kind {
     /// PostgreSQL itself.
     Direct,
+    /// HAProxy in TCP mode on one thread in front of PostgreSQL: relaying bytes with no
+    /// protocol work (no pooling: a server connection per client), the floor no proxy beats.
+    Relay,
     /// Debian's PgBouncer.
     PgBouncer,
     /// pgvane with no policy plugin.
@@ -235,6 +239,7 @@ pub struct Target {
 /// Everything the bench started; dropping it stops and deletes everything.
 struct Servers {
     cluster: PgCluster,
+    relay: Option<Haproxy>,
     bouncers: Vec<PgBouncer>,
     pgvanes: Vec<Pgvane>,
     targets: Vec<Target>,
@@ -355,7 +360,7 @@ impl Plan {
 
     /// Every target, in the order of the report.
     pub fn targets(&self) -> Vec<TargetId> {
-        let mut targets = vec![TargetId { kind: Kind::Direct, mode: None }];
+        let mut targets = vec![TargetId { kind: Kind::Direct, mode: None }, TargetId { kind: Kind::Relay, mode: None }];
         for &mode in &self.modes {
             targets.push(TargetId { kind: Kind::PgBouncer, mode: Some(mode) });
             targets.push(TargetId { kind: Kind::Pgvane, mode: Some(mode) });
@@ -488,12 +493,20 @@ async fn start_servers(plan: &Plan) -> Result<Servers> {
     // so neither proxy runs PBKDF2 while being measured.
     let verifier = cluster.scram_verifier(APP_USER).await?;
     let userlist = format!("\"{APP_USER}\" \"{verifier}\"\n");
-    let mut servers = Servers { targets: Vec::new(), bouncers: Vec::new(), pgvanes: Vec::new(), cluster };
+    let mut servers = Servers { targets: Vec::new(), bouncers: Vec::new(), pgvanes: Vec::new(), relay: None, cluster };
     servers.targets.push(Target {
         id: TargetId { kind: Kind::Direct, mode: None },
         port: servers.cluster.port(),
         pid: None,
     });
+    println!("Starting HAProxy (TCP relay, one thread) ...");
+    let relay = Haproxy::relay(servers.cluster.port()).context("starting HAProxy")?;
+    servers.targets.push(Target {
+        id: TargetId { kind: Kind::Relay, mode: None },
+        port: relay.port(),
+        pid: Some(relay.pid()),
+    });
+    servers.relay = Some(relay);
     for &mode in &plan.modes {
         let size = plan.pool_size(mode);
         println!("Starting PgBouncer and pgvane, pool_mode = {}, pool size {size} ...", mode.name());
