@@ -355,7 +355,10 @@ async fn failed_parses_and_terminated_servers_node_postgres() -> Result<()> {
 const POSTGRES_JS_CANCEL: &str = r#"
 import postgres from 'postgres';
 const [port, user, password, database] = process.argv.slice(2);
-const connect = () => postgres({ host: '127.0.0.1', port: +port, user, password, database, max: 1, prepare: true, onnotice: () => {} });
+// cancel_timeout: postgres.js gives up on a connection whose cancelled query is not answered
+// within it (5 s by default); here the answer comes once the holder commits, by design ~1.5 s
+// after the cancel, later on a loaded machine.
+const connect = () => postgres({ host: '127.0.0.1', port: +port, user, password, database, max: 1, prepare: true, cancel_timeout: 60, onnotice: () => {} });
 const sql = connect(), holder = connect();
 await sql`select 1`;
 const sleep = ms => new Promise(r => setTimeout(r, ms));

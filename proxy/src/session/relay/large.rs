@@ -22,7 +22,7 @@ use super::{End, Relay};
 
 /// The least room a client read gets while frames of the read buffer are in flight (see
 /// `reserve_client_read`).
-const MIN_ROOM_WHILE_HELD: usize = 1024;
+const MIN_ROOM_WHILE_HELD: usize = 4 * 1024;
 
 /// Where the client message at the front of the read buffer stands.
 #[derive(Debug, Default)]
