@@ -34,6 +34,8 @@ pub fn label(id: TargetId) -> String {
         (Kind::Pgvane, Some(mode)) => format!("pgvane ({})", mode.name()),
         (Kind::PgvanePlugin(plugin), Some(mode)) => format!("pgvane + {} ({})", plugin.name(), mode.name()),
         (Kind::PgvaneMetrics, Some(mode)) => format!("pgvane + /metrics ({})", mode.name()),
+        (Kind::PgBouncerUnix, Some(mode)) => format!("PgBouncer ({}, server on unix socket)", mode.name()),
+        (Kind::PgvaneUnix, Some(mode)) => format!("pgvane ({}, server on unix socket)", mode.name()),
         (kind, None) => format!("{kind:?}"),
     }
 }
