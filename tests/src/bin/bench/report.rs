@@ -723,6 +723,7 @@ mod tests {
             plugins: Vec::new(),
             skipped_plugins: vec![(Plugin::RwSplit, "--no-plugins".to_owned())],
             metrics: false,
+            server_socket: crate::server_socket::ServerSocket::Tcp,
         };
         let direct = TargetId { kind: Kind::Direct, mode: None };
         let bouncer = TargetId { kind: Kind::PgBouncer, mode: Some(PoolMode::Transaction) };
