@@ -9,7 +9,6 @@
 //! there (see `peers`).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
@@ -18,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 
 use crate::config::Config;
+use crate::endpoint::ClientAddr;
 use crate::peers::{self, KeyScheme, Route};
 pub use crate::pool::CancelTarget;
 
@@ -52,7 +52,7 @@ pub struct ClientInfo {
     /// pgvane's process ID for it (from its BackendKeyData).
     pub pid: u32,
     /// Its address.
-    pub peer: SocketAddr,
+    pub peer: ClientAddr,
     /// User name (empty while logging in).
     pub user: String,
     /// Database name (empty while logging in).
@@ -200,7 +200,7 @@ impl ClientRegistry {
     /// [`ADMIN_RESERVED_CONNECTIONS`]), the oldest connection still logging in is dropped to
     /// make room, so that silent or stalled connections cannot lock anyone out. `None` when
     /// every connection is logged in already.
-    pub fn admit(self: &Arc<Self>, peer: SocketAddr, limits: Limits) -> Option<ClientHandle> {
+    pub fn admit(self: &Arc<Self>, peer: ClientAddr, limits: Limits) -> Option<ClientHandle> {
         let mut entries = self.entries();
         let live = entries.values().filter(|e| !e.evicted);
         let (total, pending) =
@@ -415,8 +415,8 @@ impl Drop for ClientHandle {
 mod tests {
     use super::*;
 
-    fn peer() -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 1))
+    fn peer() -> ClientAddr {
+        ClientAddr::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 1)))
     }
 
     #[tokio::test]
@@ -493,7 +493,12 @@ mod tests {
         let registry = Arc::new(ClientRegistry::default());
         let a = registry.admit(peer(), limits(10, 10)).unwrap();
         assert!(a.logged_in("alice", "app", "psql", 10, false));
-        let target = CancelTarget { addr: peer(), pid: 99, secret: 7, in_flight: Arc::default() };
+        let target = CancelTarget {
+            addr: crate::endpoint::ServerAddr::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 1))),
+            pid: 99,
+            secret: 7,
+            in_flight: Arc::default(),
+        };
         a.set_state(ClientState::Active, Some(target));
         let snap = registry.snapshot();
         assert_eq!(snap.len(), 1);

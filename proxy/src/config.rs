@@ -154,6 +154,11 @@ pub struct Settings {
     /// Set SO_REUSEPORT on the listening socket, so several pgvane processes can listen on
     /// one port (a rolling restart: the new one starts while the old one drains).
     pub so_reuseport: bool,
+    /// Directory of the unix-domain socket clients may connect to besides TCP, as
+    /// `<dir>/.s.PGSQL.<listen_port>` (PgBouncer's key); empty: no unix-domain socket.
+    pub unix_socket_dir: String,
+    /// Permissions of that socket file, in octal (PgBouncer's key): who may connect.
+    pub unix_socket_mode: String,
     /// This instance's id among its peers (1–16383), encoded into the cancel keys it hands
     /// out; 0: peering off. See `[peers]`.
     pub peer_id: u16,
@@ -286,6 +291,8 @@ pub const RESTART_KEYS: &[&str] = &[
     "listen_addr",
     "listen_port",
     "so_reuseport",
+    "unix_socket_dir",
+    "unix_socket_mode",
     "peer_id",
     "worker_threads",
     "metrics_addr",
@@ -296,13 +303,23 @@ pub const RESTART_KEYS: &[&str] = &[
 /// The largest `peer_id` (PgBouncer's limit).
 pub const MAX_PEER_ID: u16 = 16383;
 
+/// The longest path of a unix-domain socket (Linux's `sun_path` holds 108 bytes with the NUL).
+pub const MAX_SOCKET_PATH_BYTES: usize = 107;
+
+/// Parses `unix_socket_mode`: permission bits in octal, with or without a leading `0` or `0o`.
+pub fn parse_socket_mode(text: &str) -> Option<u32> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    let mode = u32::from_str_radix(digits, 8).ok()?;
+    (!digits.is_empty() && !digits.starts_with('+') && mode <= 0o777).then_some(mode)
+}
+
 /// A `[peers.<id>]` table: where another pgvane of the group listens, for the cancel
 /// requests meant for its clients.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// Host name or IP address of the peer's listening socket (its own, not the load
-    /// balancer's).
+    /// balancer's), or the directory of its unix-domain socket (starts with `/`).
     pub host: String,
     /// Its port.
     #[serde(default = "default_listen_port")]
@@ -328,6 +345,8 @@ impl Default for Settings {
             listen_addr: "127.0.0.1".into(),
             listen_port: 6432,
             so_reuseport: false,
+            unix_socket_dir: String::new(),
+            unix_socket_mode: "0777".into(),
             peer_id: 0,
             shutdown_timeout_ms: 30_000,
             pool_mode: PoolMode::Session,
@@ -425,8 +444,9 @@ impl Settings {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// Server host name or address. For a cluster given as `hosts`, validation sets it (and
-    /// `port`) to the first of them.
+    /// Server host name or address, or a directory holding the server's unix-domain socket
+    /// `.s.PGSQL.<port>` when it starts with `/` (as in libpq). For a cluster given as
+    /// `hosts`, validation sets it (and `port`) to the first of them.
     #[serde(default)]
     pub host: String,
     /// Server port.
@@ -605,6 +625,28 @@ impl Config {
         }
         if s.listen_addr.parse::<std::net::IpAddr>().is_err() {
             return Err(invalid("pgvane.listen_addr", "must be an IP address, e.g. \"127.0.0.1\" or \"0.0.0.0\""));
+        }
+        if parse_socket_mode(&s.unix_socket_mode).is_none() {
+            return Err(invalid(
+                "pgvane.unix_socket_mode",
+                "must be file permissions in octal, e.g. \"0777\" or \"0770\"",
+            ));
+        }
+        if !s.unix_socket_dir.is_empty() {
+            if !crate::endpoint::is_socket_dir(&s.unix_socket_dir) {
+                return Err(invalid(
+                    "pgvane.unix_socket_dir",
+                    "must be an absolute path (or empty for no unix-domain socket)",
+                ));
+            }
+            // The longest name the socket can get: a five-digit port.
+            let longest = crate::endpoint::socket_path(Path::new(&s.unix_socket_dir), u16::MAX);
+            if longest.as_os_str().len() > MAX_SOCKET_PATH_BYTES {
+                return Err(invalid(
+                    "pgvane.unix_socket_dir",
+                    &format!("is too long: a unix-domain socket's path has at most {MAX_SOCKET_PATH_BYTES} bytes"),
+                ));
+            }
         }
         for (key, value) in [
             ("pgvane.default_pool_size", s.default_pool_size),
@@ -1019,6 +1061,30 @@ mod tests {
         ] {
             let err = with(settings, peers).unwrap_err().to_string();
             assert!(err.contains(key), "{settings} {peers}: {err}");
+        }
+    }
+
+    #[test]
+    fn unix_socket_keys_are_checked() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!((c.settings.unix_socket_dir.as_str(), c.settings.unix_socket_mode.as_str()), ("", "0777"));
+        assert_eq!(parse_socket_mode("0777"), Some(0o777));
+        assert_eq!(parse_socket_mode("770"), Some(0o770));
+        assert_eq!(parse_socket_mode("0o700"), Some(0o700));
+        for bad in ["", "0o", "0778", "1777", "rwx", "+777", "-1"] {
+            assert_eq!(parse_socket_mode(bad), None, "{bad:?}");
+        }
+        let with = |line: &str| load(&MINIMAL.replace("[pgvane]\n", &format!("[pgvane]\n{line}\n")));
+        let ok = with("unix_socket_dir = \"/run/pgvane\"\nunix_socket_mode = \"0700\"").unwrap();
+        assert_eq!(ok.settings.unix_socket_dir, "/run/pgvane");
+        let too_long = format!("unix_socket_dir = \"/{}\"", "d".repeat(100));
+        for (line, key) in [
+            ("unix_socket_mode = \"0999\"", "pgvane.unix_socket_mode"),
+            ("unix_socket_dir = \"run\"", "pgvane.unix_socket_dir"),
+            (too_long.as_str(), "pgvane.unix_socket_dir"),
+        ] {
+            let err = with(line).unwrap_err().to_string();
+            assert!(err.contains(key), "{line}: {err}");
         }
     }
 

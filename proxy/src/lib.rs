@@ -8,11 +8,12 @@
 //!
 //! The modules read bottom-up, each importing only ones below it: [`metrics`] (counters and
 //! histograms in atomics), [`protocol`], [`auth`],
-//! [`tls`], [`oci`], [`policy`] (the plugin engine and its settings), [`config`], [`lifecycle`]
+//! [`tls`], [`endpoint`] (TCP or unix-domain addresses), [`oci`], [`policy`] (the plugin engine and its settings), [`config`], [`lifecycle`]
 //! (loading a plugin set), [`pool`], [`cluster`], [`peers`] (cancel keys across instances), [`clients`] (cancel keys, states,
 //! signals),
 //! [`shared`] (the state every session shares, and the reload), [`session`], [`admin`],
-//! [`listener`], [`shutdown`] (signals and the drain); `main` on top.
+//! [`unix_socket`] (pgvane's own unix-domain socket file), [`listener`], [`shutdown`] (signals
+//! and the drain); `main` on top.
 //!
 //! Without the default feature `plugin-host` (wasmtime and the OCI client), only the modules
 //! that read outside input without serving it are built: [`protocol`], [`auth`], [`tls`],
@@ -30,6 +31,7 @@ pub mod clients;
 #[cfg(feature = "plugin-host")]
 pub mod cluster;
 pub mod config;
+pub mod endpoint;
 #[cfg(feature = "plugin-host")]
 pub mod lifecycle;
 #[cfg(feature = "plugin-host")]
@@ -50,6 +52,8 @@ pub mod shared;
 #[cfg(feature = "plugin-host")]
 pub mod shutdown;
 pub mod tls;
+#[cfg(feature = "plugin-host")]
+pub mod unix_socket;
 
 /// The virtual database of the admin console; no `[databases]` entry may use it.
 pub const ADMIN_DATABASE: &str = "pgvane";

@@ -1,40 +1,63 @@
-//! The listening socket: accepts clients and hands each to a session, with the admin
-//! console for the clients of the admin database, until a shutdown is asked for. With
+//! The listening sockets: accept clients and hand each to a session, with the admin console
+//! for the clients of the admin database, until a shutdown is asked for. TCP always, and the
+//! unix-domain socket of `unix_socket_dir` when set: its clients take the same path. With
 //! `so_reuseport`, several pgvane processes can listen on one port (a rolling restart).
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, UnixStream};
 
 use crate::admin;
-use crate::config::Config;
+use crate::config::{parse_socket_mode, Config};
+use crate::endpoint::ClientAddr;
 use crate::policy::Chain;
 use crate::session;
 use crate::shared::{self, Shared};
+use crate::tls::Stream;
+use crate::unix_socket::UnixSocket;
 
 /// A bound pgvane, ready to serve.
 #[derive(Debug)]
 pub struct Listener {
     listener: TcpListener,
+    /// The unix-domain socket, with the port its name carries.
+    unix: Option<(UnixSocket, u16)>,
     shared: Arc<Shared>,
 }
 
 impl Listener {
     /// Binds `listen_addr:listen_port` (port 0 picks a free one), with SO_REUSEPORT when
-    /// `so_reuseport` is set.
+    /// `so_reuseport` is set, and `<unix_socket_dir>/.s.PGSQL.<port>` (the port bound) when
+    /// `unix_socket_dir` is set.
     pub async fn bind(config: Config, policy: Chain) -> io::Result<Listener> {
         let listener = listen(&config)?;
+        let unix = match config.settings.unix_socket_dir.as_str() {
+            "" => None,
+            dir => {
+                let settings = &config.settings;
+                let port = listener.local_addr()?.port();
+                let mode = parse_socket_mode(&settings.unix_socket_mode)
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "unix_socket_mode is not octal"))?;
+                Some((UnixSocket::bind(Path::new(dir), port, mode, settings.so_reuseport).await?, port))
+            }
+        };
         // After a reload, cluster clients' pools on every node (new nodes included).
         let shared = Shared::new(config, policy, session::router::pools_on_every_node);
-        Ok(Listener { listener, shared: Arc::new(shared) })
+        Ok(Listener { listener, unix, shared: Arc::new(shared) })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The unix-domain socket's file, when there is one.
+    pub fn unix_socket_path(&self) -> Option<&Path> {
+        self.unix.as_ref().map(|(socket, _)| socket.path())
     }
 
     /// The shared state, e.g. to reload the configuration.
@@ -55,7 +78,8 @@ impl Listener {
             let accepted = tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                accepted = self.listener.accept() => accepted,
+                accepted = self.listener.accept() => accepted.map(|(tcp, peer)| (Stream::Plain(tcp), ClientAddr::Tcp(peer))),
+                accepted = accept_unix(self.unix.as_ref()) => accepted,
             };
             match accepted {
                 Ok((stream, peer)) => self.serve(stream, peer),
@@ -68,8 +92,13 @@ impl Listener {
         }
         let queued = std::future::poll_fn(|cx| {
             let mut queued = Vec::new();
-            while let std::task::Poll::Ready(Ok(accepted)) = self.listener.poll_accept(cx) {
-                queued.push(accepted);
+            while let std::task::Poll::Ready(Ok((tcp, peer))) = self.listener.poll_accept(cx) {
+                queued.push((Stream::Plain(tcp), ClientAddr::Tcp(peer)));
+            }
+            if let Some((socket, listen_port)) = &self.unix {
+                while let std::task::Poll::Ready(Ok((unix, _))) = socket.listener().poll_accept(cx) {
+                    queued.push((Stream::Unix(unix), ClientAddr::Unix { listen_port: *listen_port }));
+                }
             }
             std::task::Poll::Ready(queued)
         })
@@ -78,12 +107,22 @@ impl Listener {
         for (stream, peer) in queued {
             self.serve(stream, peer);
         }
-        tracing::info!(queued = n, "stopped accepting: the listening socket is closed");
+        // Dropping the unix-domain socket removes its file.
+        tracing::info!(queued = n, "stopped accepting: the listening sockets are closed");
     }
 
-    fn serve(&self, stream: TcpStream, peer: SocketAddr) {
+    fn serve(&self, stream: Stream, peer: ClientAddr) {
         tokio::spawn(session::run(stream, peer, self.shared.clone(), admin::Console));
     }
+}
+
+/// The next client on the unix-domain socket; never, without one.
+async fn accept_unix(unix: Option<&(UnixSocket, u16)>) -> io::Result<(Stream, ClientAddr)> {
+    let Some((socket, listen_port)) = unix else {
+        return std::future::pending().await;
+    };
+    let (stream, _): (UnixStream, _) = socket.listener().accept().await?;
+    Ok((Stream::Unix(stream), ClientAddr::Unix { listen_port: *listen_port }))
 }
 
 /// The listening socket of `listen_addr:listen_port`.

@@ -427,6 +427,10 @@ fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         tracing::info!(%addr, "pgvane listening");
         // A machine-readable line for scripts and the test harness.
         println!("pgvane listening on {addr}");
+        if let Some(path) = listener.unix_socket_path() {
+            tracing::info!(path = %path.display(), "pgvane listening on a unix-domain socket");
+            println!("pgvane unix socket {}", path.display());
+        }
         pgvane::shutdown::serve(listener, signals).await;
         tracing::info!("pgvane stopped");
         anyhow::Ok(())

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::config::PeerConfig;
 use crate::protocol::messages;
@@ -102,7 +101,7 @@ pub fn peer_of(pid: u32) -> u16 {
 /// closed the connection: by then it has applied the cancel (or dropped it).
 pub async fn forward(peer: &PeerConfig, pid: u32, secret: u32, timeout: Duration) -> std::io::Result<()> {
     let send = async {
-        let mut stream = TcpStream::connect((peer.host.as_str(), peer.port)).await?;
+        let (mut stream, _) = crate::endpoint::connect(&peer.host, peer.port).await?;
         let mut buf = BytesMut::with_capacity(16);
         messages::encode_cancel(pid, secret, &mut buf);
         stream.write_all(&buf).await?;

@@ -678,6 +678,13 @@ impl PgCluster {
         self.postmaster.as_ref().map(Child::id)
     }
 
+    /// The directory of the server's unix-domain socket `.s.PGSQL.<port>` (`<dir>/sock`,
+    /// owned by the PostgreSQL user, which the test user, root or that user itself, can
+    /// connect through): `host` for a libpq-style connection over the socket.
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.path().join("sock")
+    }
+
     /// The cluster's temp dir (holds `data/`, `sock/` and `postgres.log`).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -1184,13 +1191,18 @@ pub async fn connect_via(
 /// pgbench, whose `-d` means `--debug`). TLS is libpq's default
 /// (`sslmode=prefer`), so the proxy sees an SSLRequest as from real clients.
 pub fn client_command(program: &str, port: u16, user: &str, password: &str) -> Command {
+    client_command_at(program, HOST, port, user, password)
+}
+
+/// [`client_command`] with `-h <host>`: a socket directory (`/…`) for a unix-domain socket.
+pub fn client_command_at(program: &str, host: &str, port: u16, user: &str, password: &str) -> Command {
     let mut cmd = Command::new(program);
     remove_pg_env(&mut cmd);
     cmd.env("PGPASSWORD", password)
         .env("PGPASSFILE", "/dev/null")
         .env("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT.as_secs().to_string())
         .env("PSQLRC", "/dev/null")
-        .args(["-h", HOST, "-p", &port.to_string(), "-U", user])
+        .args(["-h", host, "-p", &port.to_string(), "-U", user])
         .stdin(Stdio::null());
     cmd
 }

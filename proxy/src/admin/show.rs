@@ -8,6 +8,7 @@ use bytes::BytesMut;
 
 use crate::clients::{ClientInfo, ClientState};
 use crate::config::Settings;
+use crate::endpoint::ServerAddr;
 use crate::pool::{Average, ServerInfo, ServerState, StatsSnapshot};
 use crate::protocol::messages;
 use crate::shared::Shared;
@@ -166,7 +167,7 @@ pub fn clients(shared: &Shared) -> ResultSet {
             text(&c.user),
             text(&c.database),
             text(c.state.as_str()),
-            text(c.peer.ip()),
+            text(c.peer.addr_text()),
             text(c.peer.port()),
             timestamp(c.connect_time),
             text(wait.as_secs()),
@@ -211,9 +212,13 @@ pub fn servers(shared: &Shared) -> ResultSet {
             text(user),
             text(&database),
             text(s.state.as_str()),
-            s.addr.map(|a| a.ip().to_string()),
-            s.addr.map(|a| a.port().to_string()),
-            s.local_addr.map(|a| a.ip().to_string()),
+            s.addr.as_ref().map(|a| a.addr_text()),
+            s.addr.as_ref().map(|a| a.port().to_string()),
+            match &s.addr {
+                // pgvane's end of a unix-domain socket has no address (PgBouncer's `unix`).
+                Some(ServerAddr::Unix { .. }) => text("unix"),
+                _ => s.local_addr.map(|a| a.ip().to_string()),
+            },
             s.local_addr.map(|a| a.port().to_string()),
             timestamp(s.connect_time),
             text(u8::from(s.generation != generation)),

@@ -6,7 +6,8 @@
 //! sessions are running there, or hold open in a transaction, would still commit there. So
 //! they are ended the way a fast shutdown ends them: `pg_terminate_backend()` on each of
 //! pgvane's server sessions to that node that a client holds, found by backend PID *and*
-//! client port (never another application's session). The server ends each with
+//! client port (never another application's session; on a unix-domain socket every session's
+//! client port is -1, so the PID and the socket kind only). The server ends each with
 //! `FATAL 57P01`, and the request path does what it does at any switchover: a statement
 //! outside a transaction block runs again on the new writer, a transaction block fails with
 //! that error and its client is disconnected, as PGD Proxy disconnects its clients when the
@@ -19,18 +20,23 @@
 use std::time::Duration;
 
 use crate::config::NodeAddr;
+use crate::endpoint::ServerAddr;
 use crate::pool::{Pools, ServerState};
 
 use super::probe::{Login, Probe};
 
 /// pgvane's server sessions to `node` for `database` that a client holds now, as
-/// (backend PID, pgvane's port of the connection).
-pub(super) fn held_sessions(pools: &Pools, database: &str, node: &NodeAddr) -> Vec<(u32, u16)> {
+/// (backend PID, pgvane's port of the connection, -1 on a unix-domain socket as in
+/// `pg_stat_activity`).
+pub(super) fn held_sessions(pools: &Pools, database: &str, node: &NodeAddr) -> Vec<(u32, i32)> {
     let mut sessions = Vec::new();
     for pool in pools.of(Some(database)).into_iter().filter(|p| p.node.as_ref() == Some(node)) {
         for server in pool.servers().into_iter().filter(|s| s.state == ServerState::Active) {
-            if let (Some(pid), Some(local)) = (server.remote_pid, server.local_addr) {
-                sessions.push((pid, local.port()));
+            match (server.remote_pid, &server.addr, server.local_addr) {
+                // PostgreSQL's client_port of a unix-domain socket session.
+                (Some(pid), Some(ServerAddr::Unix { .. }), _) => sessions.push((pid, -1)),
+                (Some(pid), _, Some(local)) => sessions.push((pid, i32::from(local.port()))),
+                _ => {}
             }
         }
     }
@@ -40,7 +46,7 @@ pub(super) fn held_sessions(pools: &Pools, database: &str, node: &NodeAddr) -> V
 /// The statement ending `sessions` on the node: one row per session found, saying whether
 /// it was ended. (The call is in the select list, not the WHERE clause, where the planner
 /// could run it before the filter.)
-fn terminate_sql(sessions: &[(u32, u16)]) -> String {
+fn terminate_sql(sessions: &[(u32, i32)]) -> String {
     let pairs: Vec<String> = sessions.iter().map(|(pid, port)| format!("({pid}, {port})")).collect();
     format!("select pg_terminate_backend(pid) from pg_stat_activity where (pid, client_port) in ({})", pairs.join(", "))
 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use super::ServerConn;
+use crate::endpoint::ServerAddr;
 
 /// What a server connection is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,8 +46,8 @@ pub struct ServerInfo {
     /// What it is doing.
     pub state: ServerState,
     /// The server's address (once connected).
-    pub addr: Option<SocketAddr>,
-    /// pgvane's end of the connection (once connected).
+    pub addr: Option<ServerAddr>,
+    /// pgvane's end of the connection (once connected over TCP).
     pub local_addr: Option<SocketAddr>,
     /// The backend's process ID from its BackendKeyData (once logged in).
     pub remote_pid: Option<u32>,
@@ -122,7 +123,7 @@ impl Ticket {
     pub(crate) fn connected(&self, conn: &ServerConn) {
         let local_addr = conn.stream.local_addr().ok();
         self.update(|info| {
-            info.addr = Some(conn.peer);
+            info.addr = Some(conn.peer.clone());
             info.local_addr = local_addr;
             info.remote_pid = Some(conn.backend_key.0);
         });

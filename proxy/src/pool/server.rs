@@ -1,5 +1,6 @@
-//! One connection to a PostgreSQL server: connect (with TLS as `server_tls_sslmode` says), log
-//! in, run pgvane's own simple queries.
+//! One connection to a PostgreSQL server: connect (over TCP with TLS as `server_tls_sslmode`
+//! says, or to a unix-domain socket when the host is a directory), log in, run pgvane's own
+//! simple queries.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -10,11 +11,11 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::auth::md5;
 use crate::auth::scram::{ClientBinding, ClientCredential, ClientExchange, ScramError, ScramKeys, MECHANISM_PLUS};
+use crate::endpoint::{self, ServerAddr};
 use crate::protocol::messages::{self, tag, Authentication, ErrorResponse, TransactionStatus};
 use crate::protocol::{decode_frame, Frame, ProtocolError};
 use crate::tls::{ServerTls, ServerTlsMode, Stream, TlsConnectError};
@@ -49,7 +50,8 @@ impl std::fmt::Debug for ServerCredential {
 /// Whether pgvane answers a server's AuthenticationCleartextPassword (`server_allow_cleartext_password`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Cleartext {
-    /// Only over TLS: on a plain TCP connection anyone on the path would read the password.
+    /// Only over TLS (or a unix-domain socket, which has no path to listen on): on a plain TCP
+    /// connection anyone on the path would read the password.
     #[default]
     OnlyOverTls,
     /// Over any connection.
@@ -70,7 +72,7 @@ impl Cleartext {
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
 pub struct ServerTarget {
-    /// Host name or address.
+    /// Host name or address, or a socket directory (starts with `/`).
     pub host: String,
     /// Port.
     pub port: u16,
@@ -151,7 +153,7 @@ pub struct ServerConn {
     /// The server's BackendKeyData, for cancel requests.
     pub backend_key: (u32, u32),
     /// The server's address, for cancel requests.
-    pub peer: std::net::SocketAddr,
+    pub peer: ServerAddr,
     /// When it was opened.
     pub created: Instant,
     /// When it was last returned to the pool.
@@ -168,7 +170,7 @@ pub struct ServerConn {
 #[derive(Debug, Clone)]
 pub struct CancelTarget {
     /// The server's address.
-    pub addr: std::net::SocketAddr,
+    pub addr: ServerAddr,
     /// The server's process ID.
     pub pid: u32,
     /// The server's secret key.
@@ -181,7 +183,7 @@ impl CancelTarget {
     /// Sends a CancelRequest for it on a new connection, and waits until the server has
     /// closed that connection: by then the backend has been signalled.
     pub async fn send(&self) -> io::Result<()> {
-        let mut stream = TcpStream::connect(self.addr).await?;
+        let mut stream = self.addr.connect().await?;
         let mut buf = BytesMut::new();
         messages::encode_cancel(self.pid, self.secret, &mut buf);
         stream.write_all(&buf).await?;
@@ -320,7 +322,8 @@ impl StatementEpoch {
 
 impl ServerConn {
     /// Connects and logs in, within `timeout`. A request for a clear-text password is
-    /// answered over TLS, or over plain TCP only when `cleartext` allows it.
+    /// answered over TLS or a unix-domain socket, or over plain TCP only when `cleartext`
+    /// allows it.
     pub async fn connect(
         target: &ServerTarget,
         credential: &ServerCredential,
@@ -341,10 +344,8 @@ impl ServerConn {
         max_prepared_statements: usize,
         cleartext: Cleartext,
     ) -> Result<ServerConn, ServerError> {
-        let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
-        tcp.set_nodelay(true)?;
-        let peer = tcp.peer_addr()?;
-        let stream = start_tls(tcp, &target.host, tls).await?;
+        let (stream, peer) = endpoint::connect(&target.host, target.port).await?;
+        let stream = start_tls(stream, &target.host, tls).await?;
         let now = Instant::now();
         let mut conn = ServerConn {
             stream,
@@ -383,7 +384,11 @@ impl ServerConn {
                     match Authentication::parse(frame.body())? {
                         Authentication::Ok => continue,
                         Authentication::CleartextPassword => match credential {
-                            _ if !self.stream.is_tls() && cleartext == Cleartext::OnlyOverTls => {
+                            // No one is on the path of a unix-domain socket.
+                            _ if !self.stream.is_tls()
+                                && !self.stream.is_unix()
+                                && cleartext == Cleartext::OnlyOverTls =>
+                            {
                                 let server = crate::config::NodeAddr { host: target.host.clone(), port: target.port };
                                 tracing::warn!(
                                     server = %server,
@@ -532,7 +537,7 @@ impl ServerConn {
     /// Where a cancel for this connection goes.
     pub fn cancel_target(&self) -> CancelTarget {
         CancelTarget {
-            addr: self.peer,
+            addr: self.peer.clone(),
             pid: self.backend_key.0,
             secret: self.backend_key.1,
             in_flight: self.cancels.clone(),
@@ -557,8 +562,10 @@ impl ServerConn {
 
 /// Asks the server for TLS (SSLRequest) unless `server_tls_sslmode = "disable"`, and runs the
 /// handshake when it agrees. A server that declines gets a plain connection under `prefer`
-/// only.
-async fn start_tls(mut tcp: TcpStream, host: &str, tls: &ServerTls) -> Result<Stream, ServerError> {
+/// only. A unix-domain socket stays plain whatever the mode says, as libpq does: TLS is not
+/// used on it.
+async fn start_tls(stream: Stream, host: &str, tls: &ServerTls) -> Result<Stream, ServerError> {
+    let Stream::Plain(mut tcp) = stream else { return Ok(stream) };
     if !tls.enabled() {
         return Ok(Stream::Plain(tcp));
     }

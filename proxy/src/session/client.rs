@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::tls::{ClientTls, Stream};
 
@@ -39,10 +38,10 @@ pub enum TlsStart {
 }
 
 impl ClientConn {
-    /// Wraps an accepted socket.
-    pub fn new(stream: TcpStream) -> Self {
+    /// Wraps an accepted socket (plain TCP or unix-domain).
+    pub fn new(stream: Stream) -> Self {
         ClientConn {
-            stream: Stream::Plain(stream),
+            stream,
             read_buf: BytesMut::with_capacity(16 * 1024),
             out: BytesMut::with_capacity(4 * 1024),
             channel_binding: None,

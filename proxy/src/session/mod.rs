@@ -14,20 +14,20 @@ mod statements;
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use thiserror::Error;
-use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::clients::{ClientHandle, ClientState, Limits};
 use crate::config::PoolMode;
+use crate::endpoint::ClientAddr;
 use crate::metrics::AuthFailure;
 use crate::pool::{Pool, PoolError, PooledConn, ServerError};
 use crate::protocol::messages::{self, Authentication, ErrorResponse, TransactionStatus};
 use crate::protocol::ProtocolError;
 use crate::shared::Shared;
+use crate::tls::Stream;
 
 pub use client::{ClientConn, TlsStart};
 use relay::{End, Identity, Relay, Start};
@@ -96,11 +96,11 @@ fn login_failure(e: &SessionError) -> Option<AuthFailure> {
     }
 }
 
-/// Serves one accepted client connection until it ends; `console` serves it if it logs in to
-/// the admin database. Every log line of the session carries its span: the connection id
-/// (`conn`, unique in the process), the client's address, and once known its user and
-/// database.
-pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, console: impl Console) {
+/// Serves one accepted client connection (plain TCP or unix-domain) until it ends; `console`
+/// serves it if it logs in to the admin database. Every log line of the session carries its
+/// span: the connection id (`conn`, unique in the process), the client's address (`unix` on
+/// the unix-domain socket), and once known its user and database.
+pub async fn run(stream: Stream, peer: ClientAddr, shared: Arc<Shared>, console: impl Console) {
     let conn = shared.metrics.accepted();
     let span = tracing::info_span!(
         "session",
@@ -111,7 +111,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, conso
     );
     async move {
         let connected = std::time::Instant::now();
-        if let Err(e) = stream.set_nodelay(true) {
+        if let Some(Err(e)) = stream.tcp().map(|tcp| tcp.set_nodelay(true)) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
         let mut client = ClientConn::new(stream);
@@ -167,7 +167,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, conso
 async fn serve(
     client: &mut ClientConn,
     handle: &ClientHandle,
-    peer: SocketAddr,
+    peer: ClientAddr,
     shared: &Shared,
     console: &impl Console,
     notes: &mut Notes,
@@ -291,7 +291,7 @@ async fn serve(
             user: user.clone(),
             database: database.clone(),
             application_name: client_settings_application_name,
-            client_addr: peer.ip().to_string(),
+            client_addr: peer.ip_text(),
         },
         mode,
         server,

@@ -37,8 +37,12 @@ pub async fn login(
     config: &Config,
 ) -> Result<Option<Login>, SessionError> {
     let tls = &config.client_tls;
+    // TLS is not offered on the unix-domain socket (as PostgreSQL and PgBouncer): it is local,
+    // and its file permissions say who may connect. Nor is it required there.
+    let unix = client.stream.is_unix();
+    let offers_tls = tls.acceptor().is_some() && !unix;
     // PostgreSQL 17's direct TLS: the client starts with a ClientHello, no SSLRequest.
-    if tls.acceptor().is_some() && client.peek_first_byte().await? == crate::tls::TLS_HANDSHAKE_BYTE {
+    if offers_tls && client.peek_first_byte().await? == crate::tls::TLS_HANDSHAKE_BYTE {
         client.start_tls(tls, TlsStart::Direct).await?;
     }
     let (minor, params) = loop {
@@ -46,7 +50,7 @@ pub async fn login(
             Startup::SslRequest if client.stream.is_tls() => {
                 return Err(refuse("08P01", "SSLRequest on a connection that already uses TLS"))
             }
-            Startup::SslRequest if tls.acceptor().is_some() => {
+            Startup::SslRequest if offers_tls => {
                 // Bytes pipelined after the SSLRequest would be read as part of the TLS
                 // handshake, or worse after it as if they had been encrypted (CVE-2021-23214,
                 // CVE-2021-3935): refuse them, as PostgreSQL does.
@@ -73,7 +77,7 @@ pub async fn login(
             }
         }
     };
-    if tls.mode.requires_tls() && !client.stream.is_tls() {
+    if tls.mode.requires_tls() && !client.stream.is_tls() && !unix {
         return Err(refuse(
             "28000",
             format!(

@@ -1,4 +1,6 @@
-//! A connection that is plain TCP or TLS, used on both legs.
+//! A connection that is plain TCP, a unix-domain socket, or TLS over TCP, used on both legs.
+//! TLS is never run over a unix-domain socket (libpq does not either): the socket is local and
+//! its file permissions decide who may connect.
 //!
 //! The relay reads and writes one connection at once. A TLS stream cannot be split into two
 //! halves without a lock around the TLS state, so instead [`Stream::progress`] polls the read
@@ -13,14 +15,16 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsStream;
 
-/// A plain or TLS connection.
+/// A plain, unix-domain or TLS connection.
 #[derive(Debug)]
 pub enum Stream {
     /// Plain TCP.
     Plain(TcpStream),
+    /// A unix-domain socket (always plain).
+    Unix(UnixStream),
     /// TLS over TCP (boxed: the TLS state is large).
     Tls(Box<TlsStream<TcpStream>>),
     /// The socket was handed to a TLS handshake that failed: every I/O fails.
@@ -42,18 +46,28 @@ impl Stream {
         matches!(self, Stream::Tls(_))
     }
 
-    /// The TCP socket underneath.
+    /// True when the connection is a unix-domain socket.
+    pub fn is_unix(&self) -> bool {
+        matches!(self, Stream::Unix(_))
+    }
+
+    /// The TCP socket underneath (`None` on a unix-domain socket).
     pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
             Stream::Plain(tcp) => Some(tcp),
             Stream::Tls(tls) => Some(tls.get_ref().0),
-            Stream::Closed => None,
+            Stream::Unix(_) | Stream::Closed => None,
         }
     }
 
-    /// The local address of the socket.
+    /// The local address of the TCP socket (an error on a unix-domain socket).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp().ok_or_else(closed)?.local_addr()
+        match self {
+            Stream::Unix(_) => {
+                Err(io::Error::new(io::ErrorKind::Unsupported, "a unix-domain socket has no IP address"))
+            }
+            _ => self.tcp().ok_or_else(closed)?.local_addr(),
+        }
     }
 
     /// Waits until bytes can be read into `read_into` (when given) or some of `out` written,
@@ -92,6 +106,7 @@ impl Stream {
         let mut probe = [0u8; 1];
         match self {
             Stream::Plain(tcp) => matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            Stream::Unix(unix) => matches!(unix.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
             Stream::Tls(tls) => {
                 let mut cx = Context::from_waker(Waker::noop());
                 let mut buf = ReadBuf::new(&mut probe);
@@ -119,6 +134,7 @@ impl AsyncRead for Stream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Stream::Unix(unix) => Pin::new(unix).poll_read(cx, buf),
             Stream::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
             Stream::Closed => Poll::Ready(Err(closed())),
         }
@@ -129,6 +145,7 @@ impl AsyncWrite for Stream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Stream::Unix(unix) => Pin::new(unix).poll_write(cx, buf),
             Stream::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
             Stream::Closed => Poll::Ready(Err(closed())),
         }
@@ -141,6 +158,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Stream::Unix(unix) => Pin::new(unix).poll_write_vectored(cx, bufs),
             Stream::Tls(tls) => Pin::new(&mut **tls).poll_write_vectored(cx, bufs),
             Stream::Closed => Poll::Ready(Err(closed())),
         }
@@ -149,6 +167,7 @@ impl AsyncWrite for Stream {
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Plain(tcp) => tcp.is_write_vectored(),
+            Stream::Unix(unix) => unix.is_write_vectored(),
             Stream::Tls(tls) => tls.is_write_vectored(),
             Stream::Closed => false,
         }
@@ -157,6 +176,7 @@ impl AsyncWrite for Stream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Stream::Unix(unix) => Pin::new(unix).poll_flush(cx),
             Stream::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
             Stream::Closed => Poll::Ready(Ok(())),
         }
@@ -165,6 +185,7 @@ impl AsyncWrite for Stream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Stream::Unix(unix) => Pin::new(unix).poll_shutdown(cx),
             Stream::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
             Stream::Closed => Poll::Ready(Ok(())),
         }

@@ -23,6 +23,7 @@ mod pgbench;
 mod pgbouncer;
 mod profile;
 mod report;
+mod server_socket;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -37,6 +38,7 @@ use pgvane_tests::{describe_output, pgbench as run_pgbench, pgvane_bin, tail, Pg
 use crate::pgbench::{Outcome, Run};
 use crate::pgbouncer::PgBouncer;
 use crate::report::{Measurement, Meta, Report};
+use crate::server_socket::ServerSocket;
 
 /// pgvane against PostgreSQL directly and against PgBouncer (pgbench -S, same run, same machine).
 ///
@@ -110,6 +112,12 @@ struct Args {
     /// the report.
     #[arg(long, value_name = "SECONDS")]
     perf: Option<u32>,
+    /// How the proxies reach PostgreSQL: `tcp` (127.0.0.1), `unix` (its unix-domain socket, for
+    /// every PgBouncer and pgvane), or `both` (the proxies on TCP, plus a PgBouncer and a pgvane
+    /// per pool mode on the unix-domain socket, compared in a section of their own). pgbench
+    /// always reaches the proxies over TCP.
+    #[arg(long, value_enum, default_value_t = ServerSocket::Tcp)]
+    server_socket: ServerSocket,
 }
 
 /// pgbench's `-M`.
@@ -163,6 +171,10 @@ pub enum Kind {
     /// pgvane with `metrics_addr` set and `/metrics` scraped every second while it is measured
     /// (transaction mode only). Plain `Pgvane` runs without `metrics_addr`.
     PgvaneMetrics,
+    /// PgBouncer reaching PostgreSQL over its unix-domain socket (`--server-socket both`).
+    PgBouncerUnix,
+    /// pgvane reaching PostgreSQL over its unix-domain socket (`--server-socket both`).
+    PgvaneUnix,
 }
 
 /// The policy plugins measured: each one alone in pgvane's chain, with a configuration that does
@@ -295,6 +307,8 @@ pub struct Plan {
     pub skipped_plugins: Vec<(Plugin, String)>,
     /// Measure pgvane with `/metrics` on too (transaction mode).
     pub metrics: bool,
+    /// How the proxies reach PostgreSQL.
+    pub server_socket: ServerSocket,
 }
 
 impl Plan {
@@ -319,6 +333,7 @@ impl Plan {
             plugins: Vec::new(),
             skipped_plugins: Vec::new(),
             metrics: false,
+            server_socket: args.server_socket,
         };
         plan.metrics = !args.no_metrics && plan.modes.contains(&PoolMode::Transaction);
         let dir = args.plugins.clone().unwrap_or_else(|| workspace.join("target").join("plugins"));
@@ -371,6 +386,7 @@ impl Plan {
         if self.metrics {
             targets.push(TargetId { kind: Kind::PgvaneMetrics, mode: Some(PoolMode::Transaction) });
         }
+        targets.extend(server_socket::extra_targets(self));
         targets
     }
 
@@ -419,7 +435,9 @@ async fn run(args: Args) -> Result<()> {
     drop(servers);
 
     let meta = Meta::collect(&pgvane, &workspace, bench_command(), started.elapsed(), load_before, profiles);
-    let markdown = Report { meta: &meta, plan: &plan, measurements: &measurements }.render() + &events;
+    let markdown = Report { meta: &meta, plan: &plan, measurements: &measurements }.render()
+        + &server_socket::render(&plan, &measurements)
+        + &events;
     println!("\n{markdown}");
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -493,6 +511,7 @@ async fn start_servers(plan: &Plan) -> Result<Servers> {
     // so neither proxy runs PBKDF2 while being measured.
     let verifier = cluster.scram_verifier(APP_USER).await?;
     let userlist = format!("\"{APP_USER}\" \"{verifier}\"\n");
+    let host = plan.server_socket.main_host(&cluster);
     let mut servers = Servers { targets: Vec::new(), bouncers: Vec::new(), pgvanes: Vec::new(), relay: None, cluster };
     servers.targets.push(Target {
         id: TargetId { kind: Kind::Direct, mode: None },
@@ -510,8 +529,9 @@ async fn start_servers(plan: &Plan) -> Result<Servers> {
     for &mode in &plan.modes {
         let size = plan.pool_size(mode);
         println!("Starting PgBouncer and pgvane, pool_mode = {}, pool size {size} ...", mode.name());
-        let bouncer =
-            PgBouncer::start(servers.cluster.port(), mode, size, &userlist).await.context("starting PgBouncer")?;
+        let bouncer = PgBouncer::start_at(&host, servers.cluster.port(), mode, size, &userlist)
+            .await
+            .context("starting PgBouncer")?;
         servers.targets.push(Target {
             id: TargetId { kind: Kind::PgBouncer, mode: Some(mode) },
             port: bouncer.port(),
@@ -519,7 +539,7 @@ async fn start_servers(plan: &Plan) -> Result<Servers> {
         });
         servers.bouncers.push(bouncer);
         let pgvane = Pgvane::start(
-            &pgvane_config(servers.cluster.port(), mode, size, plan.pgvane_threads),
+            &pgvane_config(&host, servers.cluster.port(), mode, size, plan.pgvane_threads),
             &[("userlist.txt", &userlist)],
         )
         .await
@@ -536,7 +556,7 @@ async fn start_servers(plan: &Plan) -> Result<Servers> {
         println!("Starting pgvane with the {} plugin, pool_mode = {} ...", plugin.name(), mode.name());
         let config = format!(
             "{}\n{}",
-            pgvane_config(servers.cluster.port(), mode, plan.pool_size(mode), plan.pgvane_threads),
+            pgvane_config(&host, servers.cluster.port(), mode, plan.pool_size(mode), plan.pgvane_threads),
             plugin.config(path)
         );
         let pgvane = Pgvane::start(&config, &[("userlist.txt", &userlist)])
@@ -552,7 +572,7 @@ async fn start_servers(plan: &Plan) -> Result<Servers> {
     if plan.metrics {
         let mode = PoolMode::Transaction;
         println!("Starting pgvane with metrics_addr, scraped every second, pool_mode = {} ...", mode.name());
-        let config = pgvane_config(servers.cluster.port(), mode, plan.pool_size(mode), plan.pgvane_threads)
+        let config = pgvane_config(&host, servers.cluster.port(), mode, plan.pool_size(mode), plan.pgvane_threads)
             .replace("[pgvane]\n", "[pgvane]\nmetrics_addr = \"127.0.0.1:0\"\n");
         let pgvane =
             Pgvane::start(&config, &[("userlist.txt", &userlist)]).await.context("starting pgvane with metrics")?;
@@ -579,12 +599,33 @@ async fn start_servers(plan: &Plan) -> Result<Servers> {
         });
         servers.pgvanes.push(pgvane);
     }
+    let unix = server_socket::unix_host(&servers.cluster);
+    for target in server_socket::extra_targets(plan) {
+        let Some(mode) = target.mode else { continue };
+        let (size, port) = (plan.pool_size(mode), servers.cluster.port());
+        println!("Starting {} ...", report::label(target));
+        let (port, pid) = if target.kind == Kind::PgBouncerUnix {
+            let bouncer =
+                PgBouncer::start_at(&unix, port, mode, size, &userlist).await.context("starting PgBouncer")?;
+            let started = (bouncer.port(), bouncer.pid());
+            servers.bouncers.push(bouncer);
+            started
+        } else {
+            let config = pgvane_config(&unix, port, mode, size, plan.pgvane_threads);
+            let pgvane = Pgvane::start(&config, &[("userlist.txt", &userlist)]).await.context("starting pgvane")?;
+            let started = (pgvane.port(), pgvane.pid());
+            servers.pgvanes.push(pgvane);
+            started
+        };
+        servers.targets.push(Target { id: target, port, pid: Some(pid) });
+    }
     Ok(servers)
 }
 
 /// pgvane's configuration: the same pool mode, pool size, client limit, auth type and reset query
-/// as PgBouncer's (see `pgbouncer::config`).
-fn pgvane_config(server_port: u16, mode: PoolMode, pool_size: u32, threads: u32) -> String {
+/// as PgBouncer's (see `pgbouncer::config`), for the server at `server_host` (an address or a
+/// socket directory) and `server_port`.
+fn pgvane_config(server_host: &str, server_port: u16, mode: PoolMode, pool_size: u32, threads: u32) -> String {
     format!(
         "[pgvane]\n\
          listen_addr = \"127.0.0.1\"\n\
@@ -599,7 +640,7 @@ fn pgvane_config(server_port: u16, mode: PoolMode, pool_size: u32, threads: u32)
          server_reset_query = \"DISCARD ALL\"\n\
          \n\
          [databases.{APP_DB}]\n\
-         host = \"127.0.0.1\"\n\
+         host = \"{server_host}\"\n\
          port = {server_port}\n",
         mode = mode.name(),
     )

@@ -18,7 +18,7 @@ use crate::PoolMode;
 /// Where Debian's package installs PgBouncer.
 pub const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
 
-/// How long [`PgBouncer::start`] waits for PgBouncer to accept a login.
+/// How long [`PgBouncer::start_at`] waits for PgBouncer to accept a login.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running PgBouncer with its own temp dir (`pgbouncer.ini`, `userlist.txt`, `pgbouncer.log`).
@@ -31,15 +31,22 @@ pub struct PgBouncer {
 }
 
 impl PgBouncer {
-    /// Starts PgBouncer for database `app` on the server at `server_port`, with `userlist` as its
-    /// auth file, and waits until `app` can log in through it. PgBouncer refuses to run as root,
-    /// so as root it runs as the `postgres` user. Retries on another port if the chosen one was
-    /// taken meanwhile.
-    pub async fn start(server_port: u16, mode: PoolMode, pool_size: u32, userlist: &str) -> Result<PgBouncer> {
+    /// Starts PgBouncer for database `app` on the server at `server_host` (an address, or the
+    /// directory of its unix-domain socket: `host=/dir`) and `server_port`, with `userlist` as
+    /// its auth file, and waits until `app` can log in through it. PgBouncer refuses to run as
+    /// root, so as root it runs as the `postgres` user (which may enter PostgreSQL's socket
+    /// directory). Retries on another port if the chosen one was taken meanwhile.
+    pub async fn start_at(
+        server_host: &str,
+        server_port: u16,
+        mode: PoolMode,
+        pool_size: u32,
+        userlist: &str,
+    ) -> Result<PgBouncer> {
         let mut last = None;
         for _attempt in 0..5 {
             let port = free_port()?;
-            let mut bouncer = Self::launch(server_port, port, mode, pool_size, userlist)?;
+            let mut bouncer = Self::launch(server_host, server_port, port, mode, pool_size, userlist)?;
             match bouncer.wait_ready().await {
                 Ok(()) => return Ok(bouncer),
                 Err(e) if bouncer.log().contains("in use") => last = Some(e),
@@ -51,7 +58,14 @@ impl PgBouncer {
             .context("PgBouncer kept hitting ports in use"))
     }
 
-    fn launch(server_port: u16, port: u16, mode: PoolMode, pool_size: u32, userlist: &str) -> Result<PgBouncer> {
+    fn launch(
+        server_host: &str,
+        server_port: u16,
+        port: u16,
+        mode: PoolMode,
+        pool_size: u32,
+        userlist: &str,
+    ) -> Result<PgBouncer> {
         let dir = tempfile::Builder::new()
             .prefix("pgvane-bench-pgbouncer-")
             .tempdir_in(scratch_dir())
@@ -59,7 +73,8 @@ impl PgBouncer {
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
         let ini = dir.path().join("pgbouncer.ini");
         let auth_file = dir.path().join("userlist.txt");
-        fs::write(&ini, config(server_port, port, mode, pool_size, &auth_file)).context("writing pgbouncer.ini")?;
+        fs::write(&ini, config(server_host, server_port, port, mode, pool_size, &auth_file))
+            .context("writing pgbouncer.ini")?;
         fs::write(&auth_file, userlist).context("writing userlist.txt")?;
         let log = fs::File::create(dir.path().join("pgbouncer.log")).context("creating pgbouncer.log")?;
         let owner = postgres_owner()?;
@@ -161,10 +176,10 @@ pub fn version() -> String {
 /// The pgbouncer.ini: the settings that matter are the ones pgvane gets too (pool mode, pool
 /// size, client limit, auth type, reset query); logging is reduced as pgvane's is
 /// (`RUST_LOG=pgvane=warn`).
-fn config(server_port: u16, port: u16, mode: PoolMode, pool_size: u32, auth_file: &Path) -> String {
+fn config(server_host: &str, server_port: u16, port: u16, mode: PoolMode, pool_size: u32, auth_file: &Path) -> String {
     format!(
         "[databases]\n\
-         {APP_DB} = host=127.0.0.1 port={server_port} dbname={APP_DB}\n\
+         {APP_DB} = host={server_host} port={server_port} dbname={APP_DB}\n\
          \n\
          [pgbouncer]\n\
          listen_addr = 127.0.0.1\n\

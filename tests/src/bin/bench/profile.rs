@@ -27,7 +27,12 @@ pub async fn profile(targets: &[Target], plan: &Plan, seconds: u32, dir: &Path) 
         let name = match target.id.kind {
             Kind::PgBouncer => "pgbouncer",
             Kind::Pgvane => "pgvane",
-            Kind::Direct | Kind::Relay | Kind::PgvanePlugin(_) | Kind::PgvaneMetrics => continue,
+            Kind::Direct
+            | Kind::Relay
+            | Kind::PgvanePlugin(_)
+            | Kind::PgvaneMetrics
+            | Kind::PgBouncerUnix
+            | Kind::PgvaneUnix => continue,
         };
         let label = report::label(target.id);
         println!("Profiling {label} for {seconds} s (perf record -g, then strace -c) ...");

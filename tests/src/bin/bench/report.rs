@@ -37,6 +37,8 @@ pub fn label(id: TargetId) -> String {
         (Kind::Pgvane, Some(mode)) => format!("pgvane ({})", mode.name()),
         (Kind::PgvanePlugin(plugin), Some(mode)) => format!("pgvane + {} ({})", plugin.name(), mode.name()),
         (Kind::PgvaneMetrics, Some(mode)) => format!("pgvane + /metrics ({})", mode.name()),
+        (Kind::PgBouncerUnix, Some(mode)) => format!("PgBouncer ({}, server on unix socket)", mode.name()),
+        (Kind::PgvaneUnix, Some(mode)) => format!("pgvane ({}, server on unix socket)", mode.name()),
         (kind, None) => format!("{kind:?}"),
     }
 }
@@ -734,6 +736,7 @@ mod tests {
             plugins: Vec::new(),
             skipped_plugins: vec![(Plugin::RwSplit, "--no-plugins".to_owned())],
             metrics: false,
+            server_socket: crate::server_socket::ServerSocket::Tcp,
         };
         let relay = TargetId { kind: Kind::Relay, mode: None };
         let bouncer = TargetId { kind: Kind::PgBouncer, mode: Some(PoolMode::Transaction) };
